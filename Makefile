@@ -1,0 +1,29 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs every test.
+# Both create the virtual environment on first use and reuse it afterwards.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DB ?= data/demo.db
+
+.PHONY: venv demo test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install -q -p $(PY) -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m smsops.demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy smsops
+
+test: lint
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) benchmarks/phones.py
+	$(PY) benchmarks/tickets.py

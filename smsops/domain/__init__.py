@@ -1,0 +1,1 @@
+"""The pure domain: pandas in, pandas out; no I/O, no Prefect."""

@@ -1,0 +1,68 @@
+"""Message rules (R6, R7): one or two messages of at most 70 UTF-16 code units, no tags."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from smsops.errors import MessageError
+
+MAX_MESSAGES = 2
+MAX_UNITS = 70  # UCS-2 SMS: 70 16-bit units per message
+
+# %name%, %会社名% … substitution tags of the email product; also written full-width (％).
+_TAG = re.compile(r"%[^%\s]{1,40}%")
+
+
+def sms_length(text: str) -> int:
+    """Length as the network counts it: UTF-16 code units (an emoji outside the BMP is 2).
+
+    >>> sms_length("こんにちは😀")
+    7
+    """
+    return len(text.encode("utf-16-le")) // 2
+
+
+@dataclass(frozen=True)
+class Message:
+    number: int  # 1 or 2
+    text: str
+
+    @property
+    def length(self) -> int:
+        return sms_length(self.text)
+
+
+def validate_messages(texts: Sequence[str]) -> list[Message]:
+    """Check R6 and R7 and return the messages numbered from 1; raise on the first problem."""
+    texts = list(texts)
+    if not 1 <= len(texts) <= MAX_MESSAGES:
+        raise MessageError(
+            "R6", f"a delivery carries 1 or 2 messages, got {len(texts)}", messages=len(texts)
+        )
+    out = []
+    for number, text in enumerate(texts, start=1):
+        length = sms_length(text)
+        if not text.strip():
+            raise MessageError("R6", f"message {number} is empty", message_no=number, length=length)
+        if length > MAX_UNITS:
+            raise MessageError(
+                "R6",
+                f"message {number} is {length} characters long; the limit is {MAX_UNITS} "
+                "(counted as UTF-16 units: an emoji may count 2)",
+                message_no=number,
+                length=length,
+            )
+        tag = _TAG.search(unicodedata.normalize("NFKC", text))
+        if tag:
+            raise MessageError(
+                "R7",
+                f"message {number} contains the substitution tag {tag.group()!r}; "
+                "tags are not supported in SMS and would be sent literally",
+                message_no=number,
+                tag=tag.group(),
+            )
+        out.append(Message(number, text))
+    return out

@@ -1,0 +1,46 @@
+"""Ticket allocation (R8, R10): one ticket per message per recipient, spent in order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pandera.typing import DataFrame
+
+from smsops.domain.schemas import STRING, SendPlan
+
+SENT = "sent"
+INSUFFICIENT = "insufficient_tickets"
+
+
+def tickets_needed(recipients: int, messages: int) -> int:
+    """R8: a delivery to N recipients with k messages needs N×k tickets."""
+    return recipients * messages
+
+
+def allocate_tickets(recipients: int, messages: int, balance: int) -> DataFrame[SendPlan]:
+    """Allocate ``balance`` tickets over recipients × messages in send order (R10).
+
+    Order is recipient by recipient, and for each recipient message 1 then message 2;
+    the first ``balance`` pairs are ``sent``, the rest ``insufficient_tickets``. With
+    10 recipients × 2 messages and 15 tickets, recipients 1–7 get both, recipient 8
+    gets message 1 only, 9–10 get nothing.
+    """
+    if recipients < 0 or messages < 0:
+        raise ValueError("recipients and messages must be >= 0")
+    seq = np.repeat(np.arange(1, recipients + 1, dtype=np.int64), messages)
+    message_no = np.tile(np.arange(1, messages + 1, dtype=np.int64), recipients)
+    return allocate_plan(pd.DataFrame({"seq": seq, "message_no": message_no}), balance)
+
+
+def allocate_plan(pairs: pd.DataFrame, balance: int) -> DataFrame[SendPlan]:
+    """Allocate over any (seq, message_no) pairs already in send order (e.g. a resend of
+    exactly the failed pairs, R15): the first ``balance`` pairs are sent."""
+    codes = (np.arange(len(pairs)) >= max(balance, 0)).astype(np.int8)  # 0 sent, 1 not
+    status = pa.DictionaryArray.from_arrays(codes, _STATUSES).cast(pa.large_string())
+    out = pairs[["seq", "message_no"]].reset_index(drop=True)
+    out = out.assign(status=pd.array(status, dtype=STRING))
+    return DataFrame[SendPlan](out)
+
+
+_STATUSES = pa.array([SENT, INSUFFICIENT], pa.large_string())

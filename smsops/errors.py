@@ -1,0 +1,122 @@
+"""The errors smsops raises. Every refusal is an :class:`SmsopsError` with one clear line.
+
+Front doors print ``str(error)`` and exit 1; nothing below them prints or exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+class SmsopsError(Exception):
+    """Base of every refusal smsops explains to its user."""
+
+    #: machine-readable kind, e.g. ``"plan"``, ``"tickets"``; shown in ``--json`` errors
+    code = "error"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class RuleError(SmsopsError):
+    """A business rule (R1–R16) refuses the operation; ``rule`` names it."""
+
+    code = "rule"
+
+    def __init__(self, rule: str, message: str, **details: object) -> None:
+        super().__init__(f"{rule}: {message}", rule=rule, **details)
+        self.rule = rule
+
+
+class PlanError(RuleError):
+    code = "plan"
+
+
+class MessageError(RuleError):
+    code = "message"
+
+
+class TicketError(RuleError):
+    code = "tickets"
+
+
+class ScheduleError(RuleError):
+    code = "schedule"
+
+
+class NoRecipientsError(RuleError):
+    code = "no_recipients"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad cell of an input table: where it is and what is wrong."""
+
+    row: int | None  # 1-based data row (the header is row 0), None for the whole table
+    column: str | None
+    problem: str
+    value: object = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        return f"{', '.join(where) or 'table'}: {self.problem}"
+
+
+class InputError(SmsopsError):
+    """Bad input data: names the source and each problem (row, column, what)."""
+
+    code = "input"
+
+    def __init__(self, source: str, problems: list[Problem], limit: int = 5) -> None:
+        shown = "; ".join(str(p) for p in problems[:limit])
+        more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+        super().__init__(
+            f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}: {shown}{more}",
+            source=source,
+            problems=[
+                {"row": p.row, "column": p.column, "problem": p.problem} for p in problems
+            ],
+        )
+        self.source = source
+        self.problems = problems
+
+
+class NotFoundError(SmsopsError):
+    code = "not_found"
+
+
+class StateError(SmsopsError):
+    """The object is not in a state that allows the operation (e.g. cancel a sent one)."""
+
+    code = "state"
+
+
+class GatewayError(SmsopsError):
+    """The SMS gateway failed in a way that is not one message's fault."""
+
+    code = "gateway"
+
+
+@contextmanager
+def map_exceptions(
+    mapping: dict[type[BaseException], type[SmsopsError]], what: str
+) -> Iterator[None]:
+    """Translate a lower library's exceptions into smsops errors at a boundary."""
+    try:
+        yield
+    except tuple(mapping) as exc:
+        for source, target in mapping.items():
+            if isinstance(exc, source):
+                raise target(f"{what}: {exc}") from exc
+        raise

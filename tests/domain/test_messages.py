@@ -1,0 +1,54 @@
+"""R6, R7: one or two messages, 70 UTF-16 units each, no substitution tags."""
+
+from __future__ import annotations
+
+import pytest
+
+from smsops import sms_length, validate_messages
+from smsops.errors import MessageError
+
+
+def test_r6_one_or_two_messages_are_accepted():
+    msgs = validate_messages(["セール開始！", "詳細はWebで"])
+    assert [(m.number, m.text) for m in msgs] == [(1, "セール開始！"), (2, "詳細はWebで")]
+
+
+@pytest.mark.parametrize("texts", [[], ["a", "b", "c"]])
+def test_r6_message_count_outside_1_to_2_is_refused(texts):
+    with pytest.raises(MessageError, match="1 or 2 messages"):
+        validate_messages(texts)
+
+
+def test_r6_seventy_characters_is_the_limit():
+    validate_messages(["あ" * 70])
+    with pytest.raises(MessageError) as err:
+        validate_messages(["ok", "あ" * 71])
+    assert err.value.details["message_no"] == 2
+    assert err.value.details["length"] == 71
+    assert "message 2 is 71 characters" in str(err.value)
+
+
+def test_r6_emoji_outside_the_bmp_counts_two():
+    assert sms_length("😀") == 2
+    validate_messages(["あ" * 68 + "😀"])
+    with pytest.raises(MessageError, match="71 characters"):
+        validate_messages(["あ" * 69 + "😀"])
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n"])
+def test_r6_empty_message_is_refused(text):
+    with pytest.raises(MessageError, match="message 1 is empty"):
+        validate_messages([text])
+
+
+@pytest.mark.parametrize("text", ["%name%様、セールです", "こんにちは％会社名％です", "%user_id%"])
+def test_r7_substitution_tags_are_refused(text):
+    with pytest.raises(MessageError) as err:
+        validate_messages(["ok", text])
+    assert err.value.rule == "R7"
+    assert "message 2" in str(err.value)
+    assert "not supported" in str(err.value)
+
+
+def test_r7_a_lone_percent_sign_is_fine():
+    validate_messages(["全品50%オフ！", "最大 30% 還元 と 10% 割引"])
