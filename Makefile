@@ -2,7 +2,6 @@
 # Both create the virtual environment on first use and reuse it afterwards.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_DB ?= data/demo.db
 
 .PHONY: venv demo test lint bench
 
@@ -15,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m smsops.demo
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -84,9 +84,7 @@ class InputError(SmsopsError):
         super().__init__(
             f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}: {shown}{more}",
             source=source,
-            problems=[
-                {"row": p.row, "column": p.column, "problem": p.problem} for p in problems
-            ],
+            problems=[{"row": p.row, "column": p.column, "problem": p.problem} for p in problems],
         )
         self.source = source
         self.problems = problems

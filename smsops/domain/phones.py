@@ -90,14 +90,16 @@ def _plan() -> _Plan:
 
     general = desc(md.general_desc, ())
     mobile = desc(md.mobile, general.lengths)
-    before = [desc(d, general.lengths) for name in _TYPES_BEFORE_MOBILE
-              if (d := getattr(md, name)) is not None and d.national_number_pattern]
+    before = [
+        desc(d, general.lengths)
+        for name in _TYPES_BEFORE_MOBILE
+        if (d := getattr(md, name)) is not None and d.national_number_pattern
+    ]
     shadowing = {
         length: "|".join(d.pattern for d in before if length in d.lengths) or "$^"
         for length in mobile.lengths
     }
-    return _Plan(str(md.country_code), md.international_prefix or "$^", general, mobile,
-                 shadowing)
+    return _Plan(str(md.country_code), md.international_prefix or "$^", general, mobile, shadowing)
 
 
 # Bytes kept of a number: its digits. Every other allowed character (ASCII or a
@@ -119,13 +121,16 @@ def _keep(arr: pa.Array, table: np.ndarray) -> pa.Array:
     """Per row, keep only the bytes ``table`` allows: ``"".join(c for c in row if c in kept)``."""
     offsets, data = _buffers(arr)
     rel = offsets - offsets[0]
-    data = data[offsets[0]: offsets[-1]]
+    data = data[offsets[0] : offsets[-1]]
     mask = table[data]
     counter = np.int32 if len(data) < 2**31 else np.int64  # half the memory traffic
     kept_before = np.concatenate(([0], np.cumsum(mask, dtype=counter)))
     return pa.LargeStringArray.from_buffers(
-        len(arr), pa.py_buffer(kept_before[rel].astype(np.int64)),
-        pa.py_buffer(data[mask].tobytes()), arr.buffers()[0], arr.null_count,
+        len(arr),
+        pa.py_buffer(kept_before[rel].astype(np.int64)),
+        pa.py_buffer(data[mask].tobytes()),
+        arr.buffers()[0],
+        arr.null_count,
     )
 
 
@@ -140,7 +145,8 @@ def _drop_prefix(arr: pa.Array, skip: np.ndarray) -> pa.Array:
         if value != common:
             where = pa.array(skip == value)
             out = pc.replace_with_mask(
-                out, where, pc.utf8_slice_codeunits(arr.filter(where), int(value)))
+                out, where, pc.utf8_slice_codeunits(arr.filter(where), int(value))
+            )
     return out
 
 
@@ -190,7 +196,7 @@ def classify_phones(raw: pd.Series) -> pd.DataFrame:
         return _classify_chunk(raw)
     # Chunks fit the CPU caches, and pyarrow and numpy release the GIL, so a thread per
     # core roughly halves the time on the 2-core machines smsops runs on.
-    parts = [raw.iloc[i: i + _CHUNK] for i in range(0, len(raw), _CHUNK)]
+    parts = [raw.iloc[i : i + _CHUNK] for i in range(0, len(raw), _CHUNK)]
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         return pd.concat(list(pool.map(_classify_chunk, parts)))
 
@@ -244,7 +250,8 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
         rest = _drop_prefix(whole, skip_cc[pos])
         gen = plan.general
         cc_dropped[pos] = (~_np(_matches(whole, gen)) & _np(_matches(rest, gen))) | (
-            ndigits[pos] > max(gen.lengths))
+            ndigits[pos] > max(gen.lengths)
+        )
 
     skip = np.where(plus | cc_dropped, skip_cc, starts_0x.astype(np.int64))
     nsn = _drop_prefix(digits, skip)
@@ -261,8 +268,11 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
         pos = np.flatnonzero(modelled & (nsn_len == length))
         cand = nsn.take(pa.array(pos))
         # Narrow down step by step: mobile pattern, general pattern, no earlier type.
-        for pattern, want in ((plan.mobile.pattern, True), (plan.general.pattern, True),
-                              (f"^(?:{shadow})$", False)):
+        for pattern, want in (
+            (plan.mobile.pattern, True),
+            (plan.general.pattern, True),
+            (f"^(?:{shadow})$", False),
+        ):
             hit = _np(pc.match_substring_regex(cand, pattern)) == want
             pos, cand = pos[hit], cand.filter(pa.array(hit))
         mobile[pos] = True
@@ -275,8 +285,12 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
     valid = pa.array(modelled)
     e164 = pc.if_else(valid, pc.binary_join_element_wise(_text("+" + cc), nsn, _text("")), null)
     national = pc.if_else(valid, pc.binary_join_element_wise(_text("0"), nsn, _text("")), null)
-    columns = {"e164": e164, "national": national, "mobile": pa.array(mobile),
-               "reason": reason.cast(pa.large_string())}
+    columns = {
+        "e164": e164,
+        "national": national,
+        "mobile": pa.array(mobile),
+        "reason": reason.cast(pa.large_string()),
+    }
 
     positions = np.flatnonzero(~blank & ~malformed & ~modelled)
     if len(positions):
@@ -285,8 +299,9 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
         where = np.zeros(n, dtype=bool)
         where[positions] = True
         for name, vals in zip(columns, fallback, strict=True):
-            columns[name] = pc.replace_with_mask(columns[name], pa.array(where),
-                                                 pa.array(vals, columns[name].type))
+            columns[name] = pc.replace_with_mask(
+                columns[name], pa.array(where), pa.array(vals, columns[name].type)
+            )
     return pd.DataFrame(
         {
             "e164": pd.array(columns["e164"], dtype=STRING),

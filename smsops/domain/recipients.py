@@ -26,8 +26,10 @@ _PHRASES = {
         "unallocated or foreign)",
     ),
     "opted_out": ("opted out", "opted out"),
-    "duplicate": ("shares a number with an earlier user (sent once)",
-                  "share a number with an earlier user (sent once)"),
+    "duplicate": (
+        "shares a number with an earlier user (sent once)",
+        "share a number with an earlier user (sent once)",
+    ),
 }
 
 
@@ -56,8 +58,10 @@ class Selection:
         if self.users == 0:
             return f"{head}: the user table is empty"
         if "phone_field_disabled" in counts:
-            return (f"{head}: the phone field is disabled in the account's registration "
-                    "fields (\"use\" is unchecked), so no user is a candidate (R2)")
+            return (
+                f"{head}: the phone field is disabled in the account's registration "
+                'fields ("use" is unchecked), so no user is a candidate (R2)'
+            )
         parts = [f"{_count(n)} {_PHRASES[r][n != 1]}" for r, n in counts.items()]
         return f"{head}: {', '.join(parts)}" if parts else head
 
@@ -78,12 +82,14 @@ def select_recipients(
     user_id = users["user_id"].astype(STRING).reset_index(drop=True)
     n = len(user_id)
     if not phone_field_enabled:
-        excluded = pd.DataFrame({
-            "user_id": user_id,
-            "reason": pd.array(["phone_field_disabled"] * n, dtype=STRING),
-            "phone": pd.array([None] * n, dtype=STRING),
-            "duplicate_of": pd.array([None] * n, dtype=STRING),
-        })
+        excluded = pd.DataFrame(
+            {
+                "user_id": user_id,
+                "reason": pd.array(["phone_field_disabled"] * n, dtype=STRING),
+                "phone": pd.array([None] * n, dtype=STRING),
+                "duplicate_of": pd.array([None] * n, dtype=STRING),
+            }
+        )
         return Selection(_empty_recipients(), DataFrame[Exclusions](excluded), n)
 
     phones = classify_phones(users["phone"].reset_index(drop=True))
@@ -102,12 +108,14 @@ def select_recipients(
 
     recipients = _group(user_id[candidate], cand_e164, keep[candidate])
     excl_mask = ~keep
-    excluded = pd.DataFrame({
-        "user_id": user_id[excl_mask],
-        "reason": reason[excl_mask],
-        "phone": e164[excl_mask],
-        "duplicate_of": e164[excl_mask].where(dup[excl_mask]),
-    }).reset_index(drop=True)
+    excluded = pd.DataFrame(
+        {
+            "user_id": user_id[excl_mask],
+            "reason": reason[excl_mask],
+            "phone": e164[excl_mask],
+            "duplicate_of": e164[excl_mask].where(dup[excl_mask]),
+        }
+    ).reset_index(drop=True)
     return Selection(recipients, DataFrame[Exclusions](excluded), n)
 
 
@@ -119,28 +127,36 @@ def suppression_set(optouts: Iterable[str] | pd.Series) -> pd.Series:
 
 def _group(user_ids: pd.Series, e164: pd.Series, first: np.ndarray) -> DataFrame[Recipients]:
     """One row per number in first-appearance order, with all user ids sharing it."""
-    table = pa.table({
-        "phone": pa.array(e164.array, type=pa.large_string()),
-        "user_id": pa.array(user_ids.array, type=pa.large_string()),
-    })
+    table = pa.table(
+        {
+            "phone": pa.array(e164.array, type=pa.large_string()),
+            "user_id": pa.array(user_ids.array, type=pa.large_string()),
+        }
+    )
     # use_threads=False keeps groups in first-appearance order.
     grouped = table.group_by("phone", use_threads=False).aggregate(
         [("user_id", "first"), ("user_id", "list")]
     )
-    out = pd.DataFrame({
-        "seq": np.arange(1, grouped.num_rows + 1, dtype=np.int64),
-        "phone": pd.array(grouped["phone"].combine_chunks(), dtype=STRING),
-        "user_id": pd.array(grouped["user_id_first"].combine_chunks(), dtype=STRING),
-        "user_ids": pd.array(grouped["user_id_list"].combine_chunks(), dtype=USER_IDS),
-    })
+    out = pd.DataFrame(
+        {
+            "seq": np.arange(1, grouped.num_rows + 1, dtype=np.int64),
+            "phone": pd.array(grouped["phone"].combine_chunks(), dtype=STRING),
+            "user_id": pd.array(grouped["user_id_first"].combine_chunks(), dtype=STRING),
+            "user_ids": pd.array(grouped["user_id_list"].combine_chunks(), dtype=USER_IDS),
+        }
+    )
     assert int(first.sum()) == len(out)
     return DataFrame[Recipients](out)
 
 
 def _empty_recipients() -> DataFrame[Recipients]:
-    return DataFrame[Recipients](pd.DataFrame({
-        "seq": pd.Series([], dtype=np.int64),
-        "phone": pd.array([], dtype=STRING),
-        "user_id": pd.array([], dtype=STRING),
-        "user_ids": pd.array([], dtype=USER_IDS),
-    }))
+    return DataFrame[Recipients](
+        pd.DataFrame(
+            {
+                "seq": pd.Series([], dtype=np.int64),
+                "phone": pd.array([], dtype=STRING),
+                "user_id": pd.array([], dtype=STRING),
+                "user_ids": pd.array([], dtype=USER_IDS),
+            }
+        )
+    )

@@ -101,19 +101,29 @@ def test_r3_mobile_rule_comes_from_phonenumbers_metadata():
     example = phonenumbers.example_number_for_type("JP", phonenumbers.PhoneNumberType.MOBILE)
     national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
     assert bool(classify_one(national)["mobile"])
-    for kind in (phonenumbers.PhoneNumberType.TOLL_FREE, phonenumbers.PhoneNumberType.FIXED_LINE,
-                 phonenumbers.PhoneNumberType.VOIP, phonenumbers.PhoneNumberType.PAGER):
+    for kind in (
+        phonenumbers.PhoneNumberType.TOLL_FREE,
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.VOIP,
+        phonenumbers.PhoneNumberType.PAGER,
+    ):
         other = phonenumbers.example_number_for_type("JP", kind)
         text = phonenumbers.format_number(other, phonenumbers.PhoneNumberFormat.NATIONAL)
         assert classify_one(text)["reason"] == "not_mobile", text
 
 
 def _same(vectorized: dict, reference: tuple) -> bool:
-    got = tuple(None if (not isinstance(v, bool) and pd.isna(v)) else v
-                for v in (vectorized["e164"], vectorized["national"]))
-    return got == reference[:2] and bool(vectorized["mobile"]) == reference[2] and (
-        (pd.isna(vectorized["reason"]) and reference[3] is None)
-        or vectorized["reason"] == reference[3]
+    got = tuple(
+        None if (not isinstance(v, bool) and pd.isna(v)) else v
+        for v in (vectorized["e164"], vectorized["national"])
+    )
+    return (
+        got == reference[:2]
+        and bool(vectorized["mobile"]) == reference[2]
+        and (
+            (pd.isna(vectorized["reason"]) and reference[3] is None)
+            or vectorized["reason"] == reference[3]
+        )
     )
 
 
@@ -155,9 +165,16 @@ def test_r3_agrees_with_phonenumbers_on_generated_jp_numbers(values):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.text(max_size=25), st.none(),
-                          st.text(alphabet="0123456789+-() ０１２３４５６７８９－ー", max_size=20)),
-                max_size=20))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=25),
+            st.none(),
+            st.text(alphabet="0123456789+-() ０１２３４５６７８９－ー", max_size=20),
+        ),
+        max_size=20,
+    )
+)
 def test_r3_never_raises_and_agrees_on_any_string(values):
     out = classify_phones(pd.Series(values, dtype=object))
     assert len(out) == len(values)

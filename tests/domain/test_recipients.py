@@ -11,15 +11,21 @@ from smsops.domain.schemas import Exclusions, Recipients
 
 
 def users(*phones: object) -> pd.DataFrame:
-    return pd.DataFrame({"user_id": [f"u{i}" for i in range(1, len(phones) + 1)],
-                         "phone": pd.Series(phones, dtype=object)})
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(1, len(phones) + 1)],
+            "phone": pd.Series(phones, dtype=object),
+        }
+    )
 
 
 def test_r2_user_without_phone_is_not_a_candidate():
     sel = select_recipients(users("090-1111-2222", None, ""))
     assert sel.recipients["user_id"].tolist() == ["u1"]
     assert dict(zip(sel.excluded["user_id"], sel.excluded["reason"], strict=True)) == {
-        "u2": "no_phone", "u3": "no_phone"}
+        "u2": "no_phone",
+        "u3": "no_phone",
+    }
 
 
 def test_r2_phone_field_disabled_means_no_candidate_and_says_so():
@@ -53,8 +59,9 @@ def test_r4_empty_table_is_explained():
 
 
 def test_r5_duplicates_collapse_first_user_keeps_the_send():
-    sel = select_recipients(users("090-1234-5678", "080-1111-2222", "+81 90 1234 5678",
-                                  "０９０１２３４５６７８"))
+    sel = select_recipients(
+        users("090-1234-5678", "080-1111-2222", "+81 90 1234 5678", "０９０１２３４５６７８")
+    )
     r = sel.recipients
     assert r["seq"].tolist() == [1, 2]
     assert r["user_id"].tolist() == ["u1", "u2"]
@@ -71,8 +78,9 @@ def test_r5_an_excluded_first_user_does_not_steal_the_send():
 
 
 def test_r16_opted_out_numbers_are_excluded_in_any_written_form():
-    sel = select_recipients(users("090-1234-5678", "080-1111-2222", "090 1234 5678"),
-                            optouts=["+819012345678"])
+    sel = select_recipients(
+        users("090-1234-5678", "080-1111-2222", "090 1234 5678"), optouts=["+819012345678"]
+    )
     assert sel.recipients["user_id"].tolist() == ["u2"]
     reasons = dict(zip(sel.excluded["user_id"], sel.excluded["reason"], strict=True))
     assert reasons == {"u1": "opted_out", "u3": "opted_out"}
@@ -84,8 +92,19 @@ def test_recipients_and_exclusions_follow_their_contracts():
     Exclusions.validate(sel.excluded)
 
 
-_phone = st.sampled_from(["090-1234-5678", "080-1111-2222", "070-5555-6666", "03-1234-5678",
-                          "", None, "x", "+81 80 1111 2222", "0120-123-456"])
+_phone = st.sampled_from(
+    [
+        "090-1234-5678",
+        "080-1111-2222",
+        "070-5555-6666",
+        "03-1234-5678",
+        "",
+        None,
+        "x",
+        "+81 80 1111 2222",
+        "0120-123-456",
+    ]
+)
 
 
 @settings(max_examples=200, deadline=None)

@@ -27,13 +27,24 @@ def test_r10_source_example_10_recipients_2_messages_15_tickets():
     assert set(sent["seq"]) == set(range(1, 9))  # 9-10 get nothing
     errors = plan[plan["status"] == "insufficient_tickets"]
     assert list(zip(errors["seq"], errors["message_no"], strict=True)) == [
-        (8, 2), (9, 1), (9, 2), (10, 1), (10, 2)]
+        (8, 2),
+        (9, 1),
+        (9, 2),
+        (10, 1),
+        (10, 2),
+    ]
 
 
 def test_r10_order_is_recipient_then_message():
     plan = allocate_tickets(3, 2, 0)
     assert list(zip(plan["seq"], plan["message_no"], strict=True)) == [
-        (1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+        (3, 1),
+        (3, 2),
+    ]
     assert plan["status"].eq("insufficient_tickets").all()
 
 

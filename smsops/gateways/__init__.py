@@ -1,0 +1,51 @@
+"""SMS gateways behind one small interface."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import pandas as pd
+
+from smsops.settings import Settings
+
+# Columns of a batch handed to a gateway, and of what it answers.
+BATCH_COLUMNS = ["delivery_id", "seq", "message_no", "phone", "text", "idempotency_key"]
+RESULT_COLUMNS = ["idempotency_key", "status", "error", "gateway_ref"]  # status: sent | error
+
+
+class Gateway(Protocol):
+    """Sends batches of messages. Each message carries an idempotency key
+    (``smsops-<delivery>-<seq>-<message>``); a gateway that can must never send a key
+    twice."""
+
+    name: str
+
+    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Send every row of ``batch`` (BATCH_COLUMNS); answer one row per key
+        (RESULT_COLUMNS)."""
+        ...
+
+    def accepted_keys(self, delivery_id: int) -> set[str] | None:
+        """The keys of ``delivery_id`` this gateway already accepted, or None when it
+        cannot tell (then messages whose outcome was lost in a crash are not resent)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_gateway(settings: Settings) -> Gateway:
+    """The gateway ``SMSOPS_GATEWAY`` names."""
+    if settings.gateway == "outbox":
+        from smsops.gateways.outbox import OutboxGateway
+
+        return OutboxGateway(settings.outbox)
+    from smsops.gateways.kannel import KannelGateway  # type: ignore[import-not-found]
+
+    return KannelGateway(settings)  # type: ignore[no-any-return]
+
+
+def idempotency_keys(delivery_id: int, seq: pd.Series, message_no: pd.Series) -> pd.Series:
+    """``smsops-<delivery>-<seq>-<message_no>``, vectorized."""
+    return (f"smsops-{delivery_id}-" + seq.astype(str) + "-" + message_no.astype(str)).astype(
+        "string[pyarrow]"
+    )

@@ -1,0 +1,115 @@
+"""The account (plan, phone field, time zone) and its ticket ledger (R1, R9, R11)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Connection, func, select
+
+from smsops import clock
+from smsops.errors import InputError, PlanError, Problem, TicketError
+from smsops.services.context import Context
+from smsops.store import read, write
+from smsops.store.schema import account, ledger
+
+PLANS = ("free", "light", "standard", "premium")  # low to high
+BULK_PLAN = "standard"
+
+
+@dataclass(frozen=True)
+class Account:
+    plan: str
+    phone_field_enabled: bool
+    timezone: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def get_account(ctx: Context, conn: Connection | None = None) -> Account:
+    if conn is None:
+        with read(ctx.engine) as c:
+            return get_account(ctx, c)
+    row = conn.execute(select(account).where(account.c.id == 1)).one()
+    return Account(row.plan, bool(row.phone_field_enabled), row.timezone)
+
+
+def set_account(
+    ctx: Context,
+    *,
+    plan: str | None = None,
+    phone_field: bool | None = None,
+    timezone: str | None = None,
+) -> Account:
+    values: dict[str, object] = {}
+    if plan is not None:
+        if plan not in PLANS:
+            raise InputError(
+                "--plan",
+                [Problem(None, None, f"unknown plan {plan!r}; plans are {', '.join(PLANS)}")],
+            )
+        values["plan"] = plan
+    if phone_field is not None:
+        values["phone_field_enabled"] = phone_field
+    if timezone is not None:
+        clock.zone(timezone)
+        values["timezone"] = timezone
+    with write(ctx.engine) as conn:
+        if values:
+            conn.execute(
+                account.update().where(account.c.id == 1).values(updated_at=clock.now(), **values)
+            )
+        return get_account(ctx, conn)
+
+
+def require_bulk_plan(acct: Account) -> None:
+    """R1: bulk SMS needs the Standard plan or above."""
+    if PLANS.index(acct.plan) < PLANS.index(BULK_PLAN):
+        raise PlanError(
+            "R1",
+            f"bulk SMS needs the {BULK_PLAN} plan or above; this account is on {acct.plan} "
+            f"(plans: {', '.join(PLANS)})",
+            plan=acct.plan,
+            required=BULK_PLAN,
+        )
+
+
+def balance(ctx: Context, conn: Connection | None = None) -> int:
+    """R11: the balance is the sum of the ledger."""
+    if conn is None:
+        with read(ctx.engine) as c:
+            return balance(ctx, c)
+    return int(conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0))).scalar_one())
+
+
+def add_tickets(ctx: Context, count: int, note: str | None = None) -> int:
+    """Buy tickets (a purchase in the ledger); returns the new balance."""
+    if count <= 0:
+        raise InputError(
+            "tickets add", [Problem(None, None, f"count must be positive, got {count}")]
+        )
+    with write(ctx.engine) as conn:
+        conn.execute(
+            ledger.insert().values(at=clock.now(), kind="purchase", amount=count, note=note)
+        )
+        return balance(ctx, conn)
+
+
+def lock_balance(conn: Connection) -> int:
+    """Lock the account row (PostgreSQL: FOR UPDATE; SQLite holds the write lock already)
+    and return the balance, for a debit that must never overdraw (R11)."""
+    conn.execute(select(account.c.id).where(account.c.id == 1).with_for_update()).one()
+    return int(conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0))).scalar_one())
+
+
+def check_tickets(needed: int, available: int) -> None:
+    """R9: refuse when the balance is below what a delivery needs."""
+    if available < needed:
+        raise TicketError(
+            "R9",
+            f"not enough tickets: needed {needed}, balance {available}, shortfall "
+            f"{needed - available} (buy more with `smsops tickets add N`)",
+            needed=needed,
+            balance=available,
+            shortfall=needed - available,
+        )

@@ -1,0 +1,430 @@
+"""The delivery lifecycle before and after sending: preview (R13), create (R1, R4, R6–R9,
+R12), individual sends, cancel, history (R14) and resend (R15). Sending is dispatch.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, case, func, select
+
+from smsops import clock
+from smsops.domain.messages import Message, validate_messages
+from smsops.domain.phones import classify_phones, mask_phone, mask_phones
+from smsops.domain.recipients import Selection, select_recipients
+from smsops.domain.tickets import tickets_needed
+from smsops.errors import (
+    InputError,
+    NoRecipientsError,
+    NotFoundError,
+    Problem,
+    RuleError,
+    SmsopsError,
+    StateError,
+)
+from smsops.services import account as accounts
+from smsops.services import people
+from smsops.services.context import Context
+from smsops.store import read, write
+from smsops.store.bulk import insert_rows
+from smsops.store.schema import deliveries, items, ledger
+from smsops.tables import read_users_csvs
+
+SAMPLE = 10  # masked numbers shown in a confirmation
+FINAL = ("sent", "partially_sent", "failed", "cancelled")
+
+
+@dataclass
+class Preview:
+    """The confirmation screen (R13): what would be sent, to whom, when, at what cost."""
+
+    recipients: int
+    messages: list[Message]
+    balance: int
+    scheduled_at: datetime | None  # UTC; None = now
+    timezone: str
+    excluded: dict[str, int]
+    diagnosis: str
+    sample: list[str]  # masked numbers
+    selection: Selection = field(repr=False)
+
+    @property
+    def tickets_needed(self) -> int:
+        return tickets_needed(self.recipients, len(self.messages))
+
+    @property
+    def shortfall(self) -> int:
+        return max(self.tickets_needed - self.balance, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipients": self.recipients,
+            "messages": len(self.messages),
+            "tickets_needed": self.tickets_needed,
+            "balance": self.balance,
+            "scheduled_at": clock.local_iso(self.scheduled_at, self.timezone),
+            "excluded": self.excluded,
+            "shortfall": self.shortfall,
+            "texts": [
+                {"message_no": m.number, "text": m.text, "length": m.length} for m in self.messages
+            ],
+            "sample": self.sample,
+            "diagnosis": self.diagnosis,
+        }
+
+
+def preview_bulk(
+    ctx: Context,
+    messages: Sequence[str],
+    *,
+    at: str | None = None,
+    users_files: Sequence[str | Path] = (),
+    query: str | None = None,
+) -> Preview:
+    """Everything a bulk delivery would do, without saving anything (R13). Refuses what
+    could never be created: a lower plan (R1), bad messages (R6, R7), a past time (R12)."""
+    acct = accounts.get_account(ctx)
+    accounts.require_bulk_plan(acct)
+    msgs = validate_messages(messages)
+    when = clock.parse_at(at, acct.timezone) if at else None
+    users = (
+        read_users_csvs(list(users_files))
+        if users_files
+        else people.load_users(ctx, with_attrs=bool(query))
+    )
+    if query:
+        users = _query(users, query)
+    selection = select_recipients(
+        users, people.load_optouts(ctx), phone_field_enabled=acct.phone_field_enabled
+    )
+    return Preview(
+        recipients=len(selection.recipients),
+        messages=msgs,
+        balance=accounts.balance(ctx),
+        scheduled_at=when,
+        timezone=acct.timezone,
+        excluded=selection.counts(),
+        diagnosis=selection.diagnosis(),
+        sample=mask_phones(selection.recipients["phone"].head(SAMPLE)).tolist(),
+        selection=selection,
+    )
+
+
+def _query(users: pd.DataFrame, expr: str) -> pd.DataFrame:
+    try:
+        picked = users.query(expr, engine="python")
+    except Exception as exc:  # pandas raises many kinds for a bad expression
+        raise InputError("--query", [Problem(None, None, f"{expr!r}: {exc}")]) from None
+    if not isinstance(picked, pd.DataFrame):
+        raise InputError("--query", [Problem(None, None, f"{expr!r} does not select rows")])
+    return picked
+
+
+@dataclass(frozen=True)
+class Created:
+    delivery_id: int
+    status: str
+    recipients: int
+    messages: int
+    tickets_needed: int
+    scheduled_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def create_bulk(ctx: Context, preview: Preview) -> Created:
+    """Save a confirmed bulk delivery (R13): refused with 0 recipients (R4) or too few
+    tickets (R9); scheduled when it has a time (R12), else queued to send now."""
+    if preview.recipients == 0:
+        raise NoRecipientsError("R4", preview.diagnosis, excluded=preview.excluded)
+    if preview.scheduled_at is not None and preview.scheduled_at <= clock.now():
+        raise RuleError("R12", "the send time has passed since the preview; preview again")
+    r = preview.selection.recipients
+    k = len(preview.messages)
+    pairs = pd.DataFrame(
+        {
+            "seq": np.repeat(r["seq"].to_numpy(), k),
+            "message_no": np.tile(np.arange(1, k + 1), len(r)),
+            "phone": np.repeat(r["phone"].to_numpy(dtype=object), k),
+            "user_id": np.repeat(r["user_id"].to_numpy(dtype=object), k),
+        }
+    )
+    return _save(
+        ctx,
+        "bulk",
+        [m.text for m in preview.messages],
+        pairs,
+        preview.recipients,
+        preview.scheduled_at,
+        None,
+        preview.timezone,
+    )
+
+
+def _save(
+    ctx: Context,
+    kind: str,
+    texts: list[str],
+    pairs: pd.DataFrame,
+    recipients: int,
+    when: datetime | None,
+    resend_of: int | None,
+    tz: str,
+) -> Created:
+    """Check tickets (R9) and insert the delivery and its items in one transaction."""
+    needed = len(pairs)
+    now = clock.now()
+    with write(ctx.engine) as conn:
+        accounts.check_tickets(needed, accounts.lock_balance(conn))
+        status = "scheduled" if when is not None else "queued"
+        delivery_id = conn.execute(  # type: ignore[index]
+            deliveries.insert().values(
+                kind=kind,
+                status=status,
+                messages=json.dumps(texts, ensure_ascii=False),
+                recipients=recipients,
+                resend_of=resend_of,
+                created_at=now,
+                scheduled_at=when,
+                allocated=False,
+            )
+        ).inserted_primary_key[0]
+        rows = list(
+            zip(
+                np.full(needed, delivery_id).tolist(),
+                pairs["seq"].tolist(),
+                pairs["message_no"].tolist(),
+                pairs["phone"].tolist(),
+                pairs["user_id"].tolist(),
+                strict=True,
+            )
+        )
+        step = 200_000
+        for start in range(0, len(rows), step):
+            insert_rows(
+                conn,
+                items,
+                ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
+                [(*row, "pending", False) for row in rows[start : start + step]],
+            )
+            ctx.progress(min(start + step, len(rows)), len(rows), "saving delivery")
+    return Created(
+        int(delivery_id), status, recipients, len(texts), needed, clock.local_iso(when, tz)
+    )
+
+
+def send_individual(
+    ctx: Context, phone: str, messages: Sequence[str], resend_of: int | None = None
+) -> Created:
+    """Save an individual send to one number (never deduplicated, R5); R3, R6, R7, R9 and
+    R16 apply. The caller dispatches it."""
+    acct = accounts.get_account(ctx)
+    msgs = validate_messages(messages)
+    row = classify_phones(pd.Series([phone], dtype=object)).iloc[0]
+    if not row["mobile"]:
+        raise RuleError(
+            "R3",
+            f"{phone!r} is not a Japanese mobile number ({row['reason']}); "
+            "SMS goes to 060/070/080/090 numbers only",
+            reason=row["reason"],
+        )
+    e164 = str(row["e164"])
+    if e164 in set(people.load_optouts(ctx)):
+        raise RuleError(
+            "R16", f"{mask_phone(e164)} opted out; it must not be sent to", reason="opted_out"
+        )
+    pairs = pd.DataFrame(
+        {"seq": 1, "message_no": [m.number for m in msgs], "phone": e164, "user_id": None}
+    )
+    return _save(
+        ctx, "individual", [m.text for m in msgs], pairs, 1, None, resend_of, acct.timezone
+    )
+
+
+def cancel(ctx: Context, delivery_id: int) -> dict[str, Any]:
+    """Cancel a delivery that has not started (R12)."""
+    with write(ctx.engine) as conn:
+        row = _delivery(conn, delivery_id, lock=True)
+        if row.status not in ("scheduled", "queued"):
+            raise StateError(
+                f"delivery {delivery_id} is {row.status}; only a delivery that "
+                "has not started sending can be cancelled"
+            )
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == delivery_id)
+            .values(status="cancelled", finished_at=clock.now())
+        )
+        conn.execute(
+            items.update()
+            .where(items.c.delivery_id == delivery_id, items.c.status == "pending")
+            .values(status="cancelled")
+        )
+    return {"delivery_id": delivery_id, "status": "cancelled"}
+
+
+def _delivery(conn: Connection, delivery_id: int, lock: bool = False):  # type: ignore[no-untyped-def]
+    stmt = select(deliveries).where(deliveries.c.id == delivery_id)
+    row = conn.execute(stmt.with_for_update() if lock else stmt).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no delivery {delivery_id}")
+    return row
+
+
+# --- history (R14) -------------------------------------------------------------------
+
+
+def _counts(conn: Connection, ids: list[int] | None) -> dict[int, dict[str, int]]:
+    sent = func.sum(case((items.c.status == "sent", 1), else_=0))
+    errors = func.sum(case((items.c.status == "error", 1), else_=0))
+    stmt = select(items.c.delivery_id, sent, errors).group_by(items.c.delivery_id)
+    if ids is not None:
+        stmt = stmt.where(items.c.delivery_id.in_(ids))
+    out = {int(d): {"sent": int(s or 0), "errors": int(e or 0)} for d, s, e in conn.execute(stmt)}
+    used = (
+        select(ledger.c.delivery_id, -func.sum(ledger.c.amount))
+        .where(ledger.c.delivery_id.is_not(None))
+        .group_by(ledger.c.delivery_id)
+    )
+    if ids is not None:
+        used = used.where(ledger.c.delivery_id.in_(ids))
+    for d, n in conn.execute(used):
+        out.setdefault(int(d), {"sent": 0, "errors": 0})["tickets_used"] = int(n or 0)
+    return out
+
+
+def _summary(row, counts: dict[str, int], tz: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "status": row.status,
+        "created_at": clock.local_iso(row.created_at, tz),
+        "scheduled_at": clock.local_iso(row.scheduled_at, tz),
+        "finished_at": clock.local_iso(row.finished_at, tz),
+        "recipients": row.recipients,
+        "messages": len(json.loads(row.messages)),
+        "sent": counts.get("sent", 0),
+        "errors": counts.get("errors", 0),
+        "tickets_used": counts.get("tickets_used", 0),
+        "resend_of": row.resend_of,
+    }
+
+
+def list_deliveries(ctx: Context, limit: int | None = None) -> list[dict[str, Any]]:
+    """R14: every delivery, newest first, with its counts."""
+    tz = accounts.get_account(ctx).timezone
+    with read(ctx.engine) as conn:
+        stmt = select(deliveries).order_by(deliveries.c.id.desc())
+        rows = conn.execute(stmt.limit(limit) if limit else stmt).all()
+        counts = _counts(conn, [r.id for r in rows] if limit else None)
+    return [_summary(r, counts.get(r.id, {}), tz) for r in rows]
+
+
+def delivery_summary(ctx: Context, delivery_id: int) -> dict[str, Any]:
+    tz = accounts.get_account(ctx).timezone
+    with read(ctx.engine) as conn:
+        row = _delivery(conn, delivery_id)
+        counts = _counts(conn, [delivery_id]).get(delivery_id, {})
+    out = _summary(row, counts, tz)
+    out["texts"] = json.loads(row.messages)
+    return out
+
+
+def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False) -> pd.DataFrame:
+    """R14: every (number, message) of a delivery with its status and error reason.
+    ``sending`` (handed to the gateway, outcome not recorded yet) reads as pending."""
+    cols = [
+        items.c.seq,
+        items.c.phone,
+        items.c.user_id,
+        items.c.message_no,
+        items.c.status,
+        items.c.error,
+        items.c.sent_at,
+    ]
+    with read(ctx.engine) as conn:
+        _delivery(conn, delivery_id)
+        stmt = select(*cols).where(items.c.delivery_id == delivery_id)
+        if failed_only:
+            stmt = stmt.where(items.c.status == "error")
+        rows = conn.execute(stmt.order_by(items.c.seq, items.c.message_no)).all()
+    frame = pd.DataFrame(rows, columns=[c.name for c in cols])
+    frame["status"] = frame["status"].replace({"sending": "pending"})
+    return frame
+
+
+# --- resend (R15) --------------------------------------------------------------------
+
+# Failures that a resend may repair; an opted-out number must stay unsent (R16).
+_NOT_RESENT = ("opted_out",)
+
+
+def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
+    failed = delivery_items(ctx, delivery_id, failed_only=True)
+    failed = failed[~failed["error"].isin(_NOT_RESENT)]
+    optouts = set(people.load_optouts(ctx))
+    return failed[~failed["phone"].isin(optouts)].reset_index(drop=True)
+
+
+def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Created:
+    """R15: a new delivery of exactly the failed (number, message) pairs, linked to the one
+    it repairs; R1, R8–R13 and R16 apply again."""
+    acct = accounts.get_account(ctx)
+    accounts.require_bulk_plan(acct)
+    original = delivery_summary(ctx, delivery_id)
+    pairs = failed_pairs(ctx, delivery_id)
+    if pairs.empty:
+        raise SmsopsError(f"delivery {delivery_id} has no failed messages to resend")
+    when = clock.parse_at(at, acct.timezone) if at else None
+    return _save(
+        ctx,
+        "resend",
+        list(original["texts"]),
+        pairs,  # type: ignore[arg-type]
+        int(pairs["seq"].nunique()),
+        when,
+        delivery_id,
+        acct.timezone,
+    )
+
+
+def resend_individual(ctx: Context, delivery_id: int, phone: str | None = None) -> list[Created]:
+    """R15, one number at a time: an individual send per failed number (or just
+    ``phone``), each with that number's failed messages, linked to ``delivery_id``."""
+    original = delivery_summary(ctx, delivery_id)
+    texts: list[str] = list(original["texts"])  # type: ignore[call-overload]
+    pairs = failed_pairs(ctx, delivery_id)
+    if phone is not None:
+        e164 = classify_phones(pd.Series([phone], dtype=object))["e164"].iloc[0]
+        pairs = pairs[pairs["phone"] == e164]
+    if pairs.empty:
+        raise SmsopsError(
+            f"delivery {delivery_id} has no failed messages to resend"
+            + (f" to {mask_phone(phone)}" if phone else "")
+        )
+    created = []
+    for number, group in pairs.groupby("phone", sort=False):
+        created.append(_resend_one(ctx, str(number), group, texts, delivery_id))
+    return created
+
+
+def _resend_one(
+    ctx: Context, phone: str, group: pd.DataFrame, texts: list[str], delivery_id: int
+) -> Created:
+    tz = accounts.get_account(ctx).timezone
+    pairs = pd.DataFrame(
+        {
+            "seq": group["seq"],
+            "message_no": group["message_no"],
+            "phone": phone,
+            "user_id": group["user_id"],
+        }
+    )
+    return _save(ctx, "individual", texts, pairs, 1, None, delivery_id, tz)

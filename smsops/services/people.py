@@ -1,0 +1,176 @@
+"""Users and the opt-out list (R2, R16): imports are all-or-nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from smsops import clock
+from smsops.domain.phones import classify_phones, mask_phone
+from smsops.errors import InputError, Problem, SmsopsError
+from smsops.services.context import Context
+from smsops.store import read, write
+from smsops.store.schema import optouts, users
+from smsops.tables import read_phone_list, read_users_csvs
+
+_BATCH = 50_000
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    rows: int
+    users_total: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"rows": self.rows, "users_total": self.users_total}
+
+
+def import_users(ctx: Context, paths: Sequence[str | Path], encoding: str = "auto") -> ImportResult:
+    """Read every file (all problems reported at once), then upsert all rows by user_id in
+    one transaction: a bad file changes nothing."""
+    frame = read_users_csvs(list(paths), encoding=encoding)
+    return upsert_users(ctx, frame)
+
+
+def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
+    """Insert new users at the end of the registration order; update known ones in place."""
+    extra = [c for c in frame.columns if c not in ("user_id", "phone")]
+    if extra:
+        attrs = frame[extra].to_json(orient="records", lines=True, force_ascii=False).splitlines()
+    else:
+        attrs = [None] * len(frame)
+    now = clock.now()
+    rows = list(
+        zip(
+            frame["user_id"].tolist(),
+            frame["phone"].astype(object).where(frame["phone"].notna(), None).tolist(),
+            attrs,
+            strict=True,
+        )
+    )
+    with write(ctx.engine) as conn:
+        stmt = _upsert(conn)
+        for start in range(0, len(rows), _BATCH):
+            part = rows[start : start + _BATCH]
+            conn.execute(
+                stmt,
+                [{"user_id": u, "phone": p, "attrs": a, "updated_at": now} for u, p, a in part],
+            )
+            ctx.progress(min(start + _BATCH, len(rows)), len(rows), "importing users")
+        total = conn.execute(select(func.count()).select_from(users)).scalar_one()
+    return ImportResult(len(frame), int(total))
+
+
+def _upsert(conn: Connection):  # type: ignore[no-untyped-def]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(users)
+    return stmt.on_conflict_do_update(
+        index_elements=[users.c.user_id],
+        set_={
+            "phone": stmt.excluded.phone,
+            "attrs": stmt.excluded.attrs,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+
+
+def load_users(ctx: Context, *, with_attrs: bool = False) -> pd.DataFrame:
+    """The stored users in registration order (user_id, phone[, the other columns])."""
+    cols = [users.c.user_id, users.c.phone] + ([users.c.attrs] if with_attrs else [])
+    with read(ctx.engine) as conn:
+        result = conn.execute(select(*cols).order_by(users.c.pos))
+        frame = pd.DataFrame(result.fetchall(), columns=[c.name for c in cols])
+    frame["user_id"] = frame["user_id"].astype("string[pyarrow]")
+    frame["phone"] = frame["phone"].astype("string[pyarrow]")
+    if with_attrs:
+        attrs = frame.pop("attrs")
+        if attrs.notna().any():
+            import io
+
+            expanded = pd.read_json(
+                io.StringIO("\n".join(attrs.fillna("{}"))), lines=True, dtype=False
+            )
+            expanded = expanded.drop(columns=["user_id", "phone"], errors="ignore")
+            frame = pd.concat([frame, expanded.astype("string[pyarrow]")], axis=1)
+    return frame
+
+
+def users_count(ctx: Context) -> int:
+    with read(ctx.engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+
+# --- opt-outs (R16) -----------------------------------------------------------------
+
+
+def _e164(raw: Iterable[object], source: str) -> list[str]:
+    values = pd.Series(list(raw), dtype=object)
+    classified = classify_phones(values)
+    bad = classified["e164"].isna()
+    if bad.any():
+        problems = [
+            Problem(
+                int(i) + 1,
+                "phone",
+                f"{values[i]!r} is not a phone number ({classified['reason'][i]})",
+            )
+            for i in values.index[bad]
+        ]
+        raise InputError(source, problems)
+    return list(dict.fromkeys(classified["e164"].tolist()))
+
+
+def optout_import(ctx: Context, path: str | Path, encoding: str = "auto") -> dict[str, int]:
+    phones = _e164(read_phone_list(path, encoding=encoding).tolist(), str(path))
+    added = _add_optouts(ctx, phones, "import")
+    return {"rows": len(phones), "added": added, "optouts_total": optout_count(ctx)}
+
+
+def optout_add(ctx: Context, phone: str, source: str = "cli") -> dict[str, object]:
+    (e164,) = _e164([phone], "optout add")
+    added = _add_optouts(ctx, [e164], source)
+    return {"phone": e164, "added": bool(added), "optouts_total": optout_count(ctx)}
+
+
+def optout_remove(ctx: Context, phone: str) -> dict[str, object]:
+    (e164,) = _e164([phone], "optout remove")
+    with write(ctx.engine) as conn:
+        removed = conn.execute(optouts.delete().where(optouts.c.phone == e164)).rowcount
+    if not removed:
+        raise SmsopsError(f"{mask_phone(e164)} is not on the opt-out list")
+    return {"phone": e164, "removed": True, "optouts_total": optout_count(ctx)}
+
+
+def _add_optouts(ctx: Context, phones: list[str], source: str) -> int:
+    now = clock.now()
+    with write(ctx.engine) as conn:
+        known = (
+            set(conn.execute(select(optouts.c.phone).where(optouts.c.phone.in_(phones))).scalars())
+            if len(phones) < 30_000
+            else set(load_optouts_conn(conn))
+        )
+        new = [p for p in phones if p not in known]
+        if new:
+            conn.execute(
+                optouts.insert(), [{"phone": p, "source": source, "created_at": now} for p in new]
+            )
+    return len(new)
+
+
+def load_optouts_conn(conn: Connection) -> list[str]:
+    return list(conn.execute(select(optouts.c.phone)).scalars())
+
+
+def load_optouts(ctx: Context) -> list[str]:
+    with read(ctx.engine) as conn:
+        return load_optouts_conn(conn)
+
+
+def optout_count(ctx: Context) -> int:
+    with read(ctx.engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(optouts)).scalar_one())

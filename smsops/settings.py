@@ -1,0 +1,31 @@
+"""Settings, read once from ``SMSOPS_*`` environment variables at a front door and passed
+down (no import-time global, so tests build their own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one smsops installation."""
+
+    model_config = SettingsConfigDict(env_prefix="SMSOPS_", extra="ignore")
+
+    database_url: str = "sqlite:///data/smsops.db"
+    gateway: Literal["outbox", "kannel"] = "outbox"
+    outbox: Path = Path("data/outbox.jsonl")
+
+    kannel_url: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
+    kannel_user: str | None = None
+    kannel_password: SecretStr | None = None
+    kannel_from: str | None = None
+    rate_limit: float | None = Field(None, description="messages per second, None = no cap")
+
+    # (recipient, message) pairs sent per gateway call and recorded per transaction
+    chunk_size: int = Field(10_000, ge=1)
+    # a sending process that has not shown life for this long is presumed dead
+    lease_seconds: float = Field(60.0, gt=0)

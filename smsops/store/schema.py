@@ -1,0 +1,168 @@
+"""The tables (SQLAlchemy Core) and the versioned migration steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+)
+
+metadata = MetaData()
+
+meta = Table(
+    "smsops_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+account = Table(
+    "account",
+    metadata,
+    Column("id", Integer, primary_key=True),  # one account per installation: id 1
+    Column("plan", String(16), nullable=False),
+    Column("phone_field_enabled", Boolean, nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("pos", Integer, primary_key=True, autoincrement=True),  # registration order
+    Column("user_id", String(128), nullable=False, unique=True),
+    Column("phone", String(64)),  # as the user table had it; classified when selected
+    Column("attrs", Text),  # the other columns of the user table, one JSON object
+    Column("updated_at", DateTime, nullable=False),
+)
+
+optouts = Table(
+    "optouts",
+    metadata,
+    Column("phone", String(32), primary_key=True),  # E.164
+    Column("source", String(64), nullable=False),  # import, cli, reply…
+    Column("created_at", DateTime, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # bulk | individual | resend
+    Column("status", String(24), nullable=False),
+    Column("messages", Text, nullable=False),  # JSON list of the texts, message_no = index+1
+    Column("recipients", Integer, nullable=False),
+    Column("resend_of", Integer, ForeignKey("deliveries.id")),
+    Column("created_at", DateTime, nullable=False),
+    Column("scheduled_at", DateTime),  # UTC; None = immediate
+    Column("started_at", DateTime),
+    Column("finished_at", DateTime),
+    Column("allocated", Boolean, nullable=False, default=False),  # R10 done at send time
+    Column("claimed_by", String(128)),  # host:pid:start of the process sending it
+    Column("heartbeat_at", DateTime),
+    Index("ix_deliveries_due", "status", "scheduled_at"),
+)
+
+items = Table(
+    "delivery_items",
+    metadata,
+    Column("delivery_id", Integer, ForeignKey("deliveries.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True),  # recipient order in the delivery
+    Column("message_no", Integer, primary_key=True),
+    Column("phone", String(32), nullable=False),  # E.164
+    Column("user_id", String(128)),
+    # pending | sending (handed to the gateway, outcome not yet recorded) | sent | error
+    # | cancelled; "sending" reads as pending outside the store.
+    Column("status", String(16), nullable=False),
+    Column("error", String(64)),
+    Column("ticket", Boolean, nullable=False, default=False),  # a ticket was debited for it
+    Column("sent_at", DateTime),
+    Column("gateway_ref", String(64)),
+    Index("ix_items_status", "delivery_id", "status", "seq"),
+    Index("ix_items_phone", "phone"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("kind", String(16), nullable=False),  # purchase | debit | refund
+    Column("amount", Integer, nullable=False),  # + purchase/refund, - debit
+    Column("delivery_id", Integer, ForeignKey("deliveries.id")),
+    Column("note", String(256)),
+    Index("ix_ledger_delivery", "delivery_id"),
+)
+
+# Each step takes the database from version i to i+1. Version 1 is the tables above as
+# first released; later steps alter them (ALTER TABLE …) so existing databases keep
+# their data. Never edit a released step: append a new one.
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    lambda conn: metadata.create_all(conn),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: Connection) -> int:
+    if not inspect(conn).has_table(meta.name):
+        return 0
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(conn: Connection) -> int:
+    """Bring the database to :data:`SCHEMA_VERSION`; return the version it had."""
+    before = schema_version(conn)
+    if before > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {before} is newer than this smsops ({SCHEMA_VERSION})"
+        )
+    for step in MIGRATIONS[before:]:
+        step(conn)
+    if before != SCHEMA_VERSION:
+        conn.execute(meta.delete().where(meta.c.key == "schema_version"))
+        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    return before
+
+
+def ensure_account(conn: Connection, now: object) -> None:
+    if conn.execute(select(func.count()).select_from(account)).scalar() == 0:
+        conn.execute(
+            account.insert().values(
+                id=1,
+                plan="standard",
+                phone_field_enabled=True,
+                timezone="Asia/Tokyo",
+                updated_at=now,
+            )
+        )
+
+
+__all__ = [
+    "account",
+    "deliveries",
+    "items",
+    "ledger",
+    "meta",
+    "metadata",
+    "migrate",
+    "optouts",
+    "schema_version",
+    "text",
+    "users",
+]

@@ -1,0 +1,333 @@
+"""Read user tables and opt-out lists (R16) from CSV files in any encoding Excel writes:
+all or nothing, every problem named by file, row, line and column."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pv
+
+from smsops.domain.schemas import STRING, Users, validate
+from smsops.errors import InputError, Problem
+
+REQUIRED = ("user_id", "phone")
+PHONE_HEADERS = ("phone", "電話番号")  # the phone column of an opt-out list
+MAX_PHONE = 64
+ENCODINGS = {
+    "auto": "auto",
+    "utf-8": "utf-8",
+    "utf8": "utf-8",
+    "utf-8-sig": "utf-8",
+    "cp932": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "ms932": "cp932",
+    "windows-31j": "cp932",
+}
+_CODEC_NAMES = {"utf-8": "UTF-8", "cp932": "CP932/Shift_JIS"}
+_BOM = b"\xef\xbb\xbf"
+# What Excel saves for a long number typed into a General cell: 9.01234E+09.
+_SCIENTIFIC = r"\s*[+-]?\d+(?:\.\d*)?[eE][+-]?\d+\s*$"
+
+
+@dataclass
+class _Table:
+    """One CSV file on its way to a frame, with the problems found so far."""
+
+    source: str
+    named: bool  # several files are read together: problems name their file
+    data: bytes = b""  # UTF-8, without BOM and leading blank lines
+    skipped: int = 0  # blank lines before the header
+    header: list[str] = field(default_factory=list)
+    first: int = 1  # the parser's number of the first data row: 1 after a header line
+    frame: pd.DataFrame | None = None
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # data row of each
+    records: int = 0  # rows the parser saw, the header included
+    problems: list[Problem] = field(default_factory=list)
+    _lines: np.ndarray | None = None
+
+    def where(self, text: str, line: int | None = None) -> str:
+        """``text`` followed by the file (when several) and the physical line."""
+        parts = [f"in {self.source}"] * self.named + [f"line {line}"] * (line is not None)
+        return f"{text} ({', '.join(parts)})" if parts else text
+
+    def fail(self, text: str, column: str | None = None) -> _Table:
+        """Record a problem of the whole table, which then gives no frame."""
+        self.problems.append(Problem(None, column, self.where(text)))
+        self.frame = None
+        return self
+
+    def line_of(self, rows: np.ndarray) -> list[int | None]:
+        """Physical line of each data row; None when quoted line breaks make it unknown."""
+        if self._lines is None and len(rows):
+            buf = np.frombuffer(self.data, np.uint8)
+            ends = np.flatnonzero(buf == 10)
+            starts, stops = np.r_[0, ends + 1], np.r_[ends, buf.size]
+            cr_only = (stops - starts == 1) & (buf[np.minimum(starts, buf.size - 1)] == 13)
+            lines = np.flatnonzero((stops > starts) & ~cr_only) + 1 + self.skipped
+            # the parser skips blank lines too, so lines match rows unless a cell spans lines
+            self._lines = lines if lines.size == self.records else np.empty(0, np.int64)
+        known = self._lines if self._lines is not None else np.empty(0, np.int64)
+        return [int(known[i]) if i < known.size else None for i in rows + self.first - 1]
+
+    def flag(self, mask: object, column: str, texts: str | Sequence[str]) -> None:
+        """Record a problem in ``column`` of each row where ``mask`` holds."""
+        assert self.frame is not None
+        pos = np.flatnonzero(np.asarray(mask, dtype=bool))
+        texts = [texts] * pos.size if isinstance(texts, str) else texts
+        rows, values = self.rows[pos], self.frame[column].iloc[pos].tolist()
+        self.problems += [
+            Problem(int(r), column, self.where(t, line), v)
+            for r, line, t, v in zip(rows, self.line_of(rows), texts, values, strict=True)
+        ]
+
+
+def _decode(data: bytes, codec: str) -> str | int:
+    """The decoded text, or the offset of the first byte that is not text in ``codec``."""
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        return exc.start
+    # Python's cp932 takes the lone bytes 0x80, 0xA0 and 0xFD-0xFF (no Shift_JIS text has
+    # them) as U+0080 and U+F8F0-F8F3, so binary or Latin-1 files would pass as CP932
+    odd = [i for i in map(text.find, "\x80\uf8f0\uf8f1\uf8f2\uf8f3") if i >= 0]
+    return len(text[: min(odd)].encode(codec)) if odd and codec == "cp932" else text
+
+
+def _to_utf8(raw: bytes, encoding: str) -> bytes:
+    """The file's text as UTF-8 without BOM; "auto" tries UTF-8 (BOM or not), then CP932."""
+    kind = ENCODINGS.get(encoding.strip().lower().replace("_", "-"))
+    if kind is None:
+        raise ValueError(f"unknown encoding {encoding!r}: use auto, utf-8 or cp932")
+    bom = raw.startswith(_BOM)
+    # CP932 reads most UTF-8 without error, as mojibake: refuse instead
+    if kind == "cp932" and (bom or (not raw.isascii() and isinstance(_decode(raw, "utf-8"), str))):
+        raise ValueError("looks like UTF-8, not CP932; pass --encoding utf-8 or auto")
+    body = raw[len(_BOM) :] if bom else raw
+    auto = kind == "auto" and not bom
+    failed = []
+    for codec in ("utf-8", "cp932") if auto else ("cp932",) if kind == "cp932" else ("utf-8",):
+        text = _decode(body, codec)
+        if isinstance(text, str):
+            return body if codec == "utf-8" else text.encode()
+        at = text + len(_BOM) * bom
+        line = raw.count(b"\n", 0, at) + 1
+        failed.append(f"{_CODEC_NAMES[codec]} (byte 0x{raw[at]:02x} at offset {at}, line {line})")
+    raise ValueError(f"not {' nor '.join(failed)}; pass the right --encoding (utf-8 or cp932)")
+
+
+def _open(path: str | Path, encoding: str, named: bool) -> _Table:
+    """Read and decode a file and split its first line into header names."""
+    t = _Table(str(path), named)
+    try:
+        data = _to_utf8(Path(path).read_bytes(), encoding)
+    except OSError as exc:
+        missing = isinstance(exc, FileNotFoundError)
+        return t.fail("file not found" if missing else f"cannot read the file: {exc.strerror}")
+    except ValueError as exc:
+        return t.fail(str(exc))
+    t.data = data.lstrip(b"\r\n")
+    t.skipped = data.count(b"\n", 0, len(data) - len(t.data))
+    if not t.data.strip():
+        return t.fail("file is empty")
+    end = t.data.find(b"\n")
+    first = (t.data if end < 0 else t.data[:end]).decode().rstrip("\r")
+    t.header = [name.replace("\ufeff", "").strip() for name in next(csv.reader([first]))]
+    return t
+
+
+def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
+    """Parse the data rows with every column as text and only empty cells missing."""
+    bad: list[pv.InvalidRow] = []
+    cols = [f"c{i}" for i in range(len(names))]
+
+    def skip(row: pv.InvalidRow) -> str:
+        bad.append(row)
+        return "skip"
+
+    def read(threads: bool) -> pa.Table:
+        bad.clear()
+        return pv.read_csv(
+            pa.BufferReader(t.data),
+            read_options=pv.ReadOptions(
+                use_threads=threads, column_names=cols, skip_rows=int(has_header)
+            ),
+            parse_options=pv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip),
+            convert_options=pv.ConvertOptions(
+                column_types=dict.fromkeys(cols, pa.string()),
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
+
+    try:
+        table = read(threads=True)
+        if bad and bad[0].number is None:  # only a single-threaded parse numbers the rows
+            table = read(threads=False)
+    except pa.ArrowException as exc:
+        return t.fail(f"cannot parse the CSV: {exc}")
+    t.first, t.records = int(has_header), table.num_rows + len(bad) + has_header
+    # more lines than rows: blank lines, or cells spanning lines, which is legal but also
+    # what a quote left open does to every row after it
+    if t.data.rstrip(b"\r\n").count(b"\n") + 1 > t.records and any(
+        pc.any(pc.match_substring(c, "\n")).as_py() for c in table.columns
+    ):
+        reader, start = csv.reader(io.StringIO(t.data.decode()), strict=True), 0
+        try:
+            for _ in reader:
+                start = reader.line_num
+        except csv.Error as exc:
+            return t.fail(
+                f"the row that starts on line {start + 1 + t.skipped} has a quoted "
+                f"cell that is not closed properly ({exc})"
+            )
+    broken = np.array([r.number - t.first for r in bad], np.int64)  # as data rows
+    rows = np.setdiff1d(np.arange(1, table.num_rows + len(bad) + 1), broken, assume_unique=True)
+    frame = table.to_pandas(types_mapper={pa.string(): STRING}.get)
+    frame.columns = pd.Index(names)
+    blank = frame.isna().all(axis=1).to_numpy()  # Excel's trailing ",,," rows
+    t.frame, t.rows = frame[~blank].reset_index(drop=True), rows[~blank]
+    t.problems += [
+        Problem(
+            int(row),
+            None,
+            t.where(
+                f"has {r.actual_columns} field"
+                f"{'s' * (r.actual_columns != 1)}, expected {r.expected_columns}",
+                line,
+            ),
+        )
+        for row, r, line in zip(broken, bad, t.line_of(broken), strict=True)
+    ]
+    return t
+
+
+def _check_phones(t: _Table, column: str) -> None:
+    """Flag phone cells too long to be a number, and numbers Excel turned into 9.01E+09."""
+    assert t.frame is not None
+    phone = t.frame[column]
+    t.flag(
+        phone.str.len().gt(MAX_PHONE).fillna(False),
+        column,
+        f"is longer than {MAX_PHONE} characters",
+    )
+    maybe = phone.str.contains("e", case=False, regex=False).fillna(False)
+    if maybe.any():  # the regex only where it can match: it is the slow part
+        t.flag(
+            maybe & phone.str.match(_SCIENTIFIC).fillna(False),
+            column,
+            "phone looks like a number mangled by Excel (scientific notation); "
+            "format the column as text and export again",
+        )
+
+
+def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
+    """Read one users CSV and check it, collecting every problem."""
+    t = _open(path, encoding, named)
+    names = [name or f"column_{i + 1}" for i, name in enumerate(t.header)]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        t.fail("column name appears more than once in the header", name)
+    for name in REQUIRED:
+        if t.header and name not in names:
+            found = ", ".join(repr(n) for n in names)
+            t.fail(f"required column {name!r} is missing (found: {found})", name)
+    frame = None if t.problems else _parse(t, names, has_header=True).frame
+    if frame is None:
+        return t
+    unnamed = [n for n, h in zip(names, t.header, strict=True) if not h and frame[n].isna().all()]
+    t.frame = frame.drop(columns=unnamed)  # Excel's trailing empty columns
+    uid = t.frame["user_id"]
+    blank = uid.str.strip().eq("").fillna(True).to_numpy(dtype=bool)
+    t.flag(blank, "user_id", "is empty (required)")
+    seen = uid.duplicated().to_numpy()
+    if (repeat := seen & ~blank).any():
+        first_rows = t.rows[~seen][pd.Index(uid[~seen]).get_indexer(uid[repeat])]
+        t.flag(
+            repeat,
+            "user_id",
+            [
+                f"{u!r} repeats row {r} (user_id must be unique)"
+                for u, r in zip(uid[repeat], first_rows, strict=True)
+            ],
+        )
+    _check_phones(t, "phone")
+    return t
+
+
+def _cross_file_repeats(tables: list[_Table]) -> None:
+    """Flag a user_id already seen in an earlier file (repeats within a file are flagged apart)."""
+    seen = pd.DataFrame({"source": pd.Series(dtype=object), "row": pd.Series(dtype=np.int64)})
+    for t in (t for t in tables if t.frame is not None):
+        uid = t.frame["user_id"]  # type: ignore[index]
+        first = (uid.str.strip().ne("").fillna(False) & ~uid.duplicated()).to_numpy(dtype=bool)
+        hit = first & uid.isin(seen.index).to_numpy(dtype=bool)
+        origin = seen.loc[uid[hit]]
+        t.flag(
+            hit,
+            "user_id",
+            [
+                f"{u!r} is already in {s} row {r}"
+                for u, s, r in zip(uid[hit], origin["source"], origin["row"], strict=True)
+            ],
+        )
+        fresh = first & ~hit
+        seen = pd.concat(
+            [seen, pd.DataFrame({"source": t.source, "row": t.rows[fresh]}, index=uid[fresh].array)]
+        )
+
+
+def _raise(tables: list[_Table]) -> None:
+    """Raise one InputError listing the problems of every file, whole-table ones first."""
+    problems = [
+        p for t in tables for p in sorted(t.problems, key=lambda p: (p.row is not None, p.row or 0))
+    ]
+    if problems:
+        raise InputError(", ".join(t.source for t in tables), problems)
+
+
+def read_users_csvs(paths: Sequence[str | Path], encoding: str = "auto") -> pd.DataFrame:
+    """Read users CSVs into one frame in file and row order (R5, R10), all or nothing."""
+    if not paths:
+        raise InputError("users CSV", [Problem(None, None, "no file given")])
+    tables = [_users_table(p, encoding, named=len(paths) > 1) for p in paths]
+    if len(tables) > 1:
+        _cross_file_repeats(tables)
+    _raise(tables)
+    frames = [t.frame for t in tables if t.frame is not None]
+    users = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True).astype(STRING)
+    # the contract check only: its coerced copy would turn string[pyarrow] into NaN-style str
+    validate(Users, users, ", ".join(t.source for t in tables))
+    return users
+
+
+def read_users_csv(path: str | Path, encoding: str = "auto") -> pd.DataFrame:
+    """Read one users CSV: ``user_id``, ``phone`` (raw) and every other column, all as text."""
+    return read_users_csvs([path], encoding)
+
+
+def read_phone_list(path: str | Path, encoding: str = "auto") -> pd.Series:
+    """Read an opt-out list (R16): its phone/電話番号 column, or each line of a one-column file."""
+    t = _open(path, encoding, named=False)
+    keys = [name.casefold() for name in t.header]
+    at = next((i for i, k in enumerate(keys) if k in PHONE_HEADERS), None)
+    column = "phone" if at is None else t.header[at]
+    if not t.problems and at is None and len(keys) != 1:
+        found = ", ".join(repr(n) for n in t.header)
+        t.fail(f"no 'phone' or '電話番号' column, and more than one column (found: {found})")
+    if not t.problems:  # the other columns get names that cannot clash with the phone's
+        names = [column if i == at or at is None else f"c{i}" for i in range(len(keys))]
+        _parse(t, names, has_header=at is not None)
+    if t.frame is not None:
+        _check_phones(t, column)
+    _raise([t])
+    assert t.frame is not None
+    phones = t.frame[column]
+    return phones[phones.notna()].reset_index(drop=True).rename("phone")
