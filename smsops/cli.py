@@ -7,6 +7,7 @@ on stderr and exits 1; usage errors exit 2.
 from __future__ import annotations
 
 import csv
+import enum
 import functools
 import io
 import json
@@ -131,6 +132,11 @@ def kv_table(rows: dict[str, object], title: str | None = None) -> Table:
     return table
 
 
+class OnOff(enum.Enum):
+    on = "on"
+    off = "off"
+
+
 # --- account and tickets --------------------------------------------------------------
 
 
@@ -146,18 +152,16 @@ def account_show(as_json: JsonOpt = False) -> None:
 @command
 def account_set(
     plan: Annotated[str | None, typer.Option(help="free, light, standard or premium")] = None,
-    phone_field: Annotated[str | None, typer.Option("--phone-field", help="on or off")] = None,
+    phone_field: Annotated[OnOff | None, typer.Option("--phone-field")] = None,
     timezone: Annotated[str | None, typer.Option(help="e.g. Asia/Tokyo")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    if phone_field not in (None, "on", "off"):
-        raise typer.BadParameter("use on or off", param_hint="--phone-field")
     with context(as_json) as ctx:
         acct = accounts.set_account(
             ctx,
             plan=plan,
             timezone=timezone,
-            phone_field=None if phone_field is None else phone_field == "on",
+            phone_field=None if phone_field is None else phone_field is OnOff.on,
         )
     emit(as_json, acct.to_dict(), lambda: out.print(kv_table(acct.to_dict())))
 

@@ -1,0 +1,415 @@
+"""The delivery lifecycle through the service layer, rule by rule (R1–R16)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+from sqlalchemy import select
+from support import add_users, e164, mobile, outbox
+
+from smsops import clock
+from smsops.errors import (
+    InputError,
+    MessageError,
+    NoRecipientsError,
+    PlanError,
+    RuleError,
+    ScheduleError,
+    SmsopsError,
+    StateError,
+    TicketError,
+)
+from smsops.services import account as accounts
+from smsops.services import deliveries as dl
+from smsops.services import people
+from smsops.services.dispatch import dispatch, dispatch_due
+from smsops.store import read
+from smsops.store.schema import ledger
+
+MSGS = ["冬のセール開始！", "詳細はWebで"]
+
+
+def create(ctx, messages=MSGS, at=None, **kw) -> dl.Created:
+    return dl.create_bulk(ctx, dl.preview_bulk(ctx, messages, at=at, **kw))
+
+
+def send_now(ctx, messages=MSGS, **kw):
+    created = create(ctx, messages, **kw)
+    return created, dispatch(ctx, created.delivery_id)
+
+
+def in_seconds(s: float) -> str:
+    return (clock.now() + timedelta(seconds=s)).isoformat()
+
+
+@pytest.mark.parametrize("plan", ["free", "light"])
+def test_r1_lower_plans_are_refused_naming_the_plan_and_nothing_is_saved(ctx, plan):
+    add_users(ctx, [mobile(1)])
+    accounts.add_tickets(ctx, 10)
+    accounts.set_account(ctx, plan=plan)
+    with pytest.raises(PlanError, match="standard plan or above") as err:
+        create(ctx)
+    assert err.value.details["required"] == "standard"
+    assert dl.list_deliveries(ctx) == []
+    assert accounts.balance(ctx) == 10
+
+
+@pytest.mark.parametrize("plan", ["standard", "premium"])
+def test_r1_standard_and_above_may_send_in_bulk(ctx, plan):
+    add_users(ctx, [mobile(1)])
+    accounts.add_tickets(ctx, 10)
+    accounts.set_account(ctx, plan=plan)
+    _, result = send_now(ctx)
+    assert result.status == "sent"
+
+
+def test_r2_phone_field_disabled_means_zero_recipients_explained(ctx):
+    add_users(ctx, [mobile(1), mobile(2)])
+    accounts.add_tickets(ctx, 10)
+    accounts.set_account(ctx, phone_field=False)
+    preview = dl.preview_bulk(ctx, MSGS)
+    assert preview.recipients == 0
+    assert preview.excluded == {"phone_field_disabled": 2}
+    with pytest.raises(NoRecipientsError, match="phone field is disabled"):
+        dl.create_bulk(ctx, preview)
+
+
+def test_r4_zero_recipients_refused_with_counts_per_reason(ctx):
+    add_users(ctx, [None, "", "03-1234-5678", "0120-123-456", "abc"])
+    accounts.add_tickets(ctx, 10)
+    with pytest.raises(NoRecipientsError) as err:
+        create(ctx)
+    text = str(err.value)
+    assert "0 recipients from 5 users" in text
+    assert "2 users have no phone number" in text
+    assert "2 users have numbers that are not Japanese mobiles" in text
+    assert err.value.details["excluded"] == {"no_phone": 2, "malformed": 1, "not_mobile": 2}
+    assert dl.list_deliveries(ctx) == []
+
+
+def test_r5_bulk_sends_a_shared_number_once_to_the_first_user(ctx):
+    add_users(ctx, [mobile(1), mobile(2), "+81 90 1000 0001", "09010000001"])
+    accounts.add_tickets(ctx, 100)
+    created, _ = send_now(ctx, ["one"])
+    assert created.recipients == 2
+    assert [line["phone"] for line in outbox(ctx)] == [e164(1), e164(2)]
+    items = dl.delivery_items(ctx, created.delivery_id)
+    assert items["user_id"].tolist() == ["u1", "u2"]
+
+
+def test_r5_individual_sends_are_never_deduplicated(ctx):
+    accounts.add_tickets(ctx, 10)
+    for _ in range(2):
+        created = dl.send_individual(ctx, mobile(1), ["あなたへのお知らせ"])
+        dispatch(ctx, created.delivery_id)
+    add_users(ctx, [mobile(1)])
+    send_now(ctx, ["bulk"])  # a bulk delivery is not deduplicated against them either
+    assert [line["phone"] for line in outbox(ctx)] == [e164(1)] * 3
+
+
+def test_r6_r7_bad_messages_are_refused_and_nothing_is_saved(ctx):
+    add_users(ctx, [mobile(1)])
+    accounts.add_tickets(ctx, 10)
+    with pytest.raises(MessageError, match="message 2 is 71 characters"):
+        create(ctx, ["ok", "あ" * 71])
+    with pytest.raises(MessageError, match="R7"):
+        create(ctx, ["%name%様"])
+    with pytest.raises(MessageError, match="1 or 2 messages"):
+        create(ctx, ["a", "b", "c"])
+    with pytest.raises(MessageError, match="R7"):
+        dl.send_individual(ctx, mobile(1), ["%name%"])
+    assert dl.list_deliveries(ctx) == []
+
+
+def test_r8_r9_creation_needs_recipients_times_messages_tickets(ctx):
+    add_users(ctx, [mobile(i) for i in range(1, 11)])
+    accounts.add_tickets(ctx, 19)
+    with pytest.raises(TicketError) as err:
+        create(ctx)  # 10 × 2 = 20 needed
+    assert err.value.details == {"rule": "R9", "needed": 20, "balance": 19, "shortfall": 1}
+    assert "needed 20, balance 19, shortfall 1" in str(err.value)
+    with pytest.raises(TicketError):  # scheduled deliveries are checked too
+        create(ctx, at=in_seconds(3600))
+    assert dl.list_deliveries(ctx) == []
+    accounts.add_tickets(ctx, 1)
+    assert create(ctx, at=in_seconds(3600)).tickets_needed == 20
+    assert accounts.balance(ctx) == 20  # a scheduled delivery reserves nothing (R10)
+
+
+def test_r10_scheduled_delivery_sends_in_order_when_the_balance_dropped(ctx):
+    """The source's example: 10 recipients × 2 messages need 20 tickets; with 15 left at
+    send time, 1–7 get both, 8 gets message 1 only, 9–10 get nothing."""
+    add_users(ctx, [mobile(i) for i in range(1, 11)])
+    accounts.add_tickets(ctx, 20)
+    created = create(ctx, at=in_seconds(1.5))
+    assert created.status == "scheduled"
+    for i in range(5):  # the balance drops before the scheduled time
+        dispatch(ctx, dl.send_individual(ctx, mobile(100 + i), ["個別"]).delivery_id)
+    assert accounts.balance(ctx) == 15
+    assert dispatch_due(ctx) == []  # not yet due
+    time.sleep(1.6)
+    (result,) = dispatch_due(ctx)
+    assert (result.delivery_id, result.sent, result.errors) == (created.delivery_id, 15, 5)
+    assert result.status == "partially_sent"
+    items = dl.delivery_items(ctx, created.delivery_id)
+    sent = items[items["status"] == "sent"]
+    assert sent.groupby("seq")["message_no"].apply(list).to_dict() == {
+        **{s: [1, 2] for s in range(1, 8)},
+        8: [1],
+    }
+    errors = items[items["status"] == "error"]
+    assert list(zip(errors["seq"], errors["message_no"], errors["error"], strict=True)) == [
+        (8, 2, "insufficient_tickets"),
+        (9, 1, "insufficient_tickets"),
+        (9, 2, "insufficient_tickets"),
+        (10, 1, "insufficient_tickets"),
+        (10, 2, "insufficient_tickets"),
+    ]
+    assert accounts.balance(ctx) == 0
+    # the outbox got recipient by recipient, message 1 then message 2
+    mine = [
+        (x["phone"], x["message_no"])
+        for x in outbox(ctx)
+        if x["delivery_id"] == created.delivery_id
+    ]
+    assert mine == [(e164(s), m) for s in range(1, 8) for m in (1, 2)] + [(e164(8), 1)]
+
+
+def test_r11_ledger_records_every_movement_and_balance_is_its_sum(ctx):
+    add_users(ctx, [mobile(i) for i in range(1, 4)])
+    accounts.add_tickets(ctx, 10)
+    send_now(ctx)
+    with read(ctx.engine) as conn:
+        rows = conn.execute(select(ledger.c.kind, ledger.c.amount).order_by(ledger.c.id)).all()
+    assert [tuple(r) for r in rows] == [("purchase", 10), ("debit", -6)]
+    assert accounts.balance(ctx) == sum(r.amount for r in rows) == 4
+
+
+def test_r11_gateway_rejections_are_refunded(ctx):
+    class Rejecting:
+        name = "rejecting"
+
+        def send(self, batch):
+            return pd.DataFrame(
+                {
+                    "idempotency_key": batch["idempotency_key"],
+                    "status": "error",
+                    "error": "rejected",
+                    "gateway_ref": None,
+                }
+            )
+
+        def accepted_keys(self, delivery_id):
+            return set()
+
+        def close(self):
+            pass
+
+    add_users(ctx, [mobile(1), mobile(2)])
+    accounts.add_tickets(ctx, 4)
+    ctx.gateway_factory = lambda settings: Rejecting()
+    _, result = send_now(ctx)
+    assert (result.status, result.sent, result.errors, result.tickets_used) == ("failed", 0, 4, 0)
+    assert accounts.balance(ctx) == 4
+
+
+def test_r12_past_time_refused_naive_times_are_in_the_account_zone(ctx):
+    add_users(ctx, [mobile(1)])
+    accounts.add_tickets(ctx, 10)
+    with pytest.raises(ScheduleError, match="in the past"):
+        create(ctx, at="2020-01-01 10:00")
+    with pytest.raises(ScheduleError, match="ISO 8601"):
+        create(ctx, at="next tuesday")
+    created = create(ctx, at="2099-12-01 10:00")
+    assert created.scheduled_at == "2099-12-01T10:00:00+09:00"
+    accounts.set_account(ctx, timezone="UTC")
+    assert dl.list_deliveries(ctx)[0]["scheduled_at"] == "2099-12-01T01:00:00+00:00"
+
+
+def test_r12_a_scheduled_delivery_can_be_cancelled_before_it_starts(ctx):
+    add_users(ctx, [mobile(1)])
+    accounts.add_tickets(ctx, 10)
+    created = create(ctx, at=in_seconds(1))
+    dl.cancel(ctx, created.delivery_id)
+    time.sleep(1.1)
+    assert dispatch_due(ctx) == []
+    assert outbox(ctx) == []
+    items = dl.delivery_items(ctx, created.delivery_id)
+    assert set(items["status"]) == {"cancelled"}
+    assert accounts.balance(ctx) == 10
+    with pytest.raises(StateError, match="cancelled"):
+        dl.cancel(ctx, created.delivery_id)
+    _, result = send_now(ctx)
+    with pytest.raises(StateError, match="only a delivery that has not started"):
+        dl.cancel(ctx, result.delivery_id)
+
+
+def test_r13_preview_shows_everything_and_saves_nothing(ctx):
+    add_users(ctx, [mobile(1), mobile(2), None])
+    accounts.add_tickets(ctx, 3)
+    p = dl.preview_bulk(ctx, MSGS, at="2099-01-01T09:00")
+    d = p.to_dict()
+    assert {
+        k: d[k]
+        for k in ("recipients", "messages", "tickets_needed", "balance", "scheduled_at", "excluded")
+    } == {
+        "recipients": 2,
+        "messages": 2,
+        "tickets_needed": 4,
+        "balance": 3,
+        "scheduled_at": "2099-01-01T09:00:00+09:00",
+        "excluded": {"no_phone": 1},
+    }
+    assert d["shortfall"] == 1
+    assert d["sample"] == ["090-****-0001", "090-****-0002"]
+    assert [t["length"] for t in d["texts"]] == [8, 7]
+    assert dl.list_deliveries(ctx) == []
+    assert accounts.balance(ctx) == 3
+
+
+def test_r14_history_lists_deliveries_newest_first_with_counts(ctx):
+    add_users(ctx, [mobile(1), mobile(2), mobile(3)])
+    accounts.add_tickets(ctx, 6)
+    first, _ = send_now(ctx, ["one"])
+    second = create(ctx, ["two"], at=in_seconds(3600))
+    rows = dl.list_deliveries(ctx)
+    assert [r["id"] for r in rows] == [second.delivery_id, first.delivery_id]
+    assert {
+        k: rows[1][k]
+        for k in ("kind", "status", "recipients", "sent", "errors", "tickets_used", "resend_of")
+    } == {
+        "kind": "bulk",
+        "status": "sent",
+        "recipients": 3,
+        "sent": 3,
+        "errors": 0,
+        "tickets_used": 3,
+        "resend_of": None,
+    }
+    assert rows[0]["status"] == "scheduled" and rows[0]["sent"] == 0
+    items = dl.delivery_items(ctx, first.delivery_id)
+    assert items[["seq", "phone", "message_no", "status"]].values.tolist() == [
+        [1, e164(1), 1, "sent"],
+        [2, e164(2), 1, "sent"],
+        [3, e164(3), 1, "sent"],
+    ]
+    with pytest.raises(SmsopsError, match="no delivery 99"):
+        dl.delivery_items(ctx, 99)
+
+
+def _r10_example(ctx) -> int:
+    add_users(ctx, [mobile(i) for i in range(1, 11)])
+    accounts.add_tickets(ctx, 20)
+    created = create(ctx, at=in_seconds(1))
+    dispatch(ctx, dl.send_individual(ctx, mobile(500), ["x"]).delivery_id)
+    for i in range(4):
+        dispatch(ctx, dl.send_individual(ctx, mobile(501 + i), ["x"]).delivery_id)
+    time.sleep(1.1)
+    dispatch_due(ctx)
+    return created.delivery_id
+
+
+def test_r15_bulk_resend_sends_exactly_the_failed_pairs_and_links_back(ctx):
+    original = _r10_example(ctx)
+    with pytest.raises(TicketError):  # R9 again: 5 needed, balance 0
+        dl.resend_bulk(ctx, original)
+    accounts.add_tickets(ctx, 5)
+    created = dl.resend_bulk(ctx, original)
+    result = dispatch(ctx, created.delivery_id)
+    assert (result.sent, result.errors) == (5, 0)
+    row = dl.list_deliveries(ctx)[0]
+    assert (row["kind"], row["resend_of"], row["recipients"]) == ("resend", original, 3)
+    lines = [
+        (x["phone"], x["message_no"], x["text"])
+        for x in outbox(ctx)
+        if x["delivery_id"] == created.delivery_id
+    ]
+    assert lines == [
+        (e164(8), 2, MSGS[1]),
+        (e164(9), 1, MSGS[0]),
+        (e164(9), 2, MSGS[1]),
+        (e164(10), 1, MSGS[0]),
+        (e164(10), 2, MSGS[1]),
+    ]
+    with pytest.raises(SmsopsError, match="no failed messages"):
+        dl.resend_bulk(ctx, created.delivery_id)
+
+
+def test_r15_individual_resend_one_number_at_a_time(ctx):
+    original = _r10_example(ctx)
+    accounts.add_tickets(ctx, 5)
+    (only,) = dl.resend_individual(ctx, original, phone="090-1000-0009")
+    dispatch(ctx, only.delivery_id)
+    rest = dl.resend_individual(ctx, original)  # 8 and 10 still failed in the original
+    assert [c.recipients for c in rest] == [1, 1, 1]  # the original's failures stay
+    for c in rest:
+        dispatch(ctx, c.delivery_id)
+    kinds = {(r["kind"], r["resend_of"]) for r in dl.list_deliveries(ctx)[:4]}
+    assert kinds == {("individual", original)}
+
+
+def test_r16_opted_out_numbers_are_skipped_in_bulk_and_refused_individually(ctx):
+    add_users(ctx, [mobile(1), mobile(2)])
+    accounts.add_tickets(ctx, 10)
+    people.optout_add(ctx, "０９０－１０００－０００１")
+    p = dl.preview_bulk(ctx, ["hi"])
+    assert (p.recipients, p.excluded) == (1, {"opted_out": 1})
+    with pytest.raises(RuleError, match="R16"):
+        dl.send_individual(ctx, "+81 90 1000 0001", ["hi"])
+
+
+def test_r16_an_opt_out_after_scheduling_is_honoured_at_send_time(ctx):
+    add_users(ctx, [mobile(1), mobile(2)])
+    accounts.add_tickets(ctx, 10)
+    created = create(ctx, ["hi"], at=in_seconds(1))
+    people.optout_add(ctx, mobile(2), source="reply")
+    time.sleep(1.1)
+    (result,) = dispatch_due(ctx)
+    assert (result.sent, result.errors) == (1, 1)
+    items = dl.delivery_items(ctx, created.delivery_id)
+    assert items.loc[items["seq"] == 2, "error"].item() == "opted_out"
+    assert accounts.balance(ctx) == 9  # no ticket for the opted-out number
+    accounts.add_tickets(ctx, 5)
+    with pytest.raises(SmsopsError, match="no failed messages"):
+        dl.resend_bulk(ctx, created.delivery_id)  # never resent to an opted-out number
+
+
+def test_r16_optout_remove(ctx):
+    people.optout_add(ctx, mobile(1))
+    assert people.optout_remove(ctx, "+819010000001")["optouts_total"] == 0
+    with pytest.raises(SmsopsError, match="not on the opt-out list"):
+        people.optout_remove(ctx, mobile(1))
+
+
+def test_r3_individual_send_to_a_landline_is_refused(ctx):
+    accounts.add_tickets(ctx, 10)
+    with pytest.raises(RuleError, match=r"R3.*not_mobile"):
+        dl.send_individual(ctx, "03-1234-5678", ["hi"])
+
+
+def test_users_upsert_keeps_registration_order_and_updates_in_place(ctx):
+    add_users(ctx, [mobile(1), mobile(2), mobile(3)])
+    people.upsert_users(
+        ctx, pd.DataFrame({"user_id": ["u4", "u2"], "phone": [mobile(4), mobile(22)]})
+    )
+    users = people.load_users(ctx)
+    assert users["user_id"].tolist() == ["u1", "u2", "u3", "u4"]
+    assert users["phone"].tolist() == [mobile(1), mobile(22), mobile(3), mobile(4)]
+
+
+def test_query_selects_users_by_their_other_columns(ctx):
+    add_users(ctx, [mobile(1), mobile(2), mobile(3)])
+    assert dl.preview_bulk(ctx, ["hi"], query="name == '山田2'").recipients == 1
+    with pytest.raises(InputError, match="--query"):
+        dl.preview_bulk(ctx, ["hi"], query="no_such_column > 1")
+
+
+def test_dispatch_refuses_a_delivery_that_is_not_due(ctx):
+    add_users(ctx, [mobile(1)])
+    accounts.add_tickets(ctx, 10)
+    created = create(ctx, at=in_seconds(3600))
+    with pytest.raises(StateError, match="scheduled for later"):
+        dispatch(ctx, created.delivery_id)

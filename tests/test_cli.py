@@ -1,0 +1,329 @@
+"""The CLI contract of DESIGN.md: one test per command, JSON shapes, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support import e164, mobile
+from typer.testing import CliRunner
+
+from smsops.cli import app
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    runner = CliRunner()
+    env = {
+        "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
+        "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
+        "SMSOPS_CHUNK_SIZE": "3",
+    }
+
+    def run(*args: str, code: int = 0, input: str | None = None):
+        result = runner.invoke(app, list(args), env=env, input=input)
+        assert result.exit_code == code, (args, result.output, result.exception)
+        assert "Traceback" not in result.output
+        return result
+
+    run.env = env  # type: ignore[attr-defined]
+    run.tmp = tmp_path  # type: ignore[attr-defined]
+    return run
+
+
+def soon(seconds: float = 1.2) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def as_json(result) -> dict:
+    return json.loads(result.stdout)
+
+
+def users_csv(tmp: Path, phones: list[str], name: str = "users.csv", encoding="utf-8") -> Path:
+    path = tmp / name
+    lines = ["user_id,phone,氏名"] + [f"u{i},{p},山田{i}" for i, p in enumerate(phones, 1)]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
+    return path
+
+
+def test_account_show_and_set(cli):
+    assert as_json(cli("account", "show", "--json")) == {
+        "plan": "standard",
+        "phone_field_enabled": True,
+        "timezone": "Asia/Tokyo",
+    }
+    out = as_json(
+        cli(
+            "account",
+            "set",
+            "--plan",
+            "premium",
+            "--phone-field",
+            "off",
+            "--timezone",
+            "UTC",
+            "--json",
+        )
+    )
+    assert out == {"plan": "premium", "phone_field_enabled": False, "timezone": "UTC"}
+    result = cli("account", "set", "--plan", "gold", code=1)
+    assert "unknown plan 'gold'" in result.stderr
+    cli("account", "set", "--timezone", "Mars/Base", code=1)
+    cli("account", "set", "--phone-field", "maybe", code=2)
+
+
+def test_tickets_balance_and_add(cli):
+    assert as_json(cli("tickets", "balance", "--json")) == {"balance": 0}
+    assert as_json(cli("tickets", "add", "15", "--json"))["balance"] == 15
+    assert as_json(cli("tickets", "balance", "--json")) == {"balance": 15}
+    assert "15 tickets" in cli("tickets", "balance").stdout
+    cli("tickets", "add", "0", code=1)
+    cli("tickets", "add", "many", code=2)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp932"])
+def test_users_import_reads_excel_encodings(cli, encoding):
+    path = users_csv(cli.tmp, [mobile(1), "０９０－１０００－０００２", ""], encoding=encoding)
+    assert as_json(cli("users", "import", str(path), "--json")) == {"rows": 3, "users_total": 3}
+    preview = as_json(cli("bulk", "preview", "-m", "hi", "--json"))
+    assert preview["recipients"] == 2
+
+
+def test_users_import_is_all_or_nothing_and_names_file_row_column(cli):
+    good = users_csv(cli.tmp, [mobile(1)], "good.csv")
+    bad = cli.tmp / "bad.csv"
+    bad.write_text("user_id,phone\nu2,09010000002\n,09010000003\n", encoding="utf-8")
+    result = cli("users", "import", str(good), str(bad), code=1)
+    assert "bad.csv" in result.stderr and "row 2" in result.stderr
+    assert "user_id" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert as_json(cli("users", "import", str(good), "--json"))["users_total"] == 1
+    cli("users", "import", str(cli.tmp / "missing.csv"), code=1)
+
+
+def test_optout_import_add_remove(cli):
+    path = cli.tmp / "optouts.csv"
+    path.write_text(f"phone\n{mobile(1)}\n{mobile(2)}\n", encoding="utf-8")
+    assert as_json(cli("optout", "import", str(path), "--json"))["added"] == 2
+    assert as_json(cli("optout", "add", "+81 90 1000 0003", "--json"))["phone"] == e164(3)
+    assert as_json(cli("optout", "remove", mobile(1), "--json"))["optouts_total"] == 2
+    cli("optout", "remove", mobile(1), code=1)
+    cli("optout", "add", "not a number", code=1)
+    users = users_csv(cli.tmp, [mobile(1), mobile(2), mobile(3), mobile(4)])
+    cli("users", "import", str(users))
+    preview = as_json(cli("bulk", "preview", "-m", "hi", "--json"))
+    assert (preview["recipients"], preview["excluded"]) == (2, {"opted_out": 2})
+
+
+def test_bulk_preview_json_shape(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2), "03-1234-5678"])))
+    cli("tickets", "add", "3")
+    out = as_json(
+        cli("bulk", "preview", "-m", "セール", "-m", "詳細", "--at", "2099-12-01 10:00", "--json")
+    )
+    assert {
+        k: out[k]
+        for k in ("recipients", "messages", "tickets_needed", "balance", "scheduled_at", "excluded")
+    } == {
+        "recipients": 2,
+        "messages": 2,
+        "tickets_needed": 4,
+        "balance": 3,
+        "scheduled_at": "2099-12-01T10:00:00+09:00",
+        "excluded": {"not_mobile": 1},
+    }
+    human = cli("bulk", "preview", "-m", "セール").stdout
+    assert "090-****-0001" in human and "Tickets" in human and "needed 2" in human
+    assert "+819010000001" not in human  # masked on the confirmation screen
+
+
+def test_bulk_create_sends_now_or_schedules(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(i) for i in range(1, 8)])))
+    cli("tickets", "add", "30")
+    now = as_json(cli("bulk", "create", "-m", "a", "-m", "b", "--yes", "--json"))
+    assert {
+        k: now[k] for k in ("status", "recipients", "messages", "tickets_needed", "scheduled_at")
+    } == {
+        "status": "sent",
+        "recipients": 7,
+        "messages": 2,
+        "tickets_needed": 14,
+        "scheduled_at": None,
+    }
+    later = as_json(
+        cli("bulk", "create", "-m", "a", "--at", "2099-01-01T10:00:30+09:00", "--yes", "--json")
+    )
+    assert later["status"] == "scheduled"
+    assert later["scheduled_at"] == "2099-01-01T10:00:30+09:00"
+    lines = (cli.tmp / "outbox.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 14
+    assert set(json.loads(lines[0])) == {
+        "delivery_id",
+        "phone",
+        "message_no",
+        "text",
+        "idempotency_key",
+        "accepted_at",
+    }
+
+
+def test_r13_bulk_create_without_yes_asks_and_saves_nothing_if_declined(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1)])))
+    cli("tickets", "add", "5")
+    result = cli("bulk", "create", "-m", "a", code=1)  # no terminal to ask on
+    assert "--yes" in result.stderr
+    assert as_json(cli("deliveries", "list", "--json")) == {"deliveries": []}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "あ" * 71], "message 1 is 71 characters"),
+        (["-m", "%name%様"], "R7"),
+        (["-m", "a", "--at", "2001-01-01 10:00"], "in the past"),
+        (["-m", "a", "-m", "b", "-m", "c"], "1 or 2 messages"),
+    ],
+)
+def test_bulk_create_refusals_exit_1_with_one_line(cli, args, message):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1)])))
+    cli("tickets", "add", "5")
+    result = cli("bulk", "create", *args, "--yes", code=1)
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_r1_plan_gate_through_the_cli(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1)])))
+    cli("account", "set", "--plan", "light")
+    result = cli("bulk", "preview", "-m", "a", code=1)
+    assert "standard plan" in result.stderr
+
+
+def test_send_individual(cli):
+    cli("tickets", "add", "2")
+    out = as_json(cli("send", "090-1000-0001", "-m", "こんにちは", "--json"))
+    assert (out["status"], out["sent"], out["recipients"]) == ("sent", 1, 1)
+    out = as_json(cli("send", "090-1000-0001", "-m", "again", "--json"))
+    assert out["status"] == "sent"  # never deduplicated (R5)
+    assert "R9" in cli("send", "090-1000-0001", "-m", "x", code=1).stderr
+    assert "R3" in cli("send", "03-1234-5678", "-m", "x", code=1).stderr
+
+
+def test_deliveries_list_show_errors_cancel(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2)])))
+    cli("tickets", "add", "5")
+    sent = as_json(cli("bulk", "create", "-m", "a", "--yes", "--json"))
+    later = as_json(cli("bulk", "create", "-m", "b", "--at", "2099-01-01 09:00", "--yes", "--json"))
+    listed = as_json(cli("deliveries", "list", "--json"))["deliveries"]
+    assert [d["id"] for d in listed] == [later["delivery_id"], sent["delivery_id"]]
+    assert set(listed[0]) >= {
+        "id",
+        "kind",
+        "status",
+        "scheduled_at",
+        "recipients",
+        "sent",
+        "errors",
+        "tickets_used",
+        "resend_of",
+    }
+    shown = as_json(cli("deliveries", "show", str(sent["delivery_id"]), "--json"))
+    assert shown["delivery"]["status"] == "sent"
+    assert shown["items"] == [
+        {"seq": 1, "phone": e164(1), "message_no": 1, "status": "sent", "error": None},
+        {"seq": 2, "phone": e164(2), "message_no": 1, "status": "sent", "error": None},
+    ]
+    pending = as_json(cli("deliveries", "show", str(later["delivery_id"]), "--json"))
+    assert {i["status"] for i in pending["items"]} == {"pending"}
+    assert (
+        as_json(cli("deliveries", "cancel", str(later["delivery_id"]), "--json"))["status"]
+        == "cancelled"
+    )
+    cancelled = as_json(cli("deliveries", "show", str(later["delivery_id"]), "--json"))
+    assert {i["status"] for i in cancelled["items"]} == {"cancelled"}
+    cli("deliveries", "cancel", str(sent["delivery_id"]), code=1)
+    cli("deliveries", "show", "999", code=1)
+    errors = as_json(cli("deliveries", "errors", str(sent["delivery_id"]), "--json"))
+    assert errors["errors"] == []
+
+
+def test_deliveries_errors_csv_is_safe_against_formula_injection(cli):
+    path = cli.tmp / "users.csv"
+    path.write_text(
+        f'user_id,phone\n=HYPERLINK("x"),{mobile(1)}\n@SUM(1),{mobile(2)}\n', encoding="utf-8"
+    )
+    cli("users", "import", str(path))
+    cli("tickets", "add", "4")
+    created = as_json(
+        cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json")
+    )
+    # spend the tickets so the scheduled delivery fails at send time
+    cli("send", mobile(9), "-m", "x", "-m", "y")
+    cli("send", mobile(9), "-m", "x", "-m", "y")
+    time.sleep(1.5)
+    cli("dispatch-due")
+    text = cli("deliveries", "errors", str(created["delivery_id"]), "--csv").stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["seq", "user_id", "phone", "message_no", "error"]
+    assert len(rows) == 5
+    for row in rows[1:]:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@")), row
+    assert rows[1][1] == '\'=HYPERLINK("x")'
+    assert rows[1][2] == "'" + e164(1)
+    assert rows[1][4] == "insufficient_tickets"
+
+
+def test_resend_bulk_and_individual(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2), mobile(3)])))
+    cli("tickets", "add", "6")
+    first = as_json(cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json"))
+    cli("send", mobile(9), "-m", "x")  # balance 5 at send time: recipient 3 gets message 1
+    time.sleep(1.5)
+    dispatched = as_json(cli("dispatch-due", "--json"))["dispatched"]
+    assert [(d["sent"], d["errors"]) for d in dispatched] == [(5, 1)]
+    cli("resend", str(first["delivery_id"]), code=1)  # R9: no tickets left
+    cli("tickets", "add", "2")
+    out = as_json(cli("resend", str(first["delivery_id"]), "--json"))
+    assert (out["resend_of"], out["sent"], out["tickets_needed"]) == (first["delivery_id"], 1, 1)
+    shown = as_json(cli("deliveries", "show", str(out["delivery_id"]), "--json"))
+    assert [(i["seq"], i["message_no"]) for i in shown["items"]] == [(3, 2)]
+    cli("resend", str(first["delivery_id"]), "--individual", code=0)  # still failed there
+    cli("tickets", "add", "1")
+    indiv = as_json(
+        cli("resend", str(first["delivery_id"]), "--individual", "--phone", mobile(3), "--json")
+    )["deliveries"]
+    assert [(d["recipients"], d["resend_of"]) for d in indiv] == [(1, first["delivery_id"])]
+
+
+def test_dispatch_due_with_nothing_due(cli):
+    assert as_json(cli("dispatch-due", "--json")) == {"dispatched": []}
+    assert "nothing due" in cli("dispatch-due").stdout
+
+
+def test_console_script_exit_codes_and_no_traceback(tmp_path):
+    exe = Path(sys.executable).parent / "smsops"
+    env = {"SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run(
+        [exe, "tickets", "balance", "--json"], env=env, capture_output=True, text=True
+    )
+    assert (ok.returncode, json.loads(ok.stdout)) == (0, {"balance": 0})
+    usage = subprocess.run([exe, "tickets", "add"], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2
+    bad = subprocess.run([exe, "deliveries", "show", "7"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "smsops: no delivery 7"
+    broken = subprocess.run(
+        [exe, "tickets", "balance"],
+        capture_output=True,
+        text=True,
+        env={**env, "SMSOPS_DATABASE_URL": "nonsense://"},
+    )
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
