@@ -33,6 +33,8 @@ def connect(url: str) -> Engine:
         with write(engine) as conn:
             migrate(conn)
             ensure_account(conn, now())
+    except RuntimeError as exc:  # a schema this smsops cannot handle
+        raise StoreError(str(exc)) from None
     except OperationalError as exc:
         where = parsed.render_as_string()  # hides the password
         raise StoreError(f"cannot open the database {where}: {exc.orig}") from None

@@ -93,6 +93,9 @@ items = Table(
     Column("ticket", Boolean, nullable=False, default=False),  # a ticket was debited for it
     Column("sent_at", DateTime),
     Column("gateway_ref", String(64)),
+    # delivery report from the network (schema version 2): delivered | undeliverable | …
+    Column("dlr_status", String(16)),
+    Column("dlr_at", DateTime),
     Index("ix_items_status", "delivery_id", "status", "seq"),
     Index("ix_items_phone", "phone"),
 )
@@ -109,12 +112,31 @@ ledger = Table(
     Index("ix_ledger_delivery", "delivery_id"),
 )
 
+
 # Each step takes the database from version i to i+1. Version 1 is the tables above as
 # first released; later steps alter them (ALTER TABLE …) so existing databases keep
 # their data. Never edit a released step: append a new one.
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    lambda conn: metadata.create_all(conn),
-]
+def _v1_tables(conn: Connection) -> None:
+    """Version 1: the tables as first released (without the version-2 columns)."""
+    v1 = MetaData()
+    for table in metadata.sorted_tables:
+        cols = [c._copy() for c in table.columns if c.name not in _ADDED_IN_V2.get(table.name, ())]
+        indexes = [Index(i.name, *[c.name for c in i.columns]) for i in table.indexes]
+        Table(table.name, v1, *cols, *indexes)
+    v1.create_all(conn)
+
+
+_ADDED_IN_V2 = {"delivery_items": ("dlr_status", "dlr_at")}
+
+
+def _v2_delivery_reports(conn: Connection) -> None:
+    """Version 2: delivery reports per item."""
+    conn.execute(text("ALTER TABLE delivery_items ADD COLUMN dlr_status VARCHAR(16)"))
+    kind = "TIMESTAMP" if conn.dialect.name == "postgresql" else "DATETIME"
+    conn.execute(text(f"ALTER TABLE delivery_items ADD COLUMN dlr_at {kind}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_tables, _v2_delivery_reports]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

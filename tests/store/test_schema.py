@@ -1,0 +1,62 @@
+"""The store's schema carries a version and migrates an existing database."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, select
+
+from smsops import store
+from smsops.store.engine import StoreError
+from smsops.store.schema import MIGRATIONS, SCHEMA_VERSION, meta, migrate, schema_version
+
+
+def test_fresh_database_is_created_at_the_current_version(tmp_path):
+    engine = store.connect(f"sqlite:///{tmp_path / 'new.db'}")
+    with engine.connect() as conn:
+        assert schema_version(conn) == SCHEMA_VERSION
+        assert {"users", "deliveries", "delivery_items", "ledger", "optouts", "account"} <= set(
+            inspect(conn).get_table_names()
+        )
+
+
+def test_version_1_database_keeps_its_data_when_migrated(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:  # a database as version 1 left it
+        MIGRATIONS[0](conn)
+        conn.execute(meta.insert().values(key="schema_version", value="1"))
+        conn.exec_driver_sql(
+            "INSERT INTO users (user_id, phone, updated_at) "
+            "VALUES ('u1', '09010000001', '2026-01-01 00:00:00')"
+        )
+        cols = {c["name"] for c in inspect(conn).get_columns("delivery_items")}
+        assert "dlr_status" not in cols
+    engine.dispose()
+    upgraded = store.connect(url)
+    with upgraded.connect() as conn:
+        assert schema_version(conn) == SCHEMA_VERSION
+        cols = {c["name"] for c in inspect(conn).get_columns("delivery_items")}
+        assert {"dlr_status", "dlr_at"} <= cols
+        assert conn.exec_driver_sql("SELECT user_id FROM users").scalar_one() == "u1"
+
+
+def test_migrate_is_idempotent(tmp_path):
+    engine = store.connect(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.begin() as conn:
+        assert migrate(conn) == SCHEMA_VERSION
+        assert conn.execute(select(meta.c.value)).scalar_one() == str(SCHEMA_VERSION)
+
+
+def test_a_database_from_a_newer_smsops_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'future.db'}"
+    store.connect(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(meta.update().values(value=str(SCHEMA_VERSION + 1)))
+    with pytest.raises(StoreError, match="newer"):
+        store.connect(url)
+
+
+def test_a_bad_database_url_is_one_clear_error():
+    with pytest.raises(StoreError, match="not a database URL"):
+        store.connect("not a url")
