@@ -15,6 +15,8 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -114,32 +116,71 @@ def dispatch_due(ctx: Context) -> list[DispatchResult]:
     return done
 
 
+@dataclass(frozen=True)
+class Session:
+    """One process's claim on one delivery, from :func:`begin` to :func:`finish`."""
+
+    delivery_id: int
+    owner: str
+    resumed: bool
+
+
 def dispatch(ctx: Context, delivery_id: int) -> DispatchResult:
     """Send one delivery now (it must be due, or queued, or abandoned by a dead process)."""
-    me = process_id()
-    resumed = _claim(ctx, delivery_id, me)
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(ctx, delivery_id, me, stop), daemon=True)
-    beat.start()
+    session = begin(ctx, delivery_id)
     gateway = ctx.gateway()
     try:
-        _allocate(ctx, delivery_id)
-        if resumed:
-            _reconcile(ctx, gateway, delivery_id)
-        _send_all(ctx, gateway, delivery_id, me)
-        status = _finish(ctx, delivery_id, me)
+        with keep_alive(ctx, session):
+            while send_chunk(ctx, session, gateway):
+                pass
+    finally:
+        gateway.close()
+    return finish(ctx, session)
+
+
+def begin(ctx: Context, delivery_id: int) -> Session:
+    """Claim a delivery for this process and allocate its tickets (once, R10)."""
+    owner = process_id()
+    session = Session(delivery_id, owner, _claim(ctx, delivery_id, owner))
+    _allocate(ctx, delivery_id)
+    return session
+
+
+@contextmanager
+def keep_alive(ctx: Context, session: Session) -> Iterator[None]:
+    """Show life (a heartbeat) while the body runs, so no one else resumes the delivery."""
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(ctx, session.delivery_id, session.owner, stop), daemon=True
+    )
+    beat.start()
+    try:
+        yield
     finally:
         stop.set()
         beat.join()
-        gateway.close()
-    s = delivery_summary(ctx, delivery_id)
+
+
+def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
+    """Send the next chunk; return how many pairs it held (0: nothing left).
+
+    First settles items a previous attempt handed to the gateway without recording the
+    outcome (a crash, or a retried task), so a retry never sends a message twice.
+    """
+    _reconcile(ctx, gateway, session.delivery_id)
+    return _send_next(ctx, gateway, session.delivery_id, session.owner)
+
+
+def finish(ctx: Context, session: Session) -> DispatchResult:
+    status = _finish(ctx, session.delivery_id, session.owner)
+    s = delivery_summary(ctx, session.delivery_id)
     return DispatchResult(
-        delivery_id,
+        session.delivery_id,
         status,
         int(s["sent"]),
         int(s["errors"]),
         int(s["tickets_used"]),
-        resumed,
+        session.resumed,
     )
 
 
@@ -291,59 +332,62 @@ def _next_chunk(conn: Connection, delivery_id: int, size: int) -> pd.DataFrame:
     return chunk
 
 
-def _send_all(ctx: Context, gateway: Gateway, delivery_id: int, me: str) -> None:
+def _send_next(ctx: Context, gateway: Gateway, delivery_id: int, me: str) -> int:
     with read(ctx.engine) as conn:
+        chunk = _next_chunk(conn, delivery_id, ctx.settings.chunk_size)
+        if chunk.empty:
+            return 0
         texts = json.loads(
             conn.execute(
                 select(deliveries.c.messages).where(deliveries.c.id == delivery_id)
             ).scalar_one()
         )
-        total = int(
+        left = int(
             conn.execute(
                 select(func.count()).where(_pending(delivery_id), items.c.ticket.is_(True))
             ).scalar_one()
         )
-    done = 0
-    size = ctx.settings.chunk_size
-    while True:
-        with read(ctx.engine) as conn:
-            chunk = _next_chunk(conn, delivery_id, size)
-        if chunk.empty:
-            break
-        first, last = int(chunk["seq"].iloc[0]), int(chunk["seq"].iloc[-1])
-        in_chunk = and_(
-            items.c.delivery_id == delivery_id, items.c.seq >= first, items.c.seq <= last
-        )
-        with write(ctx.engine) as conn:
-            owner = conn.execute(
-                select(deliveries.c.claimed_by).where(deliveries.c.id == delivery_id)
+        done = int(
+            conn.execute(
+                select(func.count()).where(
+                    items.c.delivery_id == delivery_id,
+                    items.c.status.in_(("sent", "error")),
+                    items.c.ticket.is_(True),
+                )
             ).scalar_one()
-            if owner != me:
-                raise StateError(f"delivery {delivery_id} was taken over by {owner}")
-            conn.execute(
-                items.update()
-                .where(in_chunk, items.c.status == "pending", items.c.ticket.is_(True))
-                .values(status="sending")
-            )
-            conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id == delivery_id)
-                .values(heartbeat_at=clock.now())
-            )
-        batch = pd.DataFrame(
-            {
-                "delivery_id": delivery_id,
-                "seq": chunk["seq"],
-                "message_no": chunk["message_no"],
-                "phone": chunk["phone"],
-                "text": pd.Series(texts, dtype=object).iloc[chunk["message_no"] - 1].to_numpy(),
-                "idempotency_key": idempotency_keys(delivery_id, chunk["seq"], chunk["message_no"]),
-            }
         )
-        results = gateway.send(batch)
-        _record(ctx, delivery_id, batch, results, in_chunk)
-        done += len(chunk)
-        ctx.progress(done, total, "sending")
+    first, last = int(chunk["seq"].iloc[0]), int(chunk["seq"].iloc[-1])
+    in_chunk = and_(items.c.delivery_id == delivery_id, items.c.seq >= first, items.c.seq <= last)
+    with write(ctx.engine) as conn:
+        owner = conn.execute(
+            select(deliveries.c.claimed_by).where(deliveries.c.id == delivery_id)
+        ).scalar_one()
+        if owner != me:
+            raise StateError(f"delivery {delivery_id} was taken over by {owner}")
+        conn.execute(
+            items.update()
+            .where(in_chunk, items.c.status == "pending", items.c.ticket.is_(True))
+            .values(status="sending")
+        )
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == delivery_id)
+            .values(heartbeat_at=clock.now())
+        )
+    batch = pd.DataFrame(
+        {
+            "delivery_id": delivery_id,
+            "seq": chunk["seq"],
+            "message_no": chunk["message_no"],
+            "phone": chunk["phone"],
+            "text": pd.Series(texts, dtype=object).iloc[chunk["message_no"] - 1].to_numpy(),
+            "idempotency_key": idempotency_keys(delivery_id, chunk["seq"], chunk["message_no"]),
+        }
+    )
+    results = gateway.send(batch)
+    _record(ctx, delivery_id, batch, results, in_chunk)
+    ctx.progress(done + len(chunk), done + left, "sending")
+    return len(chunk)
 
 
 def _record(

@@ -1,0 +1,1 @@
+"""Prefect flows and the long-running scheduler (``smsops serve``)."""

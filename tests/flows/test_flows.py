@@ -1,0 +1,157 @@
+"""The Prefect flows, with Prefect's test harness (a temporary local API)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.artifacts import Artifact
+from prefect.testing.utilities import prefect_test_harness
+from support import e164, mobile
+
+from smsops.errors import InputError
+from smsops.gateways.outbox import OutboxGateway
+from smsops.services import account as accounts
+from smsops.services import deliveries as dl
+from smsops.services.context import Context
+from smsops.settings import Settings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch) -> Settings:
+    monkeypatch.setenv("SMSOPS_DATABASE_URL", f"sqlite:///{tmp_path / 'smsops.db'}")
+    monkeypatch.setenv("SMSOPS_OUTBOX", str(tmp_path / "outbox.jsonl"))
+    monkeypatch.setenv("SMSOPS_CHUNK_SIZE", "4")
+    return Settings()
+
+
+def users_csv(tmp_path: Path, phones: list[str], name: str = "users.csv") -> str:
+    path = tmp_path / name
+    path.write_text(
+        "user_id,phone\n" + "".join(f"{name}-{i},{p}\n" for i, p in enumerate(phones, 1)),
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def markdown(key: str) -> str:
+    artifact = Artifact.get(key)
+    assert artifact is not None, key
+    return str(artifact.data)
+
+
+def test_import_users_flow_batches_files_and_reports(env, tmp_path):
+    from flows.campaigns import import_users
+
+    a = users_csv(tmp_path, [mobile(1), mobile(2)], "a")
+    b = users_csv(tmp_path, [mobile(3)], "b")
+    assert import_users([a, b]) == {"rows": 3, "users_total": 3}
+    assert "users in total | 3" in markdown("import-summary")
+
+
+def test_import_users_flow_rejects_all_and_lists_the_rows(env, tmp_path):
+    from flows.campaigns import import_users
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,phone\n,090\nx,9.01234E+09\n", encoding="utf-8")
+    with pytest.raises(InputError):
+        import_users([users_csv(tmp_path, [mobile(1)], "ok"), str(bad)])
+    rows = json.loads(Artifact.get("import-rejected-rows").data)
+    assert {r["row"] for r in rows} == {1, 2}
+    ctx = Context.open(env)
+    assert dl.people.users_count(ctx) == 0  # all or nothing
+
+
+def test_r13_create_bulk_flow_saves_only_when_confirmed(env, tmp_path, caplog):
+    from flows.campaigns import create_bulk, import_users
+
+    import_users([users_csv(tmp_path, [mobile(1), mobile(2), mobile(3)])])
+    ctx = Context.open(env)
+    accounts.add_tickets(ctx, 10)
+    preview = create_bulk(["セール"])
+    assert preview["delivery_id"] is None and preview["recipients"] == 3
+    assert dl.list_deliveries(ctx) == []
+    confirmation = markdown("bulk-confirmation")
+    assert "tickets needed | 3" in confirmation
+    sample = json.loads(Artifact.get("bulk-recipients-sample").data)
+    assert [row["phone"] for row in sample] == ["090-****-0001", "090-****-0002", "090-****-0003"]
+    with caplog.at_level(logging.INFO):
+        result = create_bulk(["セール"], confirm=True)
+    assert (result["status"], result["sent"]) == ("sent", 3)
+    assert "sent: sent 3" in markdown(f"delivery-{result['delivery_id']}-summary") or (
+        "| sent | 3 |" in markdown(f"delivery-{result['delivery_id']}-summary")
+    )
+    # no full number in anything Prefect logged
+    assert not any(e164(i) in r.getMessage() for r in caplog.records for i in (1, 2, 3))
+
+
+def test_dispatch_due_flow_sends_scheduled_and_resend_flow_repairs(env, tmp_path):
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from flows.campaigns import dispatch_due, resend_failures
+
+    ctx = Context.open(env)
+    people = dl.people
+    people.upsert_users(
+        ctx, pd.DataFrame({"user_id": ["a", "b", "c"], "phone": [mobile(1), mobile(2), mobile(3)]})
+    )
+    accounts.add_tickets(ctx, 6)
+    at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"], at=at))
+    dl.send_individual(ctx, mobile(9), ["x"])  # queued individual send: also due
+    time.sleep(1.2)
+    results = dispatch_due()
+    by_id = {r["delivery_id"]: r for r in results}
+    assert by_id[created.delivery_id]["sent"] == 5  # 1 ticket went to the individual send
+    accounts.add_tickets(ctx, 1)
+    repaired = resend_failures(created.delivery_id)
+    assert (repaired["resend_of"], repaired["sent"]) == (created.delivery_id, 1)
+    assert dispatch_due() == []
+
+
+class AcceptThenTimeout(OutboxGateway):
+    """A provider that accepts the first batch but whose answer never arrives (the
+    connection times out): the classic ambiguous failure a retry must not double."""
+
+    failed = False
+
+    def send(self, batch):
+        result = super().send(batch)
+        if not AcceptThenTimeout.failed:
+            AcceptThenTimeout.failed = True
+            raise TimeoutError("gateway answer lost")
+        return result
+
+
+def test_send_chunk_retry_never_sends_twice(env, tmp_path):
+    """The gateway accepted a chunk but its answer was lost; the task is retried with
+    backoff, and the retry settles the first attempt from the idempotency keys."""
+    from flows import campaigns
+
+    ctx = campaigns._context()
+    dl.people.upsert_users(
+        ctx, pd.DataFrame({"user_id": ["a", "b"], "phone": [mobile(1), mobile(2)]})
+    )
+    accounts.add_tickets(ctx, 4)
+    created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"]))
+    ctx.gateway_factory = lambda settings: AcceptThenTimeout(settings.outbox)
+    result = campaigns.dispatch_delivery(created.delivery_id)
+    assert AcceptThenTimeout.failed
+    assert (result["sent"], result["errors"]) == (4, 0)
+    lines = [json.loads(x) for x in Path(env.outbox).read_text().splitlines()]
+    assert sorted((x["phone"], x["message_no"]) for x in lines) == [
+        (e164(1), 1),
+        (e164(1), 2),
+        (e164(2), 1),
+        (e164(2), 2),
+    ]

@@ -1,0 +1,116 @@
+"""``smsops serve`` for real: a scheduled delivery goes out at its time, exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support import mobile
+
+SMSOPS = str(Path(sys.executable).parent / "smsops")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SMSOPS_"))}
+    env.update(
+        {
+            "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
+            "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
+            "SMSOPS_CHUNK_SIZE": "50",
+            "PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+    )
+
+    def smsops(*args: str) -> dict:
+        done = subprocess.run(
+            [SMSOPS, *args, "--json"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    users = tmp_path / "users.csv"
+    users.write_text(
+        "user_id,phone\n" + "".join(f"u{i},{mobile(i)}\n" for i in range(200)), encoding="utf-8"
+    )
+    smsops("users", "import", str(users))
+    smsops("tickets", "add", "400")
+
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
+    serve = subprocess.Popen(
+        [SMSOPS, "serve", "--interval", "5"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while "being served" not in (tmp_path / "serve.log").read_text(errors="replace"):
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "smsops serve did not start"
+            time.sleep(1)
+
+        at = datetime.now(UTC) + timedelta(seconds=10)
+        created = smsops(
+            "bulk",
+            "create",
+            "-m",
+            "定刻のお知らせ",
+            "-m",
+            "二通目",
+            "--at",
+            at.isoformat(),
+            "--yes",
+        )
+        assert created["status"] == "scheduled"
+        expected = 400
+
+        # a second dispatcher racing the scheduler at the due time
+        while datetime.now(UTC) < at:
+            time.sleep(0.2)
+        racer = subprocess.Popen(
+            [SMSOPS, "dispatch-due", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        outbox = tmp_path / "outbox.jsonl"
+        while True:
+            lines = outbox.read_text(encoding="utf-8").splitlines() if outbox.exists() else []
+            if len(lines) >= expected:
+                break
+            assert datetime.now(UTC) < at + timedelta(seconds=90), (
+                f"only {len(lines)} of {expected} sent 90 s after the scheduled time"
+            )
+            time.sleep(1)
+        racer.communicate(timeout=120)
+        time.sleep(6)  # one more scheduler round must not send anything again
+        records = [json.loads(x) for x in outbox.read_text(encoding="utf-8").splitlines()]
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+        log.close()
+
+    keys = [r["idempotency_key"] for r in records]
+    assert len(keys) == len(set(keys)) == expected  # exactly once, racer or not
+    sent_at = [datetime.fromisoformat(r["accepted_at"]) for r in records]
+    assert min(sent_at) >= at  # not before its time
+    assert max(sent_at) <= at + timedelta(seconds=90)
+    shown = smsops("deliveries", "show", str(created["delivery_id"]))
+    assert shown["delivery"]["status"] == "sent"
