@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint bench
+.PHONY: venv demo test lint notebooks-check bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,9 +16,13 @@ venv: $(VENV)/.installed
 demo: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo
 
-lint: venv
+lint: venv notebooks-check
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy smsops
+	$(VENV)/bin/mypy smsops flows
+
+# Notebooks are committed without outputs (run `.venv/bin/nbstripout notebooks/*.ipynb`).
+notebooks-check: venv
+	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
 
 test: lint
 	$(PY) -m pytest

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -108,7 +109,7 @@ def serve(interval: float = 10.0, home: Path | None = None) -> None:
         with temporary_settings(
             updates={PREFECT_API_URL: url, PREFECT_RUNNER_POLL_FREQUENCY: poll}
         ):
-            prefect_serve(
+            deployments: list[Any] = [  # to_deployment is typed sync-or-async
                 campaigns.dispatch_due.to_deployment(
                     name="dispatch-due",
                     interval=timedelta(seconds=interval),
@@ -118,6 +119,9 @@ def serve(interval: float = 10.0, home: Path | None = None) -> None:
                 campaigns.create_bulk.to_deployment(name="create-bulk"),
                 campaigns.dispatch_delivery.to_deployment(name="dispatch-delivery"),
                 campaigns.resend_failures.to_deployment(name="resend-failures"),
+            ]
+            prefect_serve(
+                *deployments,
                 pause_on_shutdown=False,
                 limit=2,  # flow runs at once: no pile-up behind a long delivery
             )
