@@ -1,4 +1,8 @@
-"""Shared fixtures: a fresh smsops installation (SQLite file + outbox) per test."""
+"""Shared fixtures: a fresh smsops installation per test, on SQLite and on PostgreSQL.
+
+Tests that take ``settings``/``ctx`` run on both stores; ``sqlite_settings`` pins one.
+PostgreSQL comes from a throwaway server (tests/pg.py) started once per session.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,43 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg import create_database, pg_bin, postgres_server
 
 from smsops.services.context import Context
 from smsops.settings import Settings
 
 
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[str]:
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with postgres_server() as url:
+        yield url
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def postgres_url(postgres_admin: str) -> str:
+    return create_database(postgres_admin)
+
+
+def _settings(url: str, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=f"sqlite:///{tmp_path / 'smsops.db'}",
+        database_url=url,
         outbox=tmp_path / "outbox.jsonl",
         chunk_size=7,  # small, so that every test crosses chunk boundaries
     )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "postgres":
+        return _settings(request.getfixturevalue("postgres_url"), tmp_path)
+    return _settings(f"sqlite:///{tmp_path / 'smsops.db'}", tmp_path)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return _settings(f"sqlite:///{tmp_path / 'smsops.db'}", tmp_path)
 
 
 @pytest.fixture

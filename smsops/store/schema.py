@@ -8,7 +8,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    DateTime,
+    DateTime as _DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -23,6 +23,11 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+
+
+# Aware timestamps (PostgreSQL ``timestamptz``): smsops always writes UTC, and the
+# server's session time zone can never shift them.
+DateTime = _DateTime(timezone=True)
 
 meta = Table(
     "smsops_meta",
@@ -132,7 +137,7 @@ _ADDED_IN_V2 = {"delivery_items": ("dlr_status", "dlr_at")}
 def _v2_delivery_reports(conn: Connection) -> None:
     """Version 2: delivery reports per item."""
     conn.execute(text("ALTER TABLE delivery_items ADD COLUMN dlr_status VARCHAR(16)"))
-    kind = "TIMESTAMP" if conn.dialect.name == "postgresql" else "DATETIME"
+    kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
     conn.execute(text(f"ALTER TABLE delivery_items ADD COLUMN dlr_at {kind}"))
 
 

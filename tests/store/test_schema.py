@@ -10,8 +10,8 @@ from smsops.store.engine import StoreError
 from smsops.store.schema import MIGRATIONS, SCHEMA_VERSION, meta, migrate, schema_version
 
 
-def test_fresh_database_is_created_at_the_current_version(tmp_path):
-    engine = store.connect(f"sqlite:///{tmp_path / 'new.db'}")
+def test_fresh_database_is_created_at_the_current_version(settings):
+    engine = store.connect(settings.database_url)
     with engine.connect() as conn:
         assert schema_version(conn) == SCHEMA_VERSION
         assert {"users", "deliveries", "delivery_items", "ledger", "optouts", "account"} <= set(
@@ -19,8 +19,8 @@ def test_fresh_database_is_created_at_the_current_version(tmp_path):
         )
 
 
-def test_version_1_database_keeps_its_data_when_migrated(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_version_1_database_keeps_its_data_when_migrated(settings):
+    url = settings.database_url
     engine = create_engine(url)
     with engine.begin() as conn:  # a database as version 1 left it
         MIGRATIONS[0](conn)
@@ -40,15 +40,15 @@ def test_version_1_database_keeps_its_data_when_migrated(tmp_path):
         assert conn.exec_driver_sql("SELECT user_id FROM users").scalar_one() == "u1"
 
 
-def test_migrate_is_idempotent(tmp_path):
-    engine = store.connect(f"sqlite:///{tmp_path / 'a.db'}")
+def test_migrate_is_idempotent(settings):
+    engine = store.connect(settings.database_url)
     with engine.begin() as conn:
         assert migrate(conn) == SCHEMA_VERSION
         assert conn.execute(select(meta.c.value)).scalar_one() == str(SCHEMA_VERSION)
 
 
-def test_a_database_from_a_newer_smsops_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 'future.db'}"
+def test_a_database_from_a_newer_smsops_is_refused(settings):
+    url = settings.database_url
     store.connect(url)
     engine = create_engine(url)
     with engine.begin() as conn:
