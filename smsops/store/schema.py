@@ -8,7 +8,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    DateTime as _DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -20,6 +19,9 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+)
+from sqlalchemy import (
+    DateTime as _DateTime,
 )
 
 metadata = MetaData()
