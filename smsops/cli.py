@@ -630,8 +630,10 @@ def receiver(
     import logging
 
     from smsops import receiver as receiving
+    from smsops.logs import install_masking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    install_masking()  # its own lines are masked already; this covers everything else
 
     def ready(url: str) -> None:
         urls = {"url": url, "dlr_url": f"{url}/dlr", "mo_url": f"{url}/mo"}

@@ -1,0 +1,319 @@
+"""The ``kannel`` gateway: Kannel's HTTP ``sendsms`` interface, in UCS-2, concurrently,
+under a rate cap, with a delivery report asked for each message.
+
+One POST per message: the text is the body (UTF-8, which Kannel turns into UCS-2 because
+of ``X-Kannel-Coding: 2``); everything else travels in ``X-Kannel-*`` headers — the
+credentials included, so no URL ever carries the password (httpx logs URLs at INFO, and
+so do proxies in front of Kannel). The number goes as stored, E.164 (``+819012345678``).
+
+Kannel's answers:
+
+- 202 (``0: Accepted for delivery`` / ``3: Queued for later delivery``) → ``sent``;
+- another 4xx → ``rejected: <Kannel's reason>`` (an authorization failure ends the batch:
+  every later message would get the same answer);
+- a refused connection, a connect timeout or a 5xx → Kannel did not take the message:
+  tried again with backoff, then ``gateway_unavailable`` (and the rest of the batch is
+  not tried: Kannel is down);
+- an answer lost after the request went out (read timeout, dropped connection) →
+  ``outcome_unknown``, never retried: Kannel may have queued it, and a retry could send
+  it twice.
+
+Kannel cannot say which messages it accepted before a crash: :meth:`accepted_keys` is None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import httpx
+import pandas as pd
+
+from smsops.errors import GatewayError
+from smsops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SENT, ERROR = "sent", "error"
+UNAVAILABLE = "gateway_unavailable"
+UNKNOWN = "outcome_unknown"
+# Delivery reports asked for: delivered (1), undeliverable (2), rejected by the SMSC (16) —
+# the final states only; "buffered" (4) and "accepted by the SMSC" (8) would double the
+# callbacks without changing what history shows.
+DLR_MASK = 1 | 2 | 16
+# Kannel's escapes in a dlr-url: %d the report type, %T its time (epoch s), %F the SMSC's id.
+DLR_QUERY = "status=%d&at=%T&ref=%F"
+_ERROR_WIDTH = 64  # delivery_items.error is VARCHAR(64)
+
+T = TypeVar("T")
+Outcome = tuple[str, str | None]  # (status, error)
+
+
+class RateLimiter:
+    """At most ``rate`` sends in any 1-second window, spread out.
+
+    Decided on the times sends really start (not on slots booked in advance, which a
+    stalled event loop would release in a burst): a send waits until the one
+    ``floor(rate)`` places back is a second old — the cap — and the previous one is
+    ``0.8/rate`` old — no bursts; the slack absorbs timers that wake late, so the cap is
+    reached but never passed. Thread-safe, so one limiter serves every gateway of a
+    process (back-to-back deliveries included).
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be positive, not {rate!r}")
+        self.rate = rate
+        self.interval = 0.8 / rate
+        self.window = max(1, math.floor(rate))
+        self._clock = clock
+        self._starts: deque[float] = deque(maxlen=self.window)
+        self._lock = threading.Lock()
+
+    def _try(self) -> float:
+        """Take a send now if allowed (return 0), else return how long to wait."""
+        with self._lock:
+            now = self._clock()
+            ready = now
+            if self._starts:
+                ready = self._starts[-1] + self.interval
+                if len(self._starts) == self.window:
+                    ready = max(ready, self._starts[0] + 1.0 + _MARGIN)
+            if ready <= now:
+                self._starts.append(now)
+                return 0.0
+            return ready - now
+
+    async def acquire(self) -> None:
+        while (wait := self._try()) > 0:
+            await asyncio.sleep(wait)
+
+
+# Over a second by this much: a request that reaches the wire a little later than its
+# predecessor (the OS took the CPU in between) still keeps to the cap there.
+_MARGIN = 0.005
+
+_limiters: dict[tuple[str, str, float], RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def shared_limiter(url: str, user: str, rate: float) -> RateLimiter:
+    """The process-wide limiter for one Kannel account (the cap holds across deliveries;
+    several processes each get their own — Kannel's ``throughput`` caps them all)."""
+    with _limiters_lock:
+        return _limiters.setdefault((url, user, rate), RateLimiter(rate))
+
+
+class CappedTransport(httpx.AsyncBaseTransport):
+    """Takes each request's turn from the limiter at the last moment before it goes out
+    (retries count too: the cap is on what Kannel sees)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limiter: RateLimiter) -> None:
+        self.inner, self.limiter = inner, limiter
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self.limiter.acquire()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def rejected(reason: str) -> str:
+    """``rejected: <Kannel's reason>``, one line, cut to fit the error column."""
+    text = " ".join(reason.split()).rstrip(". ") or "no reason given"
+    return f"rejected: {text}"[:_ERROR_WIDTH]
+
+
+class KannelGateway:
+    """Sends through Kannel's ``sendsms`` (see the module docstring)."""
+
+    name = "kannel"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dlr_url: str | None = None,
+        concurrency: int = 4,
+        attempts: int = 4,
+        backoff: float = 0.25,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not settings.kannel_user or settings.kannel_password is None:
+            raise GatewayError(
+                "the kannel gateway needs SMSOPS_KANNEL_USER and SMSOPS_KANNEL_PASSWORD"
+            )
+        # Until Settings has a field for it, a dlr_url comes from the caller.
+        base = dlr_url if dlr_url is not None else getattr(settings, "kannel_dlr_url", None)
+        if base and "%" in base:
+            raise GatewayError("the DLR URL must not contain '%' (Kannel reads it as an escape)")
+        if httpx.URL(settings.kannel_url).scheme not in ("http", "https"):
+            raise GatewayError(f"SMSOPS_KANNEL_URL {settings.kannel_url!r} is not an http(s) URL")
+        for what, value in (("USER", settings.kannel_user), ("FROM", settings.kannel_from)):
+            if value and not value.isascii():
+                raise GatewayError(f"SMSOPS_KANNEL_{what} must be ASCII (it travels in a header)")
+        self.url = settings.kannel_url
+        self.user = settings.kannel_user
+        self.concurrency = max(1, concurrency)
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._dlr_base = (base + ("&" if "?" in base else "?")) if base else None
+        self._secret = settings.kannel_password
+        self._sender = settings.kannel_from
+        self._timeout = timeout
+        self._transport = transport
+        self._limiter = (
+            shared_limiter(self.url, self.user, settings.rate_limit)
+            if settings.rate_limit
+            else None
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        cap = f"{self._limiter.rate:g}/s" if self._limiter else "none"
+        return f"KannelGateway(url={self.url!r}, user={self.user!r}, rate_limit={cap})"
+
+    # --- the Gateway protocol ------------------------------------------------------
+
+    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
+        keys = batch["idempotency_key"].astype(str).tolist()
+        outcomes = (
+            self._run(
+                self._send_all(
+                    batch["phone"].astype(str).tolist(), batch["text"].astype(str).tolist(), keys
+                )
+            )
+            if keys
+            else []
+        )
+        return pd.DataFrame(
+            {
+                "idempotency_key": pd.Series(keys, dtype=object),
+                "status": pd.Series([s for s, _ in outcomes], dtype=object),
+                "error": pd.Series([e for _, e in outcomes], dtype=object),
+                "gateway_ref": None,
+            }
+        )
+
+    def accepted_keys(self, delivery_id: int) -> set[str] | None:
+        return None  # Kannel keeps no record a resuming dispatcher could ask
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        if self._client is not None:
+            self._run(self._client.aclose())
+            self._client = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        assert self._thread is not None
+        self._thread.join()
+        self._loop.close()
+        self._loop = self._thread = None
+
+    # --- sending -------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the gateway's own event loop (a thread that lives as long as the
+        gateway, so connections are reused across batches, and so that send() works where
+        a loop is already running — a notebook)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="smsops-kannel", daemon=True
+            )
+            self._thread.start()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _client_for_loop(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {
+                "Content-Type": "text/plain; charset=UTF-8",
+                "X-Kannel-Username": self.user,
+                "X-Kannel-Password": self._secret.get_secret_value(),  # type: ignore[union-attr]
+                "X-Kannel-Coding": "2",  # UCS-2: Japanese text, 70 characters a message
+            }
+            if self._sender:
+                headers["X-Kannel-From"] = self._sender
+            if self._dlr_base:
+                headers["X-Kannel-DLR-Mask"] = str(DLR_MASK)
+            transport = self._transport or httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+                )
+            )
+            if self._limiter is not None:
+                transport = CappedTransport(transport, self._limiter)
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 5.0)),
+                transport=transport,
+            )
+        return self._client
+
+    async def _send_all(
+        self, phones: list[str], texts: list[str], keys: list[str]
+    ) -> list[Outcome]:
+        client = self._client_for_loop()
+        results: list[Outcome] = [(ERROR, UNAVAILABLE)] * len(keys)
+        ended: str | None = None  # the error that ended the batch: later messages get it
+        todo = iter(range(len(keys)))
+
+        async def worker() -> None:
+            nonlocal ended
+            for i in todo:
+                if ended is not None:
+                    results[i] = (ERROR, ended)  # never handed to Kannel
+                    continue
+                results[i] = outcome = await self._send_one(client, phones[i], texts[i], keys[i])
+                error = outcome[1]
+                if error == UNAVAILABLE or (error or "").startswith("rejected: Authorization"):
+                    ended = error
+
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(keys)))))
+        return results
+
+    async def _send_one(
+        self, client: httpx.AsyncClient, phone: str, text: str, key: str
+    ) -> Outcome:
+        headers = {"X-Kannel-To": phone}
+        if self._dlr_base:
+            headers["X-Kannel-DLR-URL"] = f"{self._dlr_base}key={key}&{DLR_QUERY}"
+        body = text.encode("utf-8")
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            outcome = await _attempt(lambda: client.post(self.url, content=body, headers=headers))
+            if outcome is not None:
+                return outcome
+            if attempt < self.attempts:
+                await asyncio.sleep(delay * (1 + random.random() / 2))  # jitter: no herd
+                delay *= 2
+        log.warning("kannel unavailable after %d attempts (%s)", self.attempts, key)
+        return ERROR, UNAVAILABLE
+
+
+async def _attempt(post: Callable[[], Awaitable[httpx.Response]]) -> Outcome | None:
+    """One request: its outcome, or None when Kannel certainly did not take the message
+    and it may be tried again."""
+    try:
+        response = await post()
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+        return None  # never reached Kannel
+    except httpx.TransportError as exc:
+        log.warning("kannel answer lost (%s): outcome unknown", type(exc).__name__)
+        return ERROR, UNKNOWN
+    if response.status_code == 202:  # accepted, or queued for later delivery
+        return SENT, None
+    if response.status_code < 500:
+        return ERROR, rejected(response.text)
+    return None  # 5xx: Kannel says it did not queue it
