@@ -69,7 +69,8 @@ def main() -> None:
     account.add_tickets(ctx, 2 * n)
 
     def new_delivery() -> int:
-        return deliveries.create_bulk(ctx, deliveries.preview_bulk(ctx, ["ベンチマーク"])).delivery_id
+        preview = deliveries.preview_bulk(ctx, ["ベンチマーク"])
+        return deliveries.create_bulk(ctx, preview).delivery_id
 
     plain_id = new_delivery()
     t = time.perf_counter()

@@ -156,11 +156,11 @@ def create_bulk(
 
 
 @task(cache_policy=NO_CACHE)
-def claim(delivery_id: int, skip_if_taken: bool) -> dispatching.Session | str:
+def claim(delivery_id: int, skip_if_taken: bool, join: bool) -> dispatching.Session | str:
     """Claim the delivery; with ``skip_if_taken`` a delivery another process is sending
     (or already sent) is a reason to skip, not a failure."""
     try:
-        return dispatching.begin(_context(), delivery_id)
+        return dispatching.begin(_context(), delivery_id, join=join)
     except StateError as exc:
         if skip_if_taken:
             return exc.message
@@ -190,10 +190,13 @@ def wrap_up(session: dispatching.Session) -> dict[str, Any]:
 
 
 @flow(name="dispatch-delivery")
-def dispatch_delivery(delivery_id: int, skip_if_taken: bool = False) -> dict[str, Any]:
-    """Send one delivery chunk by chunk, then publish its summary."""
+def dispatch_delivery(
+    delivery_id: int, skip_if_taken: bool = False, join: bool = False
+) -> dict[str, Any]:
+    """Send one delivery chunk by chunk, then publish its summary. With ``join``, work
+    beside the workers already sending it (each takes different chunks)."""
     ctx = _context()
-    session = claim(delivery_id, skip_if_taken)
+    session = claim(delivery_id, skip_if_taken, join)
     if isinstance(session, str):
         get_run_logger().info("skipped delivery %s: %s", delivery_id, session)
         return {"delivery_id": delivery_id, "skipped": session}

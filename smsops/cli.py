@@ -440,10 +440,17 @@ def deliveries_show(
         )
         return
     out.print(kv_table({k: v for k, v in summary.items() if v is not None}))
-    table = Table("seq", "phone", "message", "status", "error")
+    table = Table("seq", "phone", "message", "status", "error", "delivery report")
     shown = frame.head(limit)
     for row, masked in zip(shown.itertuples(), mask_phones(shown["phone"]), strict=True):
-        table.add_row(str(row.seq), masked, str(row.message_no), row.status, row.error or "")
+        table.add_row(
+            str(row.seq),
+            masked,
+            str(row.message_no),
+            row.status,
+            row.error or "",
+            row.dlr_status or "",
+        )
     out.print(table)
     if len(frame) > limit:
         out.print(f"… {len(frame) - limit:,} more (use --json or `deliveries errors`)")
@@ -557,6 +564,29 @@ def resend(
                 tickets_used=sent.tickets_used,
             )
     emit(as_json, result, lambda: print_result(result))
+
+
+@app.command("dispatch")
+@command
+def dispatch_one(
+    delivery_id: int,
+    join: Annotated[
+        bool,
+        typer.Option("--join", help="Help the dispatchers already sending it (parallel chunks)."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send one delivery now (it must be due), or join the ones sending it."""
+    with context(as_json) as ctx:
+        result = dispatching.dispatch(ctx, delivery_id, join=join).to_dict()
+    emit(
+        as_json,
+        result,
+        lambda: out.print(
+            f"delivery {delivery_id}: {result['status']}; sent {result['sent']:,}, "
+            f"errors {result['errors']:,}"
+        ),
+    )
 
 
 @app.command("dispatch-due")

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from smsops.domain.phones import mask_phone
 from smsops.errors import InputError, NotFoundError, SmsopsError
-from smsops.services import reports
+from smsops.services import inbound
 from smsops.services.context import Context
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dlr(self, params: dict[str, str]) -> tuple[int, str]:
         at = params.get("at", "")
-        result = reports.record_dlr(
+        result = inbound.record_dlr(
             self.server.ctx,
             params["key"],
             int(params["status"]),
@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = decode_text(
             params.get("text", "").encode("latin-1"), params.get("coding"), params.get("charset")
         )
-        result = reports.handle_reply(self.server.ctx, sender, text)
+        result = inbound.handle_reply(self.server.ctx, sender, text)
         log.info(
             "reply from %s: %s%s",
             mask_phone(result.phone or sender),

@@ -508,7 +508,8 @@ class DeliveryReport:
 
     def resend(self, confirm: bool) -> Note | pd.DataFrame:
         """With ``confirm``: a new delivery of exactly the failed pairs, linked to this one
-        and sent now (R15; R9 checks the tickets again). Never twice for one delivery."""
+        and sent now (R15; R9 checks the tickets again). Pairs an earlier resend already
+        repaired are not among them, so a re-run never sends twice."""
         s = self.summary
         if s is None or self.failed_pairs.empty:
             return Note("_Nothing to resend._")
@@ -518,12 +519,6 @@ class DeliveryReport:
             return Note(
                 f"Not resent. A resend needs {needed:,} tickets (balance {balance:,}{buy}); "
                 "run this notebook with `resend=True` to send exactly the pairs above again."
-            )
-        if self.resends:
-            done = ", ".join(f"#{d['id']}" for d in self.resends)
-            return Note(
-                f"**Not resent again:** delivery {s['id']} was already resent in {done}. "
-                f"Report on {done} instead, or use `smsops resend {s['id']}` on purpose."
             )
         created = dl.resend_bulk(self.ctx, int(s["id"]))
         sent = dispatch(self.ctx, created.delivery_id)

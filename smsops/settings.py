@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     kannel_user: str | None = None
     kannel_password: SecretStr | None = None
     kannel_from: str | None = None
+    # where Kannel sends delivery reports: `smsops receiver`'s /dlr, e.g.
+    # http://127.0.0.1:13080/dlr (None: no reports are asked for)
+    kannel_dlr_url: str | None = None
     rate_limit: float | None = Field(None, description="messages per second, None = no cap")
 
     # (recipient, message) pairs sent per gateway call and recorded per transaction

@@ -295,12 +295,25 @@ def test_resend_bulk_and_individual(cli):
     assert (out["resend_of"], out["sent"], out["tickets_needed"]) == (first["delivery_id"], 1, 1)
     shown = as_json(cli("deliveries", "show", str(out["delivery_id"]), "--json"))
     assert [(i["seq"], i["message_no"]) for i in shown["items"]] == [(3, 2)]
-    cli("resend", str(first["delivery_id"]), "--individual", code=0)  # still failed there
-    cli("tickets", "add", "1")
+    again = cli("resend", str(first["delivery_id"]), "--individual", code=1)
+    assert "no failed messages" in again.stderr  # repaired already: never sent twice
+
+
+def test_resend_individual_one_number(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2)])))
+    cli("tickets", "add", "4")
+    first = as_json(cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json"))
+    cli("send", mobile(9), "-m", "x", "-m", "y")  # 2 left at send time: recipient 2 fails
+    time.sleep(1.5)
+    cli("dispatch-due")
+    cli("tickets", "add", "2")
     indiv = as_json(
-        cli("resend", str(first["delivery_id"]), "--individual", "--phone", mobile(3), "--json")
+        cli("resend", str(first["delivery_id"]), "--individual", "--phone", mobile(2), "--json")
     )["deliveries"]
-    assert [(d["recipients"], d["resend_of"]) for d in indiv] == [(1, first["delivery_id"])]
+    assert [(d["recipients"], d["sent"], d["resend_of"]) for d in indiv] == [
+        (1, 2, first["delivery_id"])
+    ]
+    cli("resend", str(first["delivery_id"]), "--individual", "--phone", mobile(1), code=1)
 
 
 def test_dispatch_due_with_nothing_due(cli):

@@ -153,7 +153,7 @@ class KannelGateway:
                 "the kannel gateway needs SMSOPS_KANNEL_USER and SMSOPS_KANNEL_PASSWORD"
             )
         # Until Settings has a field for it, a dlr_url comes from the caller.
-        base = dlr_url if dlr_url is not None else getattr(settings, "kannel_dlr_url", None)
+        base = dlr_url if dlr_url is not None else settings.kannel_dlr_url
         if base and "%" in base:
             raise GatewayError("the DLR URL must not contain '%' (Kannel reads it as an escape)")
         if httpx.URL(settings.kannel_url).scheme not in ("http", "https"):

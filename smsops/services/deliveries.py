@@ -31,8 +31,9 @@ from smsops.errors import (
 from smsops.services import account as accounts
 from smsops.services import people
 from smsops.services.context import Context
+from smsops.services.liveness import register
 from smsops.store import read, write
-from smsops.store.bulk import insert_rows
+from smsops.store.bulk import fetch_frame, insert_rows
 from smsops.store.schema import deliveries, items, ledger
 from smsops.tables import read_users_csvs
 
@@ -196,6 +197,10 @@ def _save(
                 allocated=False,
             )
         ).inserted_primary_key[0]
+        if when is None:
+            # This process sends it right away: register it as the delivery's dispatcher,
+            # so that dispatch-due leaves it alone unless this process dies first.
+            register(conn, delivery_id, now)
         rows = list(
             zip(
                 np.full(needed, delivery_id).tolist(),
@@ -348,29 +353,51 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
         items.c.status,
         items.c.error,
         items.c.sent_at,
+        items.c.dlr_status,
+        items.c.dlr_at,
     ]
     with read(ctx.engine) as conn:
         _delivery(conn, delivery_id)
         stmt = select(*cols).where(items.c.delivery_id == delivery_id)
         if failed_only:
             stmt = stmt.where(items.c.status == "error")
-        rows = conn.execute(stmt.order_by(items.c.seq, items.c.message_no)).all()
-    frame = pd.DataFrame(rows, columns=[c.name for c in cols])
+        frame = fetch_frame(
+            conn, stmt.order_by(items.c.seq, items.c.message_no), [c.name for c in cols]
+        )
     frame["status"] = frame["status"].replace({"sending": "pending"})
     return frame
 
 
 # --- resend (R15) --------------------------------------------------------------------
 
-# Failures that a resend may repair; an opted-out number must stay unsent (R16).
-_NOT_RESENT = ("opted_out",)
+# Failures that a resend must not repair: an opted-out number stays unsent (R16), and a
+# message whose outcome was lost may already have arrived.
+_NOT_RESENT = ("opted_out", "outcome_unknown")  # the latter may have gone out already
 
 
 def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
+    """The (number, message) pairs of a delivery that failed and are still to repair:
+    not opted out since (R16), and not already sent or on their way in an earlier
+    resend of it — resending twice must not send twice."""
     failed = delivery_items(ctx, delivery_id, failed_only=True)
     failed = failed[~failed["error"].isin(_NOT_RESENT)]
     optouts = set(people.load_optouts(ctx))
-    return failed[~failed["phone"].isin(optouts)].reset_index(drop=True)
+    failed = failed[~failed["phone"].isin(optouts)]
+    with read(ctx.engine) as conn:
+        repaired = fetch_frame(
+            conn,
+            select(items.c.phone, items.c.message_no)
+            .join(deliveries, deliveries.c.id == items.c.delivery_id)
+            .where(
+                deliveries.c.resend_of == delivery_id,
+                items.c.status.in_(("sent", "pending", "sending")),
+            ),
+            ["phone", "message_no"],
+        )
+    if len(repaired):
+        done = pd.MultiIndex.from_frame(repaired)
+        failed = failed[~pd.MultiIndex.from_frame(failed[["phone", "message_no"]]).isin(done)]
+    return failed.reset_index(drop=True)
 
 
 def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Created:

@@ -1,28 +1,30 @@
 """Sending a saved delivery (R10, R11): claim it, allocate tickets at send time, send
 chunk by chunk through the gateway, record every result.
 
-Crash safety. A delivery is claimed by one process (``host:pid:start``) that shows life
-with a heartbeat. Before a chunk is handed to the gateway its items become ``sending``;
-after the gateway answers they become ``sent`` or ``error`` (with a refund) in one
-transaction. A process that dies leaves ``sending`` items; whoever resumes asks the
-gateway which of their idempotency keys it accepted, so nothing is sent twice and
-nothing is lost. Tickets are debited once, when the delivery is allocated.
+Crash safety. Each process that sends (a *dispatcher*, ``host:pid:start``) registers
+itself with a heartbeat. It takes a chunk by marking its items ``sending`` with itself
+as owner (one statement; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), hands the chunk to
+the gateway, then records ``sent`` or ``error`` (refunded) in one transaction. A
+dispatcher that dies leaves ``sending`` items; whoever continues asks the gateway which
+of their idempotency keys it accepted, so nothing is sent twice and nothing is lost.
+Tickets are debited once, when the delivery is allocated.
+
+Parallelism. Several dispatchers may work on one large delivery (``join=True``): each
+claims different chunks. ``dispatch-due`` never joins a delivery a live dispatcher is
+sending; it only resumes abandoned ones.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
-from functools import cache
+from dataclasses import dataclass, replace
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, tuple_
 
 from smsops import clock
 from smsops.domain.tickets import SENT, allocate_plan
@@ -31,35 +33,13 @@ from smsops.gateways import Gateway, idempotency_keys
 from smsops.services.account import lock_balance
 from smsops.services.context import Context
 from smsops.services.deliveries import FINAL, delivery_summary
+from smsops.services.liveness import live_dispatchers, process_id, register
 from smsops.store import read, write
-from smsops.store.bulk import update_rows
-from smsops.store.schema import deliveries, items, ledger, optouts
+from smsops.store.bulk import execute_many, fetch_frame
+from smsops.store.schema import deliveries, dispatchers, items, ledger, optouts
 
-
-@cache
-def process_id() -> str:
-    """``host:pid:start-time``: unique to this process, even after a pid is reused."""
-    try:
-        with open(f"/proc/{os.getpid()}/stat") as fh:
-            start = fh.read().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        start = "0"
-    return f"{socket.gethostname()}:{os.getpid()}:{start}"
-
-
-def _alive(claimed_by: str | None, heartbeat, lease: float) -> bool:  # type: ignore[no-untyped-def]
-    """Is the process that claimed a delivery still sending it?"""
-    if not claimed_by:
-        return False
-    host, pid, start = [*claimed_by.split(":"), "", "", ""][:3]
-    if host == socket.gethostname():
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                return fh.read().rsplit(")", 1)[1].split()[19] == start
-        except (OSError, IndexError):
-            return False
-    beat = clock.from_store(heartbeat)
-    return beat is not None and clock.now() - beat < timedelta(seconds=lease)
+# The gateway may or may not have sent it: never resent, its ticket stays spent.
+UNKNOWN = "outcome_unknown"
 
 
 @dataclass(frozen=True)
@@ -70,6 +50,7 @@ class DispatchResult:
     errors: int
     tickets_used: int
     resumed: bool
+    handled: int = 0  # pairs this dispatcher itself handed to the gateway
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -77,16 +58,12 @@ class DispatchResult:
 
 def due_ids(ctx: Context) -> list[int]:
     """Deliveries to send now: scheduled ones whose time has come, queued ones, and ones
-    whose sending process died — oldest first."""
+    every dispatcher of which died — oldest first."""
     now = clock.now()
+    lease = ctx.settings.lease_seconds
     with read(ctx.engine) as conn:
         rows = conn.execute(
-            select(
-                deliveries.c.id,
-                deliveries.c.status,
-                deliveries.c.claimed_by,
-                deliveries.c.heartbeat_at,
-            )
+            select(deliveries.c.id, deliveries.c.status)
             .where(
                 or_(
                     and_(deliveries.c.status == "scheduled", deliveries.c.scheduled_at <= now),
@@ -97,16 +74,15 @@ def due_ids(ctx: Context) -> list[int]:
                 func.coalesce(deliveries.c.scheduled_at, deliveries.c.created_at), deliveries.c.id
             )
         ).all()
-    lease = ctx.settings.lease_seconds
-    return [
-        r.id
-        for r in rows
-        if r.status != "sending" or not _alive(r.claimed_by, r.heartbeat_at, lease)
-    ]
+        # A queued delivery's creator registers to send it at once, a sending one has its
+        # dispatchers: either way it is ours only when none of them lives on.
+        return [
+            r.id for r in rows if r.status == "scheduled" or not live_dispatchers(conn, r.id, lease)
+        ]
 
 
 def dispatch_due(ctx: Context) -> list[DispatchResult]:
-    """Send every delivery that is due, resuming any whose process died."""
+    """Send every delivery that is due, resuming any whose dispatchers died."""
     done = []
     for delivery_id in due_ids(ctx):
         try:
@@ -118,41 +94,57 @@ def dispatch_due(ctx: Context) -> list[DispatchResult]:
 
 @dataclass(frozen=True)
 class Session:
-    """One process's claim on one delivery, from :func:`begin` to :func:`finish`."""
+    """One dispatcher's work on one delivery, from :func:`begin` to :func:`finish`."""
 
     delivery_id: int
     owner: str
     resumed: bool
 
 
-def dispatch(ctx: Context, delivery_id: int) -> DispatchResult:
-    """Send one delivery now (it must be due, or queued, or abandoned by a dead process)."""
-    session = begin(ctx, delivery_id)
+def dispatch(ctx: Context, delivery_id: int, *, join: bool = False) -> DispatchResult:
+    """Send one delivery now (due, queued, or abandoned by dead dispatchers). With
+    ``join``, help the dispatchers already sending it, chunk by chunk."""
+    session = begin(ctx, delivery_id, join=join)
     gateway = ctx.gateway()
+    handled = 0
+    total = _left(ctx, delivery_id)
     try:
         with keep_alive(ctx, session):
-            while send_chunk(ctx, session, gateway):
-                pass
+            while n := send_chunk(ctx, session, gateway):
+                handled += n
+                ctx.progress(min(handled, total), total, "sending")
     finally:
         gateway.close()
-    return finish(ctx, session)
+    return replace(finish(ctx, session), handled=handled)
 
 
-def begin(ctx: Context, delivery_id: int) -> Session:
-    """Claim a delivery for this process and allocate its tickets (once, R10)."""
+def _left(ctx: Context, delivery_id: int) -> int:
+    """Funded pairs not sent yet."""
+    with read(ctx.engine) as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(
+                    items.c.delivery_id == delivery_id,
+                    items.c.status.in_(("pending", "sending")),
+                    items.c.ticket.is_(True),
+                )
+            ).scalar_one()
+        )
+
+
+def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
+    """Register as a dispatcher of the delivery and allocate its tickets (once, R10)."""
     owner = process_id()
-    session = Session(delivery_id, owner, _claim(ctx, delivery_id, owner))
+    session = Session(delivery_id, owner, _claim(ctx, delivery_id, owner, join))
     _allocate(ctx, delivery_id)
     return session
 
 
 @contextmanager
 def keep_alive(ctx: Context, session: Session) -> Iterator[None]:
-    """Show life (a heartbeat) while the body runs, so no one else resumes the delivery."""
+    """Show life (a heartbeat) while the body runs, so no one resumes our chunks."""
     stop = threading.Event()
-    beat = threading.Thread(
-        target=_heartbeat, args=(ctx, session.delivery_id, session.owner, stop), daemon=True
-    )
+    beat = threading.Thread(target=_heartbeat, args=(ctx, session, stop), daemon=True)
     beat.start()
     try:
         yield
@@ -162,17 +154,23 @@ def keep_alive(ctx: Context, session: Session) -> Iterator[None]:
 
 
 def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
-    """Send the next chunk; return how many pairs it held (0: nothing left).
+    """Take and send the next chunk; return how many pairs it held (0: none left).
 
-    First settles items a previous attempt handed to the gateway without recording the
-    outcome (a crash, or a retried task), so a retry never sends a message twice.
+    First settles items that this dispatcher (a failed attempt, e.g. a retried task) or a
+    dead one handed to the gateway without recording the outcome, so a retry never sends
+    a message twice.
     """
-    _reconcile(ctx, gateway, session.delivery_id)
-    return _send_next(ctx, gateway, session.delivery_id, session.owner)
+    _reconcile(ctx, gateway, session.delivery_id, session.owner)
+    chunk = _take_chunk(ctx, session)
+    if chunk.empty:
+        return 0
+    _send(ctx, gateway, session, chunk)
+    return len(chunk)
 
 
 def finish(ctx: Context, session: Session) -> DispatchResult:
-    status = _finish(ctx, session.delivery_id, session.owner)
+    """Leave the delivery; the last dispatcher out records its final status."""
+    status = _finish(ctx, session)
     s = delivery_summary(ctx, session.delivery_id)
     return DispatchResult(
         session.delivery_id,
@@ -184,8 +182,8 @@ def finish(ctx: Context, session: Session) -> DispatchResult:
     )
 
 
-def _claim(ctx: Context, delivery_id: int, me: str) -> bool:
-    """Take the delivery for this process; True when resuming someone else's work."""
+def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
+    """Register this dispatcher; True when continuing work that others left."""
     now = clock.now()
     with write(ctx.engine) as conn:
         row = conn.execute(
@@ -195,15 +193,16 @@ def _claim(ctx: Context, delivery_id: int, me: str) -> bool:
             raise StateError(f"no delivery {delivery_id}")
         if row.status in FINAL:
             raise StateError(f"delivery {delivery_id} is already {row.status}")
-        if row.status == "scheduled" and clock.from_store(row.scheduled_at) > now:  # type: ignore[operator]
+        scheduled = clock.from_store(row.scheduled_at)
+        if row.status == "scheduled" and scheduled is not None and scheduled > now:
             raise StateError(f"delivery {delivery_id} is scheduled for later")
-        resumed = row.status == "sending"
-        if (
-            resumed
-            and row.claimed_by != me
-            and _alive(row.claimed_by, row.heartbeat_at, ctx.settings.lease_seconds)
-        ):
-            raise StateError(f"delivery {delivery_id} is being sent by {row.claimed_by}")
+        others = [
+            o for o in live_dispatchers(conn, delivery_id, ctx.settings.lease_seconds) if o != me
+        ]
+        if others and not join:
+            raise StateError(f"delivery {delivery_id} is being sent by {others[0]}")
+        resumed = row.status == "sending" and not others
+        register(conn, delivery_id, now)
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == delivery_id)
@@ -214,17 +213,17 @@ def _claim(ctx: Context, delivery_id: int, me: str) -> bool:
     return resumed
 
 
-def _heartbeat(ctx: Context, delivery_id: int, me: str, stop: threading.Event) -> None:
+def _heartbeat(ctx: Context, session: Session, stop: threading.Event) -> None:
     while not stop.wait(ctx.settings.lease_seconds / 4):
         with write(ctx.engine) as conn:
             conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id == delivery_id, deliveries.c.claimed_by == me)
+                dispatchers.update()
+                .where(dispatchers.c.owner == session.owner)
                 .values(heartbeat_at=clock.now())
             )
 
 
-def _pending(delivery_id: int):  # type: ignore[no-untyped-def]
+def _pending(delivery_id: int) -> Any:
     return and_(items.c.delivery_id == delivery_id, items.c.status == "pending")
 
 
@@ -233,7 +232,7 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
     pairs in order (allocate_plan) and debited at once (R11); the rest are errors."""
     with write(ctx.engine) as conn:
         if conn.execute(
-            select(deliveries.c.allocated).where(deliveries.c.id == delivery_id)
+            select(deliveries.c.allocated).where(deliveries.c.id == delivery_id).with_for_update()
         ).scalar_one():
             return
         now = clock.now()
@@ -243,13 +242,12 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
             .values(status="error", error="opted_out", sent_at=now)
         )
         balance = lock_balance(conn)
-        pairs = pd.DataFrame(
-            conn.execute(
-                select(items.c.seq, items.c.message_no)
-                .where(_pending(delivery_id))
-                .order_by(items.c.seq, items.c.message_no)
-            ).all(),
-            columns=["seq", "message_no"],
+        pairs = fetch_frame(
+            conn,
+            select(items.c.seq, items.c.message_no)
+            .where(_pending(delivery_id))
+            .order_by(items.c.seq, items.c.message_no),
+            ["seq", "message_no"],
         )
         plan = allocate_plan(pairs, balance)
         funded = int((plan["status"] == SENT).sum())
@@ -280,170 +278,192 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
         )
 
 
-def _reconcile(ctx: Context, gateway: Gateway, delivery_id: int) -> None:
-    """After a crash: items handed to the gateway whose outcome was not recorded become
-    sent if the gateway has their key, else pending again; if the gateway cannot tell,
-    they are errors (``outcome_unknown``) rather than risk a second send."""
+def _reconcile(ctx: Context, gateway: Gateway, delivery_id: int, me: str) -> None:
+    """Settle items handed to the gateway whose outcome was not recorded — ours from a
+    failed attempt, or a dead dispatcher's: sent if the gateway has their key, else
+    pending again; if the gateway cannot tell, ``outcome_unknown`` errors rather than
+    risk a second send."""
+    lease = ctx.settings.lease_seconds
     with read(ctx.engine) as conn:
         rows = conn.execute(
-            select(items.c.seq, items.c.message_no).where(
+            select(items.c.seq, items.c.message_no, items.c.owner).where(
                 items.c.delivery_id == delivery_id, items.c.status == "sending"
             )
         ).all()
-    if not rows:
+        if not rows:
+            return
+        live = set(live_dispatchers(conn, delivery_id, lease)) - {me}
+    stale = [(r.seq, r.message_no) for r in rows if r.owner not in live]
+    if not stale:
         return
     accepted = gateway.accepted_keys(delivery_id)
-    frame = pd.DataFrame(rows, columns=["seq", "message_no"])
+    frame = pd.DataFrame(stale, columns=["seq", "message_no"])
     keys = idempotency_keys(delivery_id, frame["seq"], frame["message_no"])
     now = clock.now()
     done: list[tuple[str, str | None, object, int, int, int]]
     if accepted is None:
-        done = [("error", "outcome_unknown", now, delivery_id, s, m) for s, m in rows]
+        done = [("error", UNKNOWN, now, delivery_id, s, m) for s, m in stale]
     else:
         hit = keys.isin(accepted).to_numpy()
         done = [
             ("sent" if h else "pending", None, now if h else None, delivery_id, s, m)
-            for h, (s, m) in zip(hit, rows, strict=True)
+            for h, (s, m) in zip(hit, stale, strict=True)
         ]
     with write(ctx.engine) as conn:
-        update_rows(
+        execute_many(
             conn,
-            "UPDATE delivery_items SET status = ?, error = ?, sent_at = ? "
-            "WHERE delivery_id = ? AND seq = ? AND message_no = ? "
+            "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, "
+            "owner = NULL WHERE delivery_id = ? AND seq = ? AND message_no = ? "
             "AND status = 'sending'",
             done,
         )
 
 
-def _next_chunk(conn: Connection, delivery_id: int, size: int) -> pd.DataFrame:
-    """The next funded pending pairs in send order, cut at a recipient boundary."""
-    rows = conn.execute(
-        select(items.c.seq, items.c.message_no, items.c.phone)
-        .where(_pending(delivery_id), items.c.ticket.is_(True))
-        .order_by(items.c.seq, items.c.message_no)
-        .limit(size + 2)
-    ).all()
-    chunk = pd.DataFrame(rows, columns=["seq", "message_no", "phone"])
-    if len(chunk) > size:
-        # Whole recipients only (at most 2 messages each, hence the +2 above): the
-        # chunk's items are then exactly the funded pending ones in its seq range.
-        whole = chunk[chunk["seq"] < chunk["seq"].iloc[size]]
-        chunk = whole if len(whole) else chunk[chunk["seq"] == chunk["seq"].iloc[0]]
+def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
+    """Claim the next funded pending pairs in send order for this dispatcher (one
+    statement; concurrent dispatchers skip each other's rows) and return them."""
+    d, me = session.delivery_id, session.owner
+    with write(ctx.engine) as conn:
+        owner = conn.execute(
+            select(dispatchers.c.owner).where(
+                dispatchers.c.owner == me, dispatchers.c.delivery_id == d
+            )
+        ).scalar()
+        if owner is None:
+            raise StateError(f"dispatcher {me} is no longer registered on delivery {d}")
+        nxt = (
+            select(items.c.seq, items.c.message_no)
+            .where(_pending(d), items.c.ticket.is_(True))
+            .order_by(items.c.seq, items.c.message_no)
+            .limit(ctx.settings.chunk_size)
+            .with_for_update(skip_locked=True)
+        )
+        conn.execute(
+            items.update()
+            .where(
+                items.c.delivery_id == d,
+                tuple_(items.c.seq, items.c.message_no).in_(nxt),
+            )
+            .values(status="sending", owner=me)
+        )
+        chunk = fetch_frame(
+            conn,
+            select(items.c.seq, items.c.message_no, items.c.phone)
+            .where(
+                items.c.delivery_id == d,
+                items.c.status == "sending",
+                items.c.owner == me,
+            )
+            .order_by(items.c.seq, items.c.message_no),
+            ["seq", "message_no", "phone"],
+        )
+        conn.execute(
+            dispatchers.update().where(dispatchers.c.owner == me).values(heartbeat_at=clock.now())
+        )
     return chunk
 
 
-def _send_next(ctx: Context, gateway: Gateway, delivery_id: int, me: str) -> int:
+def _texts(ctx: Context, delivery_id: int) -> list[str]:
     with read(ctx.engine) as conn:
-        chunk = _next_chunk(conn, delivery_id, ctx.settings.chunk_size)
-        if chunk.empty:
-            return 0
-        texts = json.loads(
-            conn.execute(
-                select(deliveries.c.messages).where(deliveries.c.id == delivery_id)
-            ).scalar_one()
+        return list(
+            json.loads(
+                conn.execute(
+                    select(deliveries.c.messages).where(deliveries.c.id == delivery_id)
+                ).scalar_one()
+            )
         )
-        left = int(
-            conn.execute(
-                select(func.count()).where(_pending(delivery_id), items.c.ticket.is_(True))
-            ).scalar_one()
-        )
-        done = int(
-            conn.execute(
-                select(func.count()).where(
-                    items.c.delivery_id == delivery_id,
-                    items.c.status.in_(("sent", "error")),
-                    items.c.ticket.is_(True),
-                )
-            ).scalar_one()
-        )
-    first, last = int(chunk["seq"].iloc[0]), int(chunk["seq"].iloc[-1])
-    in_chunk = and_(items.c.delivery_id == delivery_id, items.c.seq >= first, items.c.seq <= last)
-    with write(ctx.engine) as conn:
-        owner = conn.execute(
-            select(deliveries.c.claimed_by).where(deliveries.c.id == delivery_id)
-        ).scalar_one()
-        if owner != me:
-            raise StateError(f"delivery {delivery_id} was taken over by {owner}")
-        conn.execute(
-            items.update()
-            .where(in_chunk, items.c.status == "pending", items.c.ticket.is_(True))
-            .values(status="sending")
-        )
-        conn.execute(
-            deliveries.update()
-            .where(deliveries.c.id == delivery_id)
-            .values(heartbeat_at=clock.now())
-        )
+
+
+def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame) -> None:
+    d = session.delivery_id
+    texts = pd.Series(_texts(ctx, d), dtype=object)
     batch = pd.DataFrame(
         {
-            "delivery_id": delivery_id,
+            "delivery_id": d,
             "seq": chunk["seq"],
             "message_no": chunk["message_no"],
             "phone": chunk["phone"],
-            "text": pd.Series(texts, dtype=object).iloc[chunk["message_no"] - 1].to_numpy(),
-            "idempotency_key": idempotency_keys(delivery_id, chunk["seq"], chunk["message_no"]),
+            "text": texts.iloc[chunk["message_no"] - 1].to_numpy(),
+            "idempotency_key": idempotency_keys(d, chunk["seq"], chunk["message_no"]),
         }
     )
     results = gateway.send(batch)
-    _record(ctx, delivery_id, batch, results, in_chunk)
-    ctx.progress(done + len(chunk), done + left, "sending")
-    return len(chunk)
+    _record(ctx, session, batch, results)
 
 
-def _record(
-    ctx: Context, delivery_id: int, batch: pd.DataFrame, results: pd.DataFrame, in_chunk
-) -> None:  # type: ignore[no-untyped-def]
-    """One transaction: errors (refunded) first, then every other handed item is sent."""
+def _record(ctx: Context, session: Session, batch: pd.DataFrame, results: pd.DataFrame) -> None:
+    """One transaction: errors (refunded) first, then the rest of our chunk is sent."""
+    d = session.delivery_id
     merged = batch.merge(results, on="idempotency_key", how="left")
     failed = merged[merged["status"] != "sent"]
     now = clock.now()
     with write(ctx.engine) as conn:
         if len(failed):
-            update_rows(
+            execute_many(
                 conn,
-                "UPDATE delivery_items SET status = 'error', error = ?, "
-                "sent_at = ? WHERE delivery_id = ? AND seq = ? AND message_no = ?",
+                "UPDATE delivery_items SET status = 'error', error = ?, sent_at = ?, "
+                "owner = NULL WHERE delivery_id = ? AND seq = ? AND message_no = ?",
                 list(
                     zip(
                         failed["error"].fillna("gateway_error").astype(str),
                         [now] * len(failed),
-                        [delivery_id] * len(failed),
+                        [d] * len(failed),
                         failed["seq"].astype(int),
                         failed["message_no"].astype(int),
                         strict=True,
                     )
                 ),
             )
-            conn.execute(
-                ledger.insert().values(
-                    at=now,
-                    kind="refund",
-                    amount=len(failed),
-                    delivery_id=delivery_id,
-                    note="messages the gateway did not accept",
+            # A lost answer (outcome_unknown) may have gone out: its ticket stays spent,
+            # as in _reconcile; everything the gateway refused is refunded.
+            refunded = int((failed["error"] != UNKNOWN).sum())
+            if refunded:
+                conn.execute(
+                    ledger.insert().values(
+                        at=now,
+                        kind="refund",
+                        amount=refunded,
+                        delivery_id=d,
+                        note="messages the gateway did not accept",
+                    )
                 )
-            )
         conn.execute(
             items.update()
-            .where(in_chunk, items.c.status == "sending")
-            .values(status="sent", sent_at=now)
+            .where(
+                items.c.delivery_id == d,
+                items.c.status == "sending",
+                items.c.owner == session.owner,
+            )
+            .values(status="sent", sent_at=now, owner=None)
         )
 
 
-def _finish(ctx: Context, delivery_id: int, me: str) -> str:
+def _finish(ctx: Context, session: Session) -> str:
+    """Unregister; if no one else is still sending and nothing is left, close it."""
+    d = session.delivery_id
     with write(ctx.engine) as conn:
+        conn.execute(select(deliveries.c.id).where(deliveries.c.id == d).with_for_update()).one()
+        conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
         counts: dict[str, int] = dict(
             conn.execute(  # type: ignore[arg-type]
                 select(items.c.status, func.count())
-                .where(items.c.delivery_id == delivery_id)
+                .where(items.c.delivery_id == d)
                 .group_by(items.c.status)
             ).all()
         )
+        unfinished = (
+            counts.get("sending", 0)
+            + conn.execute(
+                select(func.count()).where(_pending(d), items.c.ticket.is_(True))
+            ).scalar_one()
+        )
+        if unfinished:
+            return "sending"  # others are still at it (or will resume a dead one's)
         sent, errors = counts.get("sent", 0), counts.get("error", 0)
         status = "sent" if errors == 0 else ("failed" if sent == 0 else "partially_sent")
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id == delivery_id, deliveries.c.claimed_by == me)
+            .where(deliveries.c.id == d, deliveries.c.status == "sending")
             .values(status=status, finished_at=clock.now(), claimed_by=None)
         )
     return status

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import Connection, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from smsops import clock
 from smsops.domain.phones import classify_phones, mask_phone
 from smsops.errors import InputError, Problem, SmsopsError
 from smsops.services.context import Context
 from smsops.store import read, write
+from smsops.store.bulk import execute_many, fetch_frame
 from smsops.store.schema import optouts, users
 from smsops.tables import read_phone_list, read_users_csvs
 
@@ -54,37 +54,28 @@ def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
         )
     )
     with write(ctx.engine) as conn:
-        stmt = _upsert(conn)
         for start in range(0, len(rows), _BATCH):
             part = rows[start : start + _BATCH]
-            conn.execute(
-                stmt,
-                [{"user_id": u, "phone": p, "attrs": a, "updated_at": now} for u, p, a in part],
-            )
+            execute_many(conn, _UPSERT, [(u, p, a, now) for u, p, a in part])
             ctx.progress(min(start + _BATCH, len(rows)), len(rows), "importing users")
         total = conn.execute(select(func.count()).select_from(users)).scalar_one()
     return ImportResult(len(frame), int(total))
 
 
-def _upsert(conn: Connection):  # type: ignore[no-untyped-def]
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(users)
-    return stmt.on_conflict_do_update(
-        index_elements=[users.c.user_id],
-        set_={
-            "phone": stmt.excluded.phone,
-            "attrs": stmt.excluded.attrs,
-            "updated_at": stmt.excluded.updated_at,
-        },
-    )
+# Plain SQL that SQLite and PostgreSQL both speak; executemany of tuples is several times
+# faster than a Core statement with a dict per row.
+_UPSERT = (
+    "INSERT INTO users (user_id, phone, attrs, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (user_id) DO UPDATE SET phone = excluded.phone, attrs = excluded.attrs, "
+    "updated_at = excluded.updated_at"
+)
 
 
 def load_users(ctx: Context, *, with_attrs: bool = False) -> pd.DataFrame:
     """The stored users in registration order (user_id, phone[, the other columns])."""
     cols = [users.c.user_id, users.c.phone] + ([users.c.attrs] if with_attrs else [])
     with read(ctx.engine) as conn:
-        result = conn.execute(select(*cols).order_by(users.c.pos))
-        frame = pd.DataFrame(result.fetchall(), columns=[c.name for c in cols])
+        frame = fetch_frame(conn, select(*cols).order_by(users.c.pos), [c.name for c in cols])
     frame["user_id"] = frame["user_id"].astype("string[pyarrow]")
     frame["phone"] = frame["phone"].astype("string[pyarrow]")
     if with_attrs:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Table
+import pandas as pd
+from sqlalchemy import Connection, Executable, Table
 
 
 def insert_rows(
@@ -21,9 +23,25 @@ def insert_rows(
     conn.exec_driver_sql(sql, list(rows) if not isinstance(rows, list) else rows)
 
 
-def update_rows(conn: Connection, sql_qmark: str, rows: Sequence[tuple]) -> None:
-    """executemany an UPDATE written with ``?`` placeholders, on any driver."""
+def execute_many(conn: Connection, sql_qmark: str, rows: Sequence[tuple]) -> None:
+    """executemany a statement written with ``?`` placeholders, on any driver. Aware
+    datetimes go to SQLite as naive UTC, as SQLAlchemy itself stores them."""
     if not rows:
         return
+    if conn.dialect.name == "sqlite":
+        rows = [tuple(_naive(v) for v in row) for row in rows]
     sql = sql_qmark if conn.dialect.paramstyle == "qmark" else sql_qmark.replace("?", "%s")
     conn.exec_driver_sql(sql, list(rows) if not isinstance(rows, list) else rows)
+
+
+def _naive(value: object) -> object:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    return value
+
+
+def fetch_frame(conn: Connection, stmt: Executable, columns: Sequence[str]) -> pd.DataFrame:
+    """A query's rows as a DataFrame, built from plain tuples (building one from
+    SQLAlchemy Row objects is several times slower)."""
+    rows = conn.execute(stmt).all()
+    return pd.DataFrame([tuple(r) for r in rows], columns=list(columns))

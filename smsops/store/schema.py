@@ -103,8 +103,21 @@ items = Table(
     # delivery report from the network (schema version 2): delivered | undeliverable | …
     Column("dlr_status", String(16)),
     Column("dlr_at", DateTime),
-    Index("ix_items_status", "delivery_id", "status", "seq"),
-    Index("ix_items_phone", "phone"),
+    # the dispatcher that handed it to the gateway while it is `sending` (version 3)
+    Column("owner", String(128)),
+    # serves "the next pending pairs in order" without rescanning sent ones
+    Index("ix_items_status", "delivery_id", "status", "seq", "message_no"),
+)
+
+# Processes sending deliveries (version 3): several may work on one delivery, each
+# claiming chunks; a row shows life, and a crashed one's chunks are settled by others.
+dispatchers = Table(
+    "dispatchers",
+    metadata,
+    Column("owner", String(128), primary_key=True),  # host:pid:start
+    Column("delivery_id", Integer, ForeignKey("deliveries.id"), nullable=False),
+    Column("heartbeat_at", DateTime, nullable=False),
+    Index("ix_dispatchers_delivery", "delivery_id"),
 )
 
 ledger = Table(
@@ -127,13 +140,17 @@ def _v1_tables(conn: Connection) -> None:
     """Version 1: the tables as first released (without the version-2 columns)."""
     v1 = MetaData()
     for table in metadata.sorted_tables:
-        cols = [c._copy() for c in table.columns if c.name not in _ADDED_IN_V2.get(table.name, ())]
+        if table.name in _ADDED_IN_V3 and not _ADDED_IN_V3[table.name]:
+            continue  # a table that came later
+        later = _ADDED_IN_V2.get(table.name, ()) + _ADDED_IN_V3.get(table.name, ())
+        cols = [c._copy() for c in table.columns if c.name not in later]
         indexes = [Index(i.name, *[c.name for c in i.columns]) for i in table.indexes]
         Table(table.name, v1, *cols, *indexes)
     v1.create_all(conn)
 
 
 _ADDED_IN_V2 = {"delivery_items": ("dlr_status", "dlr_at")}
+_ADDED_IN_V3 = {"delivery_items": ("owner",), "dispatchers": ()}
 
 
 def _v2_delivery_reports(conn: Connection) -> None:
@@ -143,7 +160,25 @@ def _v2_delivery_reports(conn: Connection) -> None:
     conn.execute(text(f"ALTER TABLE delivery_items ADD COLUMN dlr_at {kind}"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_tables, _v2_delivery_reports]
+def _v3_parallel_dispatch(conn: Connection) -> None:
+    """Version 3: several dispatchers per delivery (item owners, a liveness table)."""
+    conn.execute(text("ALTER TABLE delivery_items ADD COLUMN owner VARCHAR(128)"))
+    dispatchers.create(conn)
+    # no query looks items up by phone; the status index gains message_no
+    conn.execute(text("DROP INDEX IF EXISTS ix_items_phone"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_items_status"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_items_status ON delivery_items (delivery_id, status, seq, message_no)"
+        )
+    )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_tables,
+    _v2_delivery_reports,
+    _v3_parallel_dispatch,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -108,7 +108,9 @@ def test_dispatch_due_flow_sends_scheduled_and_resend_flow_repairs(env, tmp_path
     accounts.add_tickets(ctx, 6)
     at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"], at=at))
-    dl.send_individual(ctx, mobile(9), ["x"])  # queued individual send: also due
+    from smsops.services.dispatch import dispatch
+
+    dispatch(ctx, dl.send_individual(ctx, mobile(9), ["x"]).delivery_id)  # balance drops
     time.sleep(1.2)
     results = dispatch_due()
     by_id = {r["delivery_id"]: r for r in results}

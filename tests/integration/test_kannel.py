@@ -44,7 +44,7 @@ from smsops.services import deliveries as dl
 from smsops.services import people
 from smsops.services.context import Context
 from smsops.services.dispatch import dispatch
-from smsops.services.reports import handle_reply, is_stop_request, record_dlr
+from smsops.services.inbound import handle_reply, is_stop_request, record_dlr
 from smsops.settings import Settings
 from smsops.store import read
 from smsops.store.schema import items, ledger, optouts

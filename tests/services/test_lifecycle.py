@@ -343,11 +343,11 @@ def test_r15_individual_resend_one_number_at_a_time(ctx):
     accounts.add_tickets(ctx, 5)
     (only,) = dl.resend_individual(ctx, original, phone="090-1000-0009")
     dispatch(ctx, only.delivery_id)
-    rest = dl.resend_individual(ctx, original)  # 8 and 10 still failed in the original
-    assert [c.recipients for c in rest] == [1, 1, 1]  # the original's failures stay
+    rest = dl.resend_individual(ctx, original)  # 9 is repaired: only 8 and 10 are left
+    assert [c.recipients for c in rest] == [1, 1]
     for c in rest:
         dispatch(ctx, c.delivery_id)
-    kinds = {(r["kind"], r["resend_of"]) for r in dl.list_deliveries(ctx)[:4]}
+    kinds = {(r["kind"], r["resend_of"]) for r in dl.list_deliveries(ctx)[:3]}
     assert kinds == {("individual", original)}
 
 
@@ -413,3 +413,23 @@ def test_dispatch_refuses_a_delivery_that_is_not_due(ctx):
     created = create(ctx, at=in_seconds(3600))
     with pytest.raises(StateError, match="scheduled for later"):
         dispatch(ctx, created.delivery_id)
+
+
+def test_r15_resending_twice_never_sends_a_pair_twice(ctx):
+    original = _r10_example(ctx)
+    accounts.add_tickets(ctx, 10)
+    first = dl.resend_bulk(ctx, original)
+    dispatch(ctx, first.delivery_id)
+    with pytest.raises(SmsopsError, match="no failed messages"):
+        dl.resend_bulk(ctx, original)  # all repaired already
+    with pytest.raises(SmsopsError, match="no failed messages"):
+        dl.resend_individual(ctx, original)
+    assert accounts.balance(ctx) == 5
+
+
+def test_r15_a_scheduled_resend_counts_as_on_its_way(ctx):
+    original = _r10_example(ctx)
+    accounts.add_tickets(ctx, 10)
+    dl.resend_bulk(ctx, original, at=in_seconds(3600))
+    with pytest.raises(SmsopsError, match="no failed messages"):
+        dl.resend_bulk(ctx, original)

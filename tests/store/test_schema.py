@@ -36,7 +36,8 @@ def test_version_1_database_keeps_its_data_when_migrated(settings):
     with upgraded.connect() as conn:
         assert schema_version(conn) == SCHEMA_VERSION
         cols = {c["name"] for c in inspect(conn).get_columns("delivery_items")}
-        assert {"dlr_status", "dlr_at"} <= cols
+        assert {"dlr_status", "dlr_at", "owner"} <= cols
+        assert "dispatchers" in inspect(conn).get_table_names()
         assert conn.exec_driver_sql("SELECT user_id FROM users").scalar_one() == "u1"
 
 
