@@ -14,6 +14,7 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +102,28 @@ def count_lines(path: Path) -> int:
     return lines
 
 
+def dispatch_with(ctx: Context, delivery_id: int, workers: int) -> dispatch.DispatchResult:
+    """Dispatch with this process plus ``workers - 1`` joining `smsops dispatch` processes."""
+    env = {
+        **os.environ,
+        "SMSOPS_DATABASE_URL": ctx.settings.database_url,
+        "SMSOPS_OUTBOX": str(ctx.settings.outbox),
+        "SMSOPS_CHUNK_SIZE": str(ctx.settings.chunk_size),
+    }
+    helpers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "smsops.cli", "dispatch", str(delivery_id), "--join", "--json"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(workers - 1)
+    ]
+    result = dispatch.dispatch(ctx, delivery_id, join=True)
+    for proc in helpers:
+        proc.wait()
+    return result
+
+
 def main() -> int:
     """Run the benchmark; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -114,6 +137,12 @@ def main() -> int:
         help="pairs per gateway call and per transaction (default: %(default)s, as Settings)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="dispatchers on the delivery (extra ones are `smsops dispatch ID --join` processes)",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="smsops-e2e-"))
@@ -172,7 +201,7 @@ def main() -> int:
             "dispatch",
             pairs,
             "pairs",
-            lambda: dispatch.dispatch(ctx, created.delivery_id),
+            lambda: dispatch_with(ctx, created.delivery_id, args.workers),
         )
         outbox_lines = count_lines(outbox) - lines_before
 
