@@ -15,6 +15,14 @@ def insert_rows(
     """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in the current transaction."""
     if not rows:
         return
+    if conn.dialect.name == "postgresql":  # COPY: an order of magnitude over INSERTs
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(  # type: ignore[union-attr]
+            f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "
