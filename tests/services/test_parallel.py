@@ -80,3 +80,65 @@ def test_a_second_dispatcher_without_join_is_refused_while_one_is_live(ctx):
     assert dispatching.finish(ctx, session).status == "sent"
     with pytest.raises(StateError, match="already sent"):
         dispatching.begin(ctx, created.delivery_id)
+
+
+@pytest.mark.slow
+def test_r10_r11_four_workers_four_deliveries_balance_for_two_and_a_half(ctx, settings):
+    """4 processes dispatch 4 deliveries of 1,000 pairs against 2,500 tickets: exactly the
+    balance is debited, each item ends sent or insufficient_tickets, none sent twice."""
+    import time
+    from collections import Counter
+    from datetime import UTC, datetime, timedelta
+
+    n = 500
+    upsert_users(
+        ctx,
+        pd.DataFrame(
+            {"user_id": [f"u{i}" for i in range(n)], "phone": [mobile(i) for i in range(n)]}
+        ),
+    )
+    accounts.add_tickets(ctx, 2_500)
+    due = datetime.now(UTC) + timedelta(seconds=3)
+    ids = [
+        dl.create_bulk(ctx, dl.preview_bulk(ctx, ["一", "二"], at=due.isoformat())).delivery_id
+        for _ in range(4)
+    ]  # R9 checks each alone: all four accepted
+    env = {
+        "SMSOPS_DATABASE_URL": settings.database_url,
+        "SMSOPS_OUTBOX": str(settings.outbox),
+        "SMSOPS_CHUNK_SIZE": "50",
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    time.sleep(max((due - datetime.now(UTC)).total_seconds() + 0.1, 0))
+    workers = [
+        subprocess.Popen(
+            [SMSOPS, "dispatch-due", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    taken = Counter()
+    for w in workers:
+        out, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+        taken.update(d["delivery_id"] for d in json.loads(out)["dispatched"])
+    assert taken == dict.fromkeys(ids, 1)  # each delivery sent by exactly one worker
+    assert accounts.balance(ctx) == 0  # exactly the balance debited, never below zero
+    sent = []
+    for d in ids:
+        items = dl.delivery_items(ctx, d)
+        assert set(items["status"]) <= {"sent", "error"}
+        assert set(items.loc[items["status"] == "error", "error"]) <= {"insufficient_tickets"}
+        k = int((items["status"] == "sent").sum())
+        assert items["status"].tolist() == ["sent"] * k + ["error"] * (2 * n - k)  # R10
+        assert dl.delivery_summary(ctx, d)["tickets_used"] == k
+        sent.append(k)
+    assert sorted(sent) == [0, 500, 1_000, 1_000]
+    keys = [
+        json.loads(x)["idempotency_key"] for x in Path(settings.outbox).read_text().splitlines()
+    ]
+    assert len(keys) == len(set(keys)) == 2_500
