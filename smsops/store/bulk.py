@@ -17,12 +17,9 @@ def insert_rows(
         return
     if conn.dialect.name == "postgresql":  # COPY: an order of magnitude over INSERTs
         raw = conn.connection.driver_connection
-        with (
-            raw.cursor() as cur,
-            cur.copy(  # type: ignore[union-attr]
-                f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-            ) as copy,
-        ):
+        assert raw is not None
+        sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        with raw.cursor() as cur, cur.copy(sql) as copy:
             for row in rows:
                 copy.write_row(row)
         return

@@ -1,0 +1,249 @@
+"""The campaign notebook: the R13 confirmation and the ticket forecast."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from smsops import clock
+from smsops.domain.phones import mask_phones
+from smsops.reports.common import (
+    BLUE,
+    GREEN,
+    GREY,
+    ORANGE,
+    REASON_LABELS,
+    RED,
+    Note,
+    _barh,
+    _figure,
+    _key_values,
+)
+from smsops.services import account as accounts
+from smsops.services import deliveries as dl
+from smsops.services.context import Context
+from smsops.services.dispatch import dispatch
+
+
+@dataclass
+class Campaign:
+    """A bulk delivery being prepared: its confirmation (R13) before anything is saved."""
+
+    ctx: Context
+    preview: dl.Preview
+
+    @classmethod
+    def preview_of(
+        cls,
+        ctx: Context,
+        messages: Sequence[str],
+        *,
+        users_csv: str | Path | None = None,
+        query: str | None = None,
+        at: str | None = None,
+    ) -> Campaign:
+        """Select recipients from ``users_csv`` (or the stored users), optionally filtered
+        by a pandas ``query``; refused like ``smsops bulk preview`` (R1, R6, R7, R12)."""
+        files = [users_csv] if users_csv else []
+        return cls(ctx, dl.preview_bulk(ctx, messages, at=at, users_files=files, query=query))
+
+    @property
+    def when(self) -> str:
+        p = self.preview
+        return clock.local_iso(p.scheduled_at, p.timezone) or "now (immediately)"
+
+    def headline(self) -> Note:
+        p = self.preview
+        if p.selection.users == 0:
+            return Note(
+                "**No users to select from.** The user table is empty (a fresh database?). "
+                "Import one with `smsops users import data/sample_users.csv`, or run this "
+                "notebook with `users_csv='data/sample_users.csv'`. Nothing below can be sent."
+            )
+        if p.recipients == 0:
+            return Note(f"**0 recipients — nothing can be sent (R4).** {p.diagnosis}.")
+        tickets = (
+            f"enough (balance {p.balance:,})"
+            if not p.shortfall
+            else f"**short by {p.shortfall:,}** (balance {p.balance:,}): creating it "
+            "would be refused (R9) until more tickets are added"
+        )
+        later = ""
+        short = int(self.forecast().loc["this campaign", "short"])
+        if short and not p.shortfall:
+            later = (
+                f" **Warning:** deliveries waiting to go out before it will leave it "
+                f"{short:,} tickets short at its send time (R10: the last pairs become errors)."
+            )
+        return Note(
+            f"**{p.recipients:,} recipients** will get {len(p.messages)} message(s), sent "
+            f"{self.when}. Tickets needed {p.tickets_needed:,}: {tickets}.{later} "
+            "Nothing is saved until this notebook runs with `confirm=True`."
+        )
+
+    def confirmation(self) -> pd.DataFrame:
+        """The R13 confirmation as one table: who, when, what, at what cost."""
+        p = self.preview
+        return _key_values(
+            {
+                "users considered": f"{p.selection.users:,}",
+                "recipients": f"{p.recipients:,}",
+                "send at": self.when,
+                "messages": len(p.messages),
+                "tickets needed": f"{p.tickets_needed:,} ({p.recipients:,} × {len(p.messages)})",
+                "ticket balance": f"{p.balance:,}",
+                "shortfall": f"{p.shortfall:,}",
+                "selection": p.diagnosis,
+            }
+        )
+
+    def exclusions(self) -> pd.DataFrame | None:
+        """Users left out, per reason (R2–R5, R16)."""
+        counts = self.preview.excluded
+        if not counts:
+            return None
+        return pd.DataFrame(
+            {
+                "users": list(counts.values()),
+                "meaning": [REASON_LABELS.get(r, r) for r in counts],
+            },
+            index=pd.Index(list(counts), name="reason"),
+        )
+
+    def exclusion_chart(self) -> Figure | Note:
+        p = self.preview
+        if p.selection.users == 0:
+            return Note("_No users, so no chart._")
+        labels = ["recipients", *(REASON_LABELS.get(r, r) for r in p.excluded)]
+        values = [p.recipients, *p.excluded.values()]
+        fig, ax = _figure(7, 0.45 * len(labels) + 1.2)
+        _barh(ax, labels, values, [GREEN] + [ORANGE] * len(p.excluded))
+        ax.set_title(f"{p.selection.users:,} users → {p.recipients:,} recipients", loc="left")
+        ax.set_xlabel("users")
+        return fig
+
+    def sample(self, rows: int = 10) -> pd.DataFrame | Note:
+        """The first recipients in send order, numbers masked."""
+        r = self.preview.selection.recipients.head(rows)
+        if r.empty:
+            return Note("_No recipients._")
+        return pd.DataFrame(
+            {
+                "phone": mask_phones(r["phone"]).to_numpy(),
+                "user_id": r["user_id"].to_numpy(),
+                "users sharing the number": r["user_ids"].list.len().to_numpy(),
+            },
+            index=pd.Index(r["seq"].to_numpy(), name="seq"),
+        )
+
+    def messages(self) -> pd.DataFrame:
+        """Each message with its length as the network counts it (R6: at most 70)."""
+        ms = self.preview.messages
+        return pd.DataFrame(
+            {
+                "text": [m.text for m in ms],
+                "length": [m.length for m in ms],
+                "left of 70": [70 - m.length for m in ms],
+            },
+            index=pd.Index([m.number for m in ms], name="message"),
+        )
+
+    def forecast(self) -> pd.DataFrame:
+        """This campaign among the other deliveries waiting to be sent, in send order."""
+        p = self.preview
+        return ticket_forecast(self.ctx, p.tickets_needed, p.scheduled_at, p.balance)
+
+    def forecast_chart(self) -> Figure | Note:
+        frame = self.forecast()
+        if len(frame) <= 1:
+            return Note(
+                "_No other delivery is waiting to be sent: nothing competes for these tickets._"
+            )
+        return forecast_chart(frame, self.preview.balance)
+
+    def create(self, confirm: bool) -> Note | pd.DataFrame:
+        """Save the delivery only when ``confirm`` is true (R13); an immediate one is then
+        sent at once, a scheduled one waits for its time (R12)."""
+        if not confirm:
+            return Note("**Not confirmed: nothing was saved.** Run with `confirm=True` to create.")
+        created = dl.create_bulk(self.ctx, self.preview)
+        result: dict[str, object] = created.to_dict()
+        if self.preview.scheduled_at is None:
+            sent = dispatch(self.ctx, created.delivery_id)
+            result.update(status=sent.status, sent=sent.sent, errors=sent.errors)
+            result["tickets_used"] = sent.tickets_used
+        return _key_values(result)
+
+
+def ticket_forecast(ctx: Context, needed: int, at: datetime | None, balance: int) -> pd.DataFrame:
+    """Deliveries waiting to be sent (queued, scheduled) with a new one of ``needed`` tickets
+    at ``at`` (None = now), in send order, and the balance each leaves. Scheduled deliveries
+    reserve nothing (R10): whoever is sent first spends first, and a delivery that finds
+    too few tickets sends a prefix and records the rest as errors."""
+    tz = accounts.get_account(ctx).timezone
+    now = clock.now()
+    waiting = []
+    for d in dl.list_deliveries(ctx):
+        if d["status"] not in ("queued", "scheduled"):
+            continue
+        due = datetime.fromisoformat(d["scheduled_at"] or d["created_at"]).astimezone(UTC)
+        if d["kind"] == "resend":  # exactly its failed pairs, not recipients × messages
+            tickets = len(dl.delivery_items(ctx, d["id"]))
+        else:
+            tickets = d["recipients"] * d["messages"]
+        waiting.append((max(due, now), 0, d["id"], f"#{d['id']} {d['kind']}", tickets))
+    waiting.append((at or now, 1, 0, "this campaign", needed))
+    waiting.sort()  # by time; at the same time, waiting ones first, oldest first
+    mine = [w[3] for w in waiting].index("this campaign")
+    rows = []
+    left = balance
+    for i, (due, _, _, name, tickets) in enumerate(waiting):
+        spent = min(tickets, left)
+        rows.append(
+            {
+                "send at": "now" if due <= now else clock.local_iso(due, tz),
+                "delivery": name,
+                "vs this campaign": "" if i == mine else ("before" if i < mine else "after"),
+                "tickets needed": tickets,
+                "balance before": left,
+                "short": tickets - spent,
+                "balance after": left - spent,
+            }
+        )
+        left -= spent
+    return pd.DataFrame(rows).set_index("delivery")
+
+
+def forecast_chart(frame: pd.DataFrame, balance: int) -> Figure:
+    """Bars: tickets each waiting delivery needs (red: the part the balance will not cover
+    when its turn comes); steps: the balance left after each."""
+    names = list(frame.index)
+    labels = [
+        f"{d}\n{s[:16].replace('T', ' ')}" for d, s in zip(names, frame["send at"], strict=True)
+    ]
+    funded = frame["tickets needed"] - frame["short"]
+    colors = [BLUE if d == "this campaign" else GREY for d in names]
+    fig, ax = _figure(max(6.0, 1.3 * len(frame) + 2), 3.8)
+    x = range(len(frame))
+    ax.bar(x, funded, color=colors)
+    ax.bar(x, frame["short"], bottom=funded, color=RED)
+    (line,) = ax.step([-0.5, *x], [balance, *frame["balance after"]], where="post", color="k")
+    handles = [
+        Patch(color=BLUE, label="this campaign, covered"),
+        Patch(color=GREY, label="other deliveries, covered"),
+        Patch(color=RED, label="not covered: errors (R10)"),
+        line,
+    ]
+    line.set_label("balance left after each")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("tickets")
+    ax.set_title(f"Waiting deliveries in send order (balance now {balance:,})", loc="left")
+    ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig

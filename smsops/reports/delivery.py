@@ -1,0 +1,222 @@
+"""The delivery report notebook: history detail, breakdowns and resend (R14, R15)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from smsops.domain.phones import mask_phones
+from smsops.reports.common import (
+    _LABELS,
+    GREY,
+    ORANGE,
+    ROWS,
+    STATUS_COLORS,
+    Note,
+    _barh,
+    _figure,
+    _key_values,
+)
+from smsops.services import account as accounts
+from smsops.services import deliveries as dl
+from smsops.services.context import Context
+from smsops.services.dispatch import dispatch
+
+
+@dataclass
+class DeliveryReport:
+    """One delivery's history: every (number, message) with its status (R14) and the
+    failed pairs a resend would send (R15). ``summary`` is None when there is nothing."""
+
+    ctx: Context
+    summary: dict[str, Any] | None
+    items: pd.DataFrame
+    failed_pairs: pd.DataFrame
+    resends: list[dict[str, Any]]
+    timezone: str
+
+    @classmethod
+    def load(cls, ctx: Context, delivery_id: int | None = None) -> DeliveryReport:
+        """The report of ``delivery_id``, or of the latest delivery when None."""
+        tz = accounts.get_account(ctx).timezone
+        if delivery_id is None:
+            latest = dl.list_deliveries(ctx, limit=1)
+            if not latest:
+                return cls(ctx, None, pd.DataFrame(), pd.DataFrame(), [], tz)
+            delivery_id = int(latest[0]["id"])
+        summary = dl.delivery_summary(ctx, delivery_id)
+        resends = [d for d in dl.list_deliveries(ctx) if d["resend_of"] == delivery_id]
+        return cls(
+            ctx,
+            summary,
+            dl.delivery_items(ctx, delivery_id),
+            dl.failed_pairs(ctx, delivery_id),
+            resends[::-1],
+            tz,
+        )
+
+    def headline(self) -> Note:
+        s = self.summary
+        if s is None:
+            return Note(
+                "**No deliveries yet.** Create one with the campaign notebook or "
+                "`smsops bulk create … --yes`, then run this report again."
+            )
+        repairs = f", a resend of delivery {s['resend_of']}" if s["resend_of"] else ""
+        return Note(
+            f"**Delivery {s['id']}** ({s['kind']}{repairs}) is **{s['status']}**: "
+            f"{s['recipients']:,} recipients × {s['messages']} message(s); {s['sent']:,} sent, "
+            f"{s['errors']:,} errors, {s['tickets_used']:,} tickets used."
+        )
+
+    def overview(self) -> pd.DataFrame | Note:
+        s = self.summary
+        if s is None:
+            return Note("_Nothing to show._")
+        texts = {f"message {i}": t for i, t in enumerate(s["texts"], start=1)}
+        keys = ["kind", "status", "created_at", "scheduled_at", "finished_at", "recipients"]
+        keys += ["sent", "errors", "tickets_used", "resend_of"]
+        rows = {k.replace("_", " "): s[k] for k in keys}
+        rows["resent in"] = ", ".join(f"#{d['id']} ({d['status']})" for d in self.resends)
+        return _key_values({"delivery": s["id"], **rows, **texts})
+
+    def status_chart(self) -> Figure | Note:
+        """Per message number, how many (number, message) pairs ended in each status."""
+        if self.summary is None or self.items.empty:
+            return Note("_No messages in this delivery._")
+        table = pd.crosstab(self.items["message_no"], self.items["status"])
+        order = [s for s in STATUS_COLORS if s in table.columns]
+        fig, ax = _figure(7, 0.7 * len(table) + 1.6)
+        left = pd.Series(0, index=table.index)
+        labels = [f"message {m}" for m in table.index]
+        for status in order:
+            counts = table[status]
+            ax.barh(
+                labels,
+                counts,
+                left=left,
+                color=STATUS_COLORS[status],
+                label=f"{status} ({int(counts.sum()):,})",
+            )
+            left = left + counts
+        ax.invert_yaxis()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("recipients")
+        ax.set_title("Status of every (number, message) pair", loc="left")
+        ax.legend(
+            fontsize=8, frameon=False, ncols=len(order), loc="upper left", bbox_to_anchor=(0, -0.25)
+        )
+        ax.spines[["top", "right"]].set_visible(False)
+        return fig
+
+    def error_chart(self) -> Figure | Note:
+        """Errors by reason; orange ones would be resent, grey ones never are (R16)."""
+        if self.summary is None:
+            return Note("_No delivery._")
+        errors = self.items.loc[self.items["status"] == "error", "error"].value_counts()
+        if errors.empty:
+            return Note("**No errors**: every message that was sent was accepted.")
+        resendable = set(self.failed_pairs["error"])
+        fig, ax = _figure(7, 0.45 * len(errors) + 1.4)
+        colors = [ORANGE if e in resendable else GREY for e in errors.index]
+        _barh(ax, [str(e) for e in errors.index], [int(v) for v in errors], colors)
+        ax.set_xlabel("(number, message) pairs")
+        ax.set_title("Errors by reason (orange: a resend retries them; grey: never)", loc="left")
+        return fig
+
+    def _masked(self, frame: pd.DataFrame, columns: list[str], rows: int) -> pd.DataFrame:
+        shown = frame.head(rows)
+        out = pd.DataFrame(index=pd.Index(shown["seq"].to_numpy(), name="seq"))
+        for c in columns:
+            values = shown[c]
+            if c == "phone":
+                values = mask_phones(values)
+            elif c in ("sent_at", "dlr_at"):
+                # the store gives naive UTC and, from raw-SQL updates, aware values
+                stamps = pd.to_datetime(values, utc=True).dt.tz_convert(self.timezone)
+                values = stamps.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("")
+            out[_LABELS.get(c, c.replace("_", " "))] = values.to_numpy()
+        return out.fillna("")
+
+    def detail_note(self, rows: int = ROWS) -> Note:
+        if self.summary is None:
+            return Note("_Nothing to show._")
+        if len(self.items) <= rows:
+            return Note(f"All {len(self.items):,} (number, message) pairs in send order.")
+        return Note(
+            f"The first {rows:,} of {len(self.items):,} (number, message) pairs in send "
+            f"order; all of them: `smsops deliveries show {self.summary['id']} --json`."
+        )
+
+    def detail(self, rows: int = ROWS) -> pd.DataFrame | None:
+        """Every number and message with its status and error (R14), numbers masked."""
+        if self.summary is None:
+            return None
+        cols = ["user_id", "phone", "message_no", "status", "error", "sent_at"]
+        cols += [c for c in ("dlr_status", "dlr_at") if c in self.items.columns]
+        return self._masked(self.items, cols, rows)
+
+    def failed_note(self, rows: int = ROWS) -> Note:
+        if self.summary is None:
+            return Note("_Nothing to show._")
+        errors = int((self.items["status"] == "error").sum())
+        if self.failed_pairs.empty:
+            return Note(
+                f"**Nothing to resend**: {errors:,} errors, none of which a resend retries."
+                if errors
+                else "**Nothing to resend**: no message failed."
+            )
+        kept = len(self.failed_pairs)
+        note = f"**{kept:,} failed pairs** to {self.failed_pairs['seq'].nunique():,} numbers"
+        if kept < errors:
+            note += f" ({errors - kept:,} more errors are never resent: opted-out numbers)"
+        if kept > rows:
+            note += (
+                f"; the first {rows:,} are shown (all of them: "
+                f"`smsops deliveries errors {self.summary['id']} --csv`)"
+            )
+        return Note(note + ".")
+
+    def failed(self, rows: int = ROWS) -> pd.DataFrame | None:
+        """The (number, message) pairs a bulk resend would send (R15), numbers masked."""
+        if self.summary is None or self.failed_pairs.empty:
+            return None
+        return self._masked(self.failed_pairs, ["user_id", "phone", "message_no", "error"], rows)
+
+    def resend(self, confirm: bool) -> Note | pd.DataFrame:
+        """With ``confirm``: a new delivery of exactly the failed pairs, linked to this one
+        and sent now (R15; R9 checks the tickets again). Pairs an earlier resend already
+        repaired are not among them, so a re-run never sends twice."""
+        s = self.summary
+        if s is None or self.failed_pairs.empty:
+            return Note("_Nothing to resend._")
+        needed, balance = len(self.failed_pairs), accounts.balance(self.ctx)
+        if not confirm:
+            buy = f", {needed - balance:,} short: add tickets first" if needed > balance else ""
+            return Note(
+                f"Not resent. A resend needs {needed:,} tickets (balance {balance:,}{buy}); "
+                "run this notebook with `resend=True` to send exactly the pairs above again."
+            )
+        created = dl.resend_bulk(self.ctx, int(s["id"]))
+        sent = dispatch(self.ctx, created.delivery_id)
+        return _key_values(
+            {
+                "resend delivery": created.delivery_id,
+                "resend of": s["id"],
+                "pairs": created.tickets_needed,
+                "status": sent.status,
+                "sent": sent.sent,
+                "errors": sent.errors,
+                "tickets used": sent.tickets_used,
+            }
+        )
+
+
+# --- running the report notebook -------------------------------------------------------
+
+# The lab template without its CDN scripts (require.js, MathJax, mermaid): the file must
+# open offline, with its figures inline as data: URIs, and a readable width for mail.
