@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -188,16 +188,10 @@ def ticket_forecast(ctx: Context, needed: int, at: datetime | None, balance: int
     too few tickets sends a prefix and records the rest as errors."""
     tz = accounts.get_account(ctx).timezone
     now = clock.now()
-    waiting = []
-    for d in dl.list_deliveries(ctx):
-        if d["status"] not in ("queued", "scheduled"):
-            continue
-        due = datetime.fromisoformat(d["scheduled_at"] or d["created_at"]).astimezone(UTC)
-        if d["kind"] == "resend":  # exactly its failed pairs, not recipients × messages
-            tickets = len(dl.delivery_items(ctx, d["id"]))
-        else:
-            tickets = d["recipients"] * d["messages"]
-        waiting.append((max(due, now), 0, d["id"], f"#{d['id']} {d['kind']}", tickets))
+    waiting = [
+        (max(d.due, now), 0, d.id, f"#{d.id} {d.kind}", int(d.tickets))
+        for d in dl.waiting_demand(ctx).itertuples()
+    ]
     waiting.append((at or now, 1, 0, "this campaign", needed))
     waiting.sort()  # by time; at the same time, waiting ones first, oldest first
     mine = [w[3] for w in waiting].index("this campaign")

@@ -368,6 +368,24 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
     return frame
 
 
+def waiting_demand(ctx: Context) -> pd.DataFrame:
+    """Deliveries waiting to be sent (queued or scheduled) with the tickets each will ask
+    for at send time — its pending pairs — and when (UTC), soonest first. Scheduled
+    deliveries reserve nothing (R10): this is what competes for the balance."""
+    due = func.coalesce(deliveries.c.scheduled_at, deliveries.c.created_at)
+    stmt = (
+        select(deliveries.c.id, deliveries.c.kind, due.label("due"), func.count(items.c.seq))
+        .join(items, items.c.delivery_id == deliveries.c.id)
+        .where(deliveries.c.status.in_(("queued", "scheduled")), items.c.status == "pending")
+        .group_by(deliveries.c.id, deliveries.c.kind, due)
+        .order_by(due, deliveries.c.id)
+    )
+    with read(ctx.engine) as conn:
+        frame = fetch_frame(conn, stmt, ["id", "kind", "due", "tickets"])
+    frame["due"] = frame["due"].map(clock.from_store)
+    return frame
+
+
 # --- resend (R15) --------------------------------------------------------------------
 
 # Failures that a resend must not repair: an opted-out number stays unsent (R16), and a

@@ -433,3 +433,18 @@ def test_r15_a_scheduled_resend_counts_as_on_its_way(ctx):
     dl.resend_bulk(ctx, original, at=in_seconds(3600))
     with pytest.raises(SmsopsError, match="no failed messages"):
         dl.resend_bulk(ctx, original)
+
+
+def test_r10_waiting_demand_lists_what_will_compete_for_the_balance(ctx):
+    add_users(ctx, [mobile(i) for i in range(1, 4)])
+    accounts.add_tickets(ctx, 20)
+    later = create(ctx, at=in_seconds(7200))
+    sooner = create(ctx, ["one"], at=in_seconds(3600))
+    demand = dl.waiting_demand(ctx)
+    assert demand[["id", "tickets"]].values.tolist() == [
+        [sooner.delivery_id, 3],
+        [later.delivery_id, 6],
+    ]
+    assert demand["due"].iloc[0] < demand["due"].iloc[1]
+    dl.cancel(ctx, sooner.delivery_id)
+    assert dl.waiting_demand(ctx)["id"].tolist() == [later.delivery_id]
