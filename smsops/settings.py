@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     kannel_user: str | None = None
     kannel_password: SecretStr | None = None
     kannel_from: str | None = None
+    # or the name of a Prefect Secret block that holds the password (Prefect deployments)
+    kannel_password_block: str | None = None
     # where Kannel sends delivery reports: `smsops receiver`'s /dlr, e.g.
     # http://127.0.0.1:13080/dlr (None: no reports are asked for)
     kannel_dlr_url: str | None = None

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pandas as pd
+from pydantic import SecretStr
 
 from smsops.errors import GatewayError
 from smsops.settings import Settings
@@ -132,6 +133,21 @@ def rejected(reason: str) -> str:
     return f"rejected: {text}"[:_ERROR_WIDTH]
 
 
+def _password_from_block(name: str | None) -> SecretStr | None:
+    """The Kannel password from a Prefect Secret block (never logged, never returned raw)."""
+    if not name:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        block: Any = Secret.load(name)  # sync here (typed sync-or-async)
+        return SecretStr(str(block.get()))
+    except Exception as exc:  # Prefect raises several kinds for a missing block
+        raise GatewayError(
+            f"cannot load the Prefect Secret block {name!r}: {type(exc).__name__}"
+        ) from None
+
+
 class KannelGateway:
     """Sends through Kannel's ``sendsms`` (see the module docstring)."""
 
@@ -148,9 +164,11 @@ class KannelGateway:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not settings.kannel_user or settings.kannel_password is None:
+        password = settings.kannel_password or _password_from_block(settings.kannel_password_block)
+        if not settings.kannel_user or password is None:
             raise GatewayError(
-                "the kannel gateway needs SMSOPS_KANNEL_USER and SMSOPS_KANNEL_PASSWORD"
+                "the kannel gateway needs SMSOPS_KANNEL_USER and SMSOPS_KANNEL_PASSWORD "
+                "(or SMSOPS_KANNEL_PASSWORD_BLOCK, a Prefect Secret block)"
             )
         # Until Settings has a field for it, a dlr_url comes from the caller.
         base = dlr_url if dlr_url is not None else settings.kannel_dlr_url
@@ -167,7 +185,7 @@ class KannelGateway:
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self._dlr_base = (base + ("&" if "?" in base else "?")) if base else None
-        self._secret = settings.kannel_password
+        self._secret = password
         self._sender = settings.kannel_from
         self._timeout = timeout
         self._transport = transport

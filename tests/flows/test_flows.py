@@ -157,3 +157,24 @@ def test_send_chunk_retry_never_sends_twice(env, tmp_path):
         (e164(2), 1),
         (e164(2), 2),
     ]
+
+
+def test_kannel_password_from_a_prefect_secret_block_never_shows(env):
+    from prefect.blocks.system import Secret
+
+    from smsops.gateways.kannel import KannelGateway
+
+    Secret(value="s3cret-kannel").save("kannel-password", overwrite=True)
+    settings = Settings(
+        gateway="kannel", kannel_user="smsops", kannel_password_block="kannel-password"
+    )
+    gateway = KannelGateway(settings)
+    try:
+        assert gateway._secret.get_secret_value() == "s3cret-kannel"
+        assert "s3cret" not in repr(gateway) and "s3cret" not in repr(settings)
+    finally:
+        gateway.close()
+    with pytest.raises(Exception, match="cannot load the Prefect Secret block 'nope'"):
+        KannelGateway(
+            Settings(gateway="kannel", kannel_user="smsops", kannel_password_block="nope")
+        )
