@@ -1,0 +1,3 @@
+from smsops.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""Account, tickets, users and the opt-out list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from smsops.cli.common import (
+    JsonOpt,
+    OnOff,
+    account_app,
+    command,
+    context,
+    emit,
+    kv_table,
+    optout_app,
+    out,
+    tickets_app,
+    users_app,
+)
+from smsops.services import account as accounts
+from smsops.services import people
+
+# --- account and tickets --------------------------------------------------------------
+
+
+@account_app.command("show")
+@command
+def account_show(as_json: JsonOpt = False) -> None:
+    with context(as_json) as ctx:
+        acct = accounts.get_account(ctx)
+    emit(as_json, acct.to_dict(), lambda: out.print(kv_table(acct.to_dict())))
+
+
+@account_app.command("set")
+@command
+def account_set(
+    plan: Annotated[str | None, typer.Option(help="free, light, standard or premium")] = None,
+    phone_field: Annotated[OnOff | None, typer.Option("--phone-field")] = None,
+    timezone: Annotated[str | None, typer.Option(help="e.g. Asia/Tokyo")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    with context(as_json) as ctx:
+        acct = accounts.set_account(
+            ctx,
+            plan=plan,
+            timezone=timezone,
+            phone_field=None if phone_field is None else phone_field is OnOff.on,
+        )
+    emit(as_json, acct.to_dict(), lambda: out.print(kv_table(acct.to_dict())))
+
+
+@tickets_app.command("balance")
+@command
+def tickets_balance(as_json: JsonOpt = False) -> None:
+    with context(as_json) as ctx:
+        value = accounts.balance(ctx)
+    emit(as_json, {"balance": value}, lambda: out.print(f"{value:,} tickets"))
+
+
+@tickets_app.command("add")
+@command
+def tickets_add(count: int, as_json: JsonOpt = False) -> None:
+    with context(as_json) as ctx:
+        value = accounts.add_tickets(ctx, count)
+    emit(
+        as_json,
+        {"added": count, "balance": value},
+        lambda: out.print(f"added {count:,}; balance {value:,} tickets"),
+    )
+
+
+# --- users and opt-outs ---------------------------------------------------------------
+
+Encoding = Annotated[str, typer.Option(help="auto, utf-8 or cp932 (Shift_JIS from Excel)")]
+
+
+@users_app.command("import")
+@command
+def users_import(files: list[Path], encoding: Encoding = "auto", as_json: JsonOpt = False) -> None:
+    """Import user tables (CSV); all files or nothing."""
+    with context(as_json) as ctx:
+        result = people.import_users(ctx, files, encoding=encoding)
+    emit(
+        as_json,
+        result.to_dict(),
+        lambda: out.print(f"imported {result.rows:,} rows; {result.users_total:,} users in total"),
+    )
+
+
+@optout_app.command("import")
+@command
+def optout_import(file: Path, encoding: Encoding = "auto", as_json: JsonOpt = False) -> None:
+    with context(as_json) as ctx:
+        result = people.optout_import(ctx, file, encoding=encoding)
+    emit(
+        as_json,
+        result,
+        lambda: out.print(
+            f"{result['added']:,} numbers added; {result['optouts_total']:,} on the opt-out list"
+        ),
+    )
+
+
+@optout_app.command("add")
+@command
+def optout_add(phone: str, as_json: JsonOpt = False) -> None:
+    with context(as_json) as ctx:
+        result = people.optout_add(ctx, phone)
+    emit(
+        as_json,
+        result,
+        lambda: out.print(
+            f"{'added' if result['added'] else 'already listed'}; "
+            f"{result['optouts_total']:,} on the opt-out list"
+        ),
+    )
+
+
+@optout_app.command("remove")
+@command
+def optout_remove(phone: str, as_json: JsonOpt = False) -> None:
+    with context(as_json) as ctx:
+        result = people.optout_remove(ctx, phone)
+    emit(
+        as_json,
+        result,
+        lambda: out.print(f"removed; {result['optouts_total']:,} on the opt-out list"),
+    )

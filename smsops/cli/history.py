@@ -1,0 +1,163 @@
+"""Delivery history: list, detail, failures (safe CSV) and cancel (R12, R14)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from smsops.cli.common import JsonOpt, command, context, deliveries_app, emit, kv_table, out
+from smsops.domain.phones import mask_phones
+from smsops.services import deliveries as dl
+
+# --- history --------------------------------------------------------------------------
+
+
+@deliveries_app.command("list")
+@command
+def deliveries_list(
+    limit: Annotated[int | None, typer.Option(help="Only the newest N.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    with context(as_json) as ctx:
+        rows = dl.list_deliveries(ctx, limit)
+
+    def human() -> None:
+        table = Table(
+            "id",
+            "kind",
+            "status",
+            "created",
+            "scheduled",
+            "recipients",
+            "sent",
+            "errors",
+            "tickets",
+            "resend of",
+        )
+        for r in rows:
+            table.add_row(
+                *(
+                    str(r[k] if r[k] is not None else "")
+                    for k in (
+                        "id",
+                        "kind",
+                        "status",
+                        "created_at",
+                        "scheduled_at",
+                        "recipients",
+                        "sent",
+                        "errors",
+                        "tickets_used",
+                        "resend_of",
+                    )
+                )
+            )
+        out.print(table)
+
+    emit(as_json, {"deliveries": rows}, human)
+
+
+@deliveries_app.command("show")
+@command
+def deliveries_show(
+    delivery_id: int,
+    limit: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    with context(as_json) as ctx:
+        summary = dl.delivery_summary(ctx, delivery_id)
+        frame = dl.delivery_items(ctx, delivery_id)
+    if as_json:
+        records = (
+            frame[["seq", "phone", "message_no", "status", "error"]]
+            .astype(object)
+            .where(frame[["seq", "phone", "message_no", "status", "error"]].notna(), None)
+        )
+        print(
+            json.dumps(
+                {"delivery": summary, "items": records.to_dict("records")},
+                ensure_ascii=False,
+                default=str,
+            )
+        )
+        return
+    out.print(kv_table({k: v for k, v in summary.items() if v is not None}))
+    table = Table("seq", "phone", "message", "status", "error", "delivery report")
+    shown = frame.head(limit)
+    for row, masked in zip(shown.itertuples(), mask_phones(shown["phone"]), strict=True):
+        table.add_row(
+            str(row.seq),
+            masked,
+            str(row.message_no),
+            row.status,
+            row.error or "",
+            row.dlr_status or "",
+        )
+    out.print(table)
+    if len(frame) > limit:
+        out.print(f"… {len(frame) - limit:,} more (use --json or `deliveries errors`)")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _safe_cell(value: object) -> object:
+    """Spreadsheet formula injection: a cell starting like a formula is quoted."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+@deliveries_app.command("errors")
+@command
+def deliveries_errors(
+    delivery_id: int,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV on stdout (safe to open in Excel).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The (number, message) pairs that failed, with the reason."""
+    with context(as_json) as ctx:
+        frame = dl.delivery_items(ctx, delivery_id, failed_only=True)
+    frame = frame[["seq", "user_id", "phone", "message_no", "error"]]
+    if as_csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(frame.columns)
+        for row in frame.itertuples(index=False):
+            writer.writerow([_safe_cell(v) if v is not None else "" for v in row])
+        sys.stdout.write(buf.getvalue())
+        return
+
+    def human() -> None:
+        table = Table("seq", "user", "phone", "message", "error")
+        for row, masked in zip(frame.itertuples(), mask_phones(frame["phone"]), strict=True):
+            table.add_row(
+                str(row.seq), str(row.user_id or ""), masked, str(row.message_no), str(row.error)
+            )
+        out.print(table)
+        out.print(f"{len(frame):,} failed")
+
+    emit(
+        as_json,
+        {
+            "delivery_id": delivery_id,
+            "errors": frame.astype(object).where(frame.notna(), None).to_dict("records"),
+        },
+        human,
+    )
+
+
+@deliveries_app.command("cancel")
+@command
+def deliveries_cancel(delivery_id: int, as_json: JsonOpt = False) -> None:
+    with context(as_json) as ctx:
+        result = dl.cancel(ctx, delivery_id)
+    emit(as_json, result, lambda: out.print(f"delivery {delivery_id} cancelled"))

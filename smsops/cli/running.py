@@ -1,0 +1,78 @@
+"""Long-running and reporting commands: serve, receiver, report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from smsops.cli.common import JsonOpt, app, command, context, emit, out
+from smsops.errors import SmsopsError
+
+
+@app.command("report")
+@command
+def report(
+    delivery_id: Annotated[
+        int | None, typer.Argument(help="Delivery id; default: the latest.")
+    ] = None,
+    html: Annotated[
+        Path, typer.Option("--html", help="Write the report here (one self-contained file).")
+    ] = ...,  # type: ignore[assignment]
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the delivery report notebook and export it as standalone HTML, for mail."""
+    try:  # papermill, nbconvert and matplotlib: only here
+        from smsops.reports import run_report
+    except ImportError as exc:
+        raise SmsopsError(f"smsops report needs the notebooks extra ({exc})") from None
+    result = run_report(delivery_id, html)
+    emit(
+        as_json,
+        result,
+        lambda: out.print(f"delivery {result['delivery_id']}: report written to {result['html']}"),
+    )
+
+
+@app.command("serve")
+@command
+def serve(
+    interval: Annotated[float, typer.Option(help="Seconds between dispatch-due runs.")] = 10.0,
+) -> None:
+    """Long-running Prefect scheduler: serves the smsops deployments, with dispatch-due on
+    an interval. Uses PREFECT_API_URL if set, else starts a local Prefect server."""
+    from flows.serve import serve as run
+    from smsops.logs import install_masking
+
+    install_masking()
+    run(interval=interval)
+
+
+# --- Kannel callbacks (issue 6) -------------------------------------------------------
+
+
+@app.command("receiver")
+@command
+def receiver(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 13080,
+    as_json: JsonOpt = False,
+) -> None:
+    """Receive Kannel's delivery reports (/dlr) and replies (/mo) until interrupted."""
+    import logging
+
+    from smsops import receiver as receiving
+    from smsops.logs import install_masking
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    install_masking()  # its own lines are masked already; this covers everything else
+
+    def ready(url: str) -> None:
+        urls = {"url": url, "dlr_url": f"{url}/dlr", "mo_url": f"{url}/mo"}
+        emit(as_json, urls, lambda: out.print(f"listening on {url} (/dlr, /mo); Ctrl-C stops"))
+        sys.stdout.flush()
+
+    with context(True) as ctx:
+        receiving.serve(ctx, host, port, ready=ready)

@@ -1,0 +1,229 @@
+"""Bulk deliveries, individual sends, resends and dispatching (R1–R13, R15)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from smsops import clock
+from smsops.cli.common import JsonOpt, app, bulk_app, command, context, emit, out
+from smsops.errors import SmsopsError
+from smsops.services import deliveries as dl
+from smsops.services import dispatch as dispatching
+
+# --- bulk -----------------------------------------------------------------------------
+
+Messages = Annotated[list[str], typer.Option("-m", "--message", help="Message text (1 or 2).")]
+At = Annotated[str | None, typer.Option("--at", help="Send time, ISO 8601; default now.")]
+UsersFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--users", help="Select from this CSV instead of the stored users."),
+]
+Query = Annotated[
+    str | None,
+    typer.Option(
+        "--query", help="pandas query over user columns, e.g. \"tags.str.contains('vip')\""
+    ),
+]
+
+
+def show_preview(p: dl.Preview) -> None:
+    """The confirmation screen (R13)."""
+    when = clock.local_iso(p.scheduled_at, p.timezone) if p.scheduled_at else "now (immediately)"
+    out.print(f"[bold]Recipients[/] {p.recipients:,}    [bold]Send at[/] {when}")
+    if p.sample:
+        more = (
+            f" … and {p.recipients - len(p.sample):,} more" if p.recipients > len(p.sample) else ""
+        )
+        out.print("  " + ", ".join(p.sample) + more)
+    for m in p.messages:
+        out.print(f"[bold]Message {m.number}[/] ({m.length}/70): {m.text}", markup=True)
+    ok = "green" if p.shortfall == 0 else "red"
+    out.print(
+        f"[bold]Tickets[/] needed {p.tickets_needed:,} ({p.recipients:,} × "
+        f"{len(p.messages)}), balance {p.balance:,}"
+        + (f" — [{ok}]short by {p.shortfall:,}[/]" if p.shortfall else f" — [{ok}]enough[/]")
+    )
+    out.print(f"[bold]Selection[/] {p.diagnosis}", markup=True)
+
+
+@bulk_app.command("preview")
+@command
+def bulk_preview(
+    message: Messages,
+    at: At = None,
+    users: UsersFiles = None,
+    query: Query = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a bulk delivery would send, to whom, when and for how many tickets."""
+    with context(as_json) as ctx:
+        p = dl.preview_bulk(ctx, message, at=at, users_files=users or [], query=query)
+    emit(as_json, p.to_dict(), lambda: show_preview(p))
+
+
+@bulk_app.command("create")
+@command
+def bulk_create(
+    message: Messages,
+    at: At = None,
+    users: UsersFiles = None,
+    query: Query = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm without asking.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Save a bulk delivery after confirmation; it is sent now unless --at is given."""
+    with context(as_json) as ctx:
+        p = dl.preview_bulk(ctx, message, at=at, users_files=users or [], query=query)
+        if not yes:
+            if as_json or not sys.stdin.isatty():
+                raise SmsopsError(
+                    "R13: a delivery is saved only once confirmed: review "
+                    "`smsops bulk preview`, then add --yes"
+                )
+            show_preview(p)
+            if not typer.confirm(
+                "Save and send this delivery?"
+                if p.scheduled_at is None
+                else "Schedule this delivery?"
+            ):
+                raise SmsopsError("not confirmed; nothing was saved")
+        created = dl.create_bulk(ctx, p)
+        result = created.to_dict()
+        if p.scheduled_at is None:
+            sent = dispatching.dispatch(ctx, created.delivery_id)
+            result.update(
+                status=sent.status,
+                sent=sent.sent,
+                errors=sent.errors,
+                tickets_used=sent.tickets_used,
+            )
+    emit(as_json, result, lambda: print_result(result))
+
+
+def print_result(result: dict[str, object]) -> None:
+    text = (
+        f"delivery {result['delivery_id']}: {result['status']}, "
+        f"{result['recipients']:,} recipients × {result['messages']} messages"
+    )
+    if result.get("scheduled_at"):
+        text += f", scheduled for {result['scheduled_at']}"
+    if "sent" in result:
+        text += (
+            f"; sent {result['sent']:,}, errors {result['errors']:,}, "
+            f"tickets used {result['tickets_used']:,}"
+        )
+    out.print(text)
+
+
+@app.command("send")
+@command
+def send(phone: str, message: Messages, as_json: JsonOpt = False) -> None:
+    """Send to one number now (individual send; never deduplicated)."""
+    with context(as_json) as ctx:
+        created = dl.send_individual(ctx, phone, message)
+        sent = dispatching.dispatch(ctx, created.delivery_id)
+    result = {
+        **created.to_dict(),
+        "status": sent.status,
+        "sent": sent.sent,
+        "errors": sent.errors,
+        "tickets_used": sent.tickets_used,
+    }
+    emit(as_json, result, lambda: print_result(result))
+
+
+@app.command("resend")
+@command
+def resend(
+    delivery_id: int,
+    individual: Annotated[
+        bool, typer.Option("--individual", help="One individual send per failed number.")
+    ] = False,
+    phone: Annotated[str | None, typer.Option(help="With --individual: only this number.")] = None,
+    at: At = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send the failed (number, message) pairs of a delivery again (R15)."""
+    with context(as_json) as ctx:
+        if individual:
+            if at:
+                raise SmsopsError("--at applies to a bulk resend; individual sends go now")
+            results = []
+            for created in dl.resend_individual(ctx, delivery_id, phone):
+                sent = dispatching.dispatch(ctx, created.delivery_id)
+                results.append(
+                    {
+                        **created.to_dict(),
+                        "status": sent.status,
+                        "sent": sent.sent,
+                        "errors": sent.errors,
+                        "tickets_used": sent.tickets_used,
+                        "resend_of": delivery_id,
+                    }
+                )
+
+            def human() -> None:
+                for r in results:
+                    print_result(r)
+
+            emit(as_json, {"deliveries": results}, human)
+            return
+        if phone:
+            raise SmsopsError("--phone applies to --individual")
+        created = dl.resend_bulk(ctx, delivery_id, at=at)
+        result = {**created.to_dict(), "resend_of": delivery_id}
+        if at is None:
+            sent = dispatching.dispatch(ctx, created.delivery_id)
+            result.update(
+                status=sent.status,
+                sent=sent.sent,
+                errors=sent.errors,
+                tickets_used=sent.tickets_used,
+            )
+    emit(as_json, result, lambda: print_result(result))
+
+
+@app.command("dispatch")
+@command
+def dispatch_one(
+    delivery_id: int,
+    join: Annotated[
+        bool,
+        typer.Option("--join", help="Help the dispatchers already sending it (parallel chunks)."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send one delivery now (it must be due), or join the ones sending it."""
+    with context(as_json) as ctx:
+        result = dispatching.dispatch(ctx, delivery_id, join=join).to_dict()
+    emit(
+        as_json,
+        result,
+        lambda: out.print(
+            f"delivery {delivery_id}: {result['status']}; sent {result['sent']:,}, "
+            f"errors {result['errors']:,}"
+        ),
+    )
+
+
+@app.command("dispatch-due")
+@command
+def dispatch_due(as_json: JsonOpt = False) -> None:
+    """Send every scheduled delivery whose time has come; resume any whose process died."""
+    with context(as_json) as ctx:
+        results = [r.to_dict() for r in dispatching.dispatch_due(ctx)]
+
+    def human() -> None:
+        if not results:
+            out.print("nothing due")
+        for r in results:
+            out.print(
+                f"delivery {r['delivery_id']}: {r['status']}; sent {r['sent']:,}, "
+                f"errors {r['errors']:,}" + (" (resumed)" if r["resumed"] else "")
+            )
+
+    emit(as_json, {"dispatched": results}, human)
