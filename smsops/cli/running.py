@@ -41,8 +41,11 @@ def report(
 def serve(
     interval: Annotated[float, typer.Option(help="Seconds between dispatch-due runs.")] = 10.0,
 ) -> None:
-    """Long-running Prefect scheduler: serves the smsops deployments, with dispatch-due on
-    an interval. Uses PREFECT_API_URL if set, else starts a local Prefect server."""
+    """Long-running Prefect scheduler that sends scheduled deliveries at their time.
+
+    Serves the smsops deployments, with dispatch-due on an interval. Uses PREFECT_API_URL
+    if set, else starts a private Prefect server on loopback.
+    """
     from flows.serve import serve as run
     from smsops.logs import install_masking
 
