@@ -13,6 +13,7 @@ from smsops.cli.common import JsonOpt, app, bulk_app, command, context, emit, ou
 from smsops.errors import SmsopsError
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
+from smsops.services.context import Context
 
 # --- bulk -----------------------------------------------------------------------------
 
@@ -92,16 +93,21 @@ def bulk_create(
             ):
                 raise SmsopsError("not confirmed; nothing was saved")
         created = dl.create_bulk(ctx, p)
-        result = created.to_dict()
-        if p.scheduled_at is None:
-            sent = dispatching.dispatch(ctx, created.delivery_id)
-            result.update(
-                status=sent.status,
-                sent=sent.sent,
-                errors=sent.errors,
-                tickets_used=sent.tickets_used,
-            )
+        result = send_now(ctx, created) if p.scheduled_at is None else created.to_dict()
     emit(as_json, result, lambda: print_result(result))
+
+
+def send_now(ctx: Context, created: dl.Created, **extra: object) -> dict[str, object]:
+    """Dispatch a just-saved delivery; its creation result with the outcome merged in."""
+    sent = dispatching.dispatch(ctx, created.delivery_id)
+    return {
+        **created.to_dict(),
+        **extra,
+        "status": sent.status,
+        "sent": sent.sent,
+        "errors": sent.errors,
+        "tickets_used": sent.tickets_used,
+    }
 
 
 def print_result(result: dict[str, object]) -> None:
@@ -124,15 +130,7 @@ def print_result(result: dict[str, object]) -> None:
 def send(phone: str, message: Messages, as_json: JsonOpt = False) -> None:
     """Send to one number now (individual send; never deduplicated)."""
     with context(as_json) as ctx:
-        created = dl.send_individual(ctx, phone, message)
-        sent = dispatching.dispatch(ctx, created.delivery_id)
-    result = {
-        **created.to_dict(),
-        "status": sent.status,
-        "sent": sent.sent,
-        "errors": sent.errors,
-        "tickets_used": sent.tickets_used,
-    }
+        result = send_now(ctx, dl.send_individual(ctx, phone, message))
     emit(as_json, result, lambda: print_result(result))
 
 
@@ -152,19 +150,10 @@ def resend(
         if individual:
             if at:
                 raise SmsopsError("--at applies to a bulk resend; individual sends go now")
-            results = []
-            for created in dl.resend_individual(ctx, delivery_id, phone):
-                sent = dispatching.dispatch(ctx, created.delivery_id)
-                results.append(
-                    {
-                        **created.to_dict(),
-                        "status": sent.status,
-                        "sent": sent.sent,
-                        "errors": sent.errors,
-                        "tickets_used": sent.tickets_used,
-                        "resend_of": delivery_id,
-                    }
-                )
+            results = [
+                send_now(ctx, created, resend_of=delivery_id)
+                for created in dl.resend_individual(ctx, delivery_id, phone)
+            ]
 
             def human() -> None:
                 for r in results:
@@ -175,15 +164,11 @@ def resend(
         if phone:
             raise SmsopsError("--phone applies to --individual")
         created = dl.resend_bulk(ctx, delivery_id, at=at)
-        result = {**created.to_dict(), "resend_of": delivery_id}
-        if at is None:
-            sent = dispatching.dispatch(ctx, created.delivery_id)
-            result.update(
-                status=sent.status,
-                sent=sent.sent,
-                errors=sent.errors,
-                tickets_used=sent.tickets_used,
-            )
+        result = (
+            send_now(ctx, created, resend_of=delivery_id)
+            if at is None
+            else {**created.to_dict(), "resend_of": delivery_id}
+        )
     emit(as_json, result, lambda: print_result(result))
 
 
