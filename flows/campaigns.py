@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from smsops.errors import InputError, StateError
-from smsops.logs import install_masking
+from smsops.logs import install_masking, mask_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
@@ -59,7 +59,10 @@ def import_users(paths: list[str], encoding: str = "auto") -> dict[str, int]:
     try:
         result = import_files(paths, encoding)
     except InputError as exc:
-        rows = [{"row": p.row, "column": p.column, "problem": p.problem} for p in exc.problems]
+        rows = [
+            {"row": p.row, "column": p.column, "problem": mask_text(p.problem)}
+            for p in exc.problems
+        ]
         create_table_artifact(
             key="import-rejected-rows",
             table=rows[:1000],
