@@ -340,3 +340,16 @@ def test_console_script_exit_codes_and_no_traceback(tmp_path):
         env={**env, "SMSOPS_DATABASE_URL": "nonsense://"},
     )
     assert broken.returncode == 1 and "Traceback" not in broken.stderr
+
+
+def test_r13_bulk_preview_exports_the_whole_recipient_list(cli):
+    phones = [mobile(i) for i in range(1, 16)] + [mobile(1), "03-1234-5678"]
+    cli("users", "import", str(users_csv(cli.tmp, phones)))
+    target = cli.tmp / "recipients.csv"
+    out = as_json(cli("bulk", "preview", "-m", "a", "--export", str(target), "--json"))
+    assert out["recipients"] == 15 and len(out["sample"]) == 10  # the screen shows a sample
+    rows = list(csv.reader(io.StringIO(target.read_text(encoding="utf-8-sig"))))
+    assert rows[0] == ["seq", "phone", "user_id", "users"]
+    assert len(rows) == 16  # ... the file has everyone
+    assert rows[1] == ["1", "'" + e164(1), "u1", "2"]  # u16 shares u1's number (R5)
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(1, 16)]

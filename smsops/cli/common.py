@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import enum
 import functools
 import json
@@ -9,8 +10,9 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TextIO, TypeVar
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -122,6 +124,24 @@ def kv_table(rows: dict[str, object], title: str | None = None) -> Table:
 class OnOff(enum.Enum):
     on = "on"
     off = "off"
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _safe_cell(value: object) -> object:
+    """Spreadsheet formula injection: a cell starting like a formula is quoted."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def write_safe_csv(frame: pd.DataFrame, stream: TextIO) -> None:
+    """A frame as CSV that is safe to open in Excel (no cell is read as a formula)."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(frame.columns)
+    for row in frame.astype(object).where(frame.notna(), None).itertuples(index=False):
+        writer.writerow(["" if v is None else _safe_cell(v) for v in row])
 
 
 def main() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from typing import Annotated
@@ -11,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from smsops.cli.common import JsonOpt, command, context, deliveries_app, emit, kv_table, out
+from smsops.cli.common import (
+    JsonOpt,
+    command,
+    context,
+    deliveries_app,
+    emit,
+    kv_table,
+    out,
+    write_safe_csv,
+)
 from smsops.domain.phones import mask_phones
 from smsops.services import deliveries as dl
 
@@ -104,16 +111,6 @@ def deliveries_show(
         out.print(f"… {len(frame) - limit:,} more (use --json or `deliveries errors`)")
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _safe_cell(value: object) -> object:
-    """Spreadsheet formula injection: a cell starting like a formula is quoted."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 @deliveries_app.command("errors")
 @command
 def deliveries_errors(
@@ -128,12 +125,7 @@ def deliveries_errors(
         frame = dl.delivery_items(ctx, delivery_id, failed_only=True)
     frame = frame[["seq", "user_id", "phone", "message_no", "error"]]
     if as_csv:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(frame.columns)
-        for row in frame.itertuples(index=False):
-            writer.writerow([_safe_cell(v) if v is not None else "" for v in row])
-        sys.stdout.write(buf.getvalue())
+        write_safe_csv(frame, sys.stdout)
         return
 
     def human() -> None:

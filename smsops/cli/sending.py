@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from smsops import clock
-from smsops.cli.common import JsonOpt, app, bulk_app, command, context, emit, out
+from smsops.cli.common import JsonOpt, app, bulk_app, command, context, emit, out, write_safe_csv
 from smsops.errors import SmsopsError
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
@@ -58,11 +58,18 @@ def bulk_preview(
     at: At = None,
     users: UsersFiles = None,
     query: Query = None,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="Also write the whole recipient list to this CSV file."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a bulk delivery would send, to whom, when and for how many tickets."""
     with context(as_json) as ctx:
         p = dl.preview_bulk(ctx, message, at=at, users_files=users or [], query=query)
+    if export is not None:  # R13: the full list, for review before confirming
+        with open(export, "w", encoding="utf-8-sig", newline="") as fh:
+            write_safe_csv(p.recipient_list(), fh)
     emit(as_json, p.to_dict(), lambda: show_preview(p))
 
 

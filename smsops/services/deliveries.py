@@ -63,6 +63,19 @@ class Preview:
     def shortfall(self) -> int:
         return max(self.tickets_needed - self.balance, 0)
 
+    def recipient_list(self) -> pd.DataFrame:
+        """Every recipient in send order: seq, phone (E.164), user_id and how many users
+        share the number (R5)."""
+        r = self.selection.recipients
+        return pd.DataFrame(
+            {
+                "seq": r["seq"],
+                "phone": r["phone"],
+                "user_id": r["user_id"],
+                "users": r["user_ids"].list.len(),
+            }
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "recipients": self.recipients,
