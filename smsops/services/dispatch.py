@@ -206,9 +206,7 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == delivery_id)
-            .values(
-                status="sending", claimed_by=me, heartbeat_at=now, started_at=row.started_at or now
-            )
+            .values(status="sending", started_at=row.started_at or now)
         )
     return resumed
 
@@ -473,6 +471,6 @@ def _finish(ctx: Context, session: Session) -> str:
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == d, deliveries.c.status == "sending")
-            .values(status=status, finished_at=clock.now(), claimed_by=None)
+            .values(status=status, finished_at=clock.now())
         )
     return status

@@ -12,7 +12,8 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from smsops.clock import now
 from smsops.errors import SmsopsError
-from smsops.store.schema import ensure_account, migrate
+from smsops.store.migrations import migrate
+from smsops.store.schema import ensure_account
 
 
 class StoreError(SmsopsError):

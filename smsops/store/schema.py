@@ -1,8 +1,7 @@
-"""The tables (SQLAlchemy Core) and the versioned migration steps."""
+"""The tables as smsops uses them now (SQLAlchemy Core). How older databases get here:
+migrations.py."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from sqlalchemy import (
     Boolean,
@@ -16,9 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
-    inspect,
     select,
-    text,
 )
 from sqlalchemy import (
     DateTime as _DateTime,
@@ -80,8 +77,6 @@ deliveries = Table(
     Column("started_at", DateTime),
     Column("finished_at", DateTime),
     Column("allocated", Boolean, nullable=False, default=False),  # R10 done at send time
-    Column("claimed_by", String(128)),  # host:pid:start of the process sending it
-    Column("heartbeat_at", DateTime),
     Index("ix_deliveries_due", "status", "scheduled_at"),
 )
 
@@ -136,74 +131,6 @@ ledger = Table(
 # Each step takes the database from version i to i+1. Version 1 is the tables above as
 # first released; later steps alter them (ALTER TABLE …) so existing databases keep
 # their data. Never edit a released step: append a new one.
-def _v1_tables(conn: Connection) -> None:
-    """Version 1: the tables as first released (without the version-2 columns)."""
-    v1 = MetaData()
-    for table in metadata.sorted_tables:
-        if table.name in _ADDED_IN_V3 and not _ADDED_IN_V3[table.name]:
-            continue  # a table that came later
-        later = _ADDED_IN_V2.get(table.name, ()) + _ADDED_IN_V3.get(table.name, ())
-        cols = [c._copy() for c in table.columns if c.name not in later]
-        indexes = [Index(i.name, *[c.name for c in i.columns]) for i in table.indexes]
-        Table(table.name, v1, *cols, *indexes)
-    v1.create_all(conn)
-
-
-_ADDED_IN_V2 = {"delivery_items": ("dlr_status", "dlr_at")}
-_ADDED_IN_V3 = {"delivery_items": ("owner",), "dispatchers": ()}
-
-
-def _v2_delivery_reports(conn: Connection) -> None:
-    """Version 2: delivery reports per item."""
-    conn.execute(text("ALTER TABLE delivery_items ADD COLUMN dlr_status VARCHAR(16)"))
-    kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
-    conn.execute(text(f"ALTER TABLE delivery_items ADD COLUMN dlr_at {kind}"))
-
-
-def _v3_parallel_dispatch(conn: Connection) -> None:
-    """Version 3: several dispatchers per delivery (item owners, a liveness table)."""
-    conn.execute(text("ALTER TABLE delivery_items ADD COLUMN owner VARCHAR(128)"))
-    dispatchers.create(conn)
-    # no query looks items up by phone; the status index gains message_no
-    conn.execute(text("DROP INDEX IF EXISTS ix_items_phone"))
-    conn.execute(text("DROP INDEX IF EXISTS ix_items_status"))
-    conn.execute(
-        text(
-            "CREATE INDEX ix_items_status ON delivery_items (delivery_id, status, seq, message_no)"
-        )
-    )
-
-
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1_tables,
-    _v2_delivery_reports,
-    _v3_parallel_dispatch,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def schema_version(conn: Connection) -> int:
-    if not inspect(conn).has_table(meta.name):
-        return 0
-    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-    return int(value) if value is not None else 0
-
-
-def migrate(conn: Connection) -> int:
-    """Bring the database to :data:`SCHEMA_VERSION`; return the version it had."""
-    before = schema_version(conn)
-    if before > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema version {before} is newer than this smsops ({SCHEMA_VERSION})"
-        )
-    for step in MIGRATIONS[before:]:
-        step(conn)
-    if before != SCHEMA_VERSION:
-        conn.execute(meta.delete().where(meta.c.key == "schema_version"))
-        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-    return before
-
-
 def ensure_account(conn: Connection, now: object) -> None:
     if conn.execute(select(func.count()).select_from(account)).scalar() == 0:
         conn.execute(
@@ -220,13 +147,11 @@ def ensure_account(conn: Connection, now: object) -> None:
 __all__ = [
     "account",
     "deliveries",
+    "dispatchers",
     "items",
     "ledger",
     "meta",
     "metadata",
-    "migrate",
     "optouts",
-    "schema_version",
-    "text",
     "users",
 ]

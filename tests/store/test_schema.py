@@ -7,7 +7,8 @@ from sqlalchemy import create_engine, inspect, select
 
 from smsops import store
 from smsops.store.engine import StoreError
-from smsops.store.schema import MIGRATIONS, SCHEMA_VERSION, meta, migrate, schema_version
+from smsops.store.migrations import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
+from smsops.store.schema import meta
 
 
 def test_fresh_database_is_created_at_the_current_version(settings):
@@ -38,7 +39,42 @@ def test_version_1_database_keeps_its_data_when_migrated(settings):
         cols = {c["name"] for c in inspect(conn).get_columns("delivery_items")}
         assert {"dlr_status", "dlr_at", "owner"} <= cols
         assert "dispatchers" in inspect(conn).get_table_names()
+        delivery_cols = {c["name"] for c in inspect(conn).get_columns("deliveries")}
+        assert not {"claimed_by", "heartbeat_at"} & delivery_cols  # dropped in v4
         assert conn.exec_driver_sql("SELECT user_id FROM users").scalar_one() == "u1"
+
+
+def _shape(url: str) -> dict[str, object]:
+    """Tables, their columns (name, nullable) and indexes (name, columns)."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        insp = inspect(conn)
+        shape = {
+            table: (
+                sorted((c["name"], bool(c["nullable"])) for c in insp.get_columns(table)),
+                sorted((i["name"], tuple(i["column_names"])) for i in insp.get_indexes(table)),
+            )
+            for table in insp.get_table_names()
+        }
+    engine.dispose()
+    return shape
+
+
+def test_migrating_from_version_1_ends_where_a_fresh_database_starts(settings, tmp_path):
+    old = settings.database_url
+    engine = create_engine(old)
+    with engine.begin() as conn:
+        MIGRATIONS[0](conn)
+        conn.execute(meta.insert().values(key="schema_version", value="1"))
+    engine.dispose()
+    store.connect(old).dispose()  # v1 → latest, step by step
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    if old.startswith("postgresql"):
+        from pg import create_database
+
+        fresh = create_database(old.rsplit("/", 1)[0])
+    store.connect(fresh).dispose()  # created from the current tables
+    assert _shape(old) == _shape(fresh)
 
 
 def test_migrate_is_idempotent(settings):

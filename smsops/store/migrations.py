@@ -1,0 +1,186 @@
+"""Schema versions and the steps between them.
+
+A new database is created from the current tables (schema.py) at the latest version; an
+older one is brought forward step by step. Each step is frozen as it was released — it
+never reads the current table definitions — and a test checks that migrating from
+version 1 ends at the same schema as creating afresh. Never edit a released step:
+append a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
+
+from smsops.store.schema import meta, metadata
+
+
+def _v1(conn: Connection) -> None:
+    """Version 1, as first released."""
+    v1 = MetaData()
+    ts = DateTime(timezone=True)
+    Table(
+        "smsops_meta",
+        v1,
+        Column("key", String(64), primary_key=True),
+        Column("value", String(256), nullable=False),
+    )
+    Table(
+        "account",
+        v1,
+        Column("id", Integer, primary_key=True),
+        Column("plan", String(16), nullable=False),
+        Column("phone_field_enabled", Boolean, nullable=False),
+        Column("timezone", String(64), nullable=False),
+        Column("updated_at", ts, nullable=False),
+    )
+    Table(
+        "users",
+        v1,
+        Column("pos", Integer, primary_key=True, autoincrement=True),
+        Column("user_id", String(128), nullable=False, unique=True),
+        Column("phone", String(64)),
+        Column("attrs", Text),
+        Column("updated_at", ts, nullable=False),
+    )
+    Table(
+        "optouts",
+        v1,
+        Column("phone", String(32), primary_key=True),
+        Column("source", String(64), nullable=False),
+        Column("created_at", ts, nullable=False),
+    )
+    Table(
+        "deliveries",
+        v1,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("kind", String(16), nullable=False),
+        Column("status", String(24), nullable=False),
+        Column("messages", Text, nullable=False),
+        Column("recipients", Integer, nullable=False),
+        Column("resend_of", Integer, ForeignKey("deliveries.id")),
+        Column("created_at", ts, nullable=False),
+        Column("scheduled_at", ts),
+        Column("started_at", ts),
+        Column("finished_at", ts),
+        Column("allocated", Boolean, nullable=False),
+        Column("claimed_by", String(128)),
+        Column("heartbeat_at", ts),
+        Index("ix_deliveries_due", "status", "scheduled_at"),
+    )
+    Table(
+        "delivery_items",
+        v1,
+        Column("delivery_id", Integer, ForeignKey("deliveries.id"), primary_key=True),
+        Column("seq", Integer, primary_key=True),
+        Column("message_no", Integer, primary_key=True),
+        Column("phone", String(32), nullable=False),
+        Column("user_id", String(128)),
+        Column("status", String(16), nullable=False),
+        Column("error", String(64)),
+        Column("ticket", Boolean, nullable=False),
+        Column("sent_at", ts),
+        Column("gateway_ref", String(64)),
+        Index("ix_items_status", "delivery_id", "status", "seq"),
+        Index("ix_items_phone", "phone"),
+    )
+    Table(
+        "ledger",
+        v1,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("at", ts, nullable=False),
+        Column("kind", String(16), nullable=False),
+        Column("amount", Integer, nullable=False),
+        Column("delivery_id", Integer, ForeignKey("deliveries.id")),
+        Column("note", String(256)),
+        Index("ix_ledger_delivery", "delivery_id"),
+    )
+    v1.create_all(conn)
+
+
+def _timestamp(conn: Connection) -> str:
+    return "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+
+
+def _v2_delivery_reports(conn: Connection) -> None:
+    """Version 2: delivery reports per item."""
+    conn.execute(text("ALTER TABLE delivery_items ADD COLUMN dlr_status VARCHAR(16)"))
+    conn.execute(text(f"ALTER TABLE delivery_items ADD COLUMN dlr_at {_timestamp(conn)}"))
+
+
+def _v3_parallel_dispatch(conn: Connection) -> None:
+    """Version 3: several dispatchers per delivery (item owners, a liveness table); no
+    query looks items up by phone; the status index gains message_no."""
+    conn.execute(text("ALTER TABLE delivery_items ADD COLUMN owner VARCHAR(128)"))
+    conn.execute(
+        text(
+            "CREATE TABLE dispatchers (owner VARCHAR(128) NOT NULL PRIMARY KEY, "
+            "delivery_id INTEGER NOT NULL REFERENCES deliveries (id), "
+            f"heartbeat_at {_timestamp(conn)} NOT NULL)"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_dispatchers_delivery ON dispatchers (delivery_id)"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_items_phone"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_items_status"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_items_status ON delivery_items (delivery_id, status, seq, message_no)"
+        )
+    )
+
+
+def _v4_no_delivery_claims(conn: Connection) -> None:
+    """Version 4: who sends a delivery lives in `dispatchers` only; the delivery's own
+    claim columns are gone."""
+    conn.execute(text("ALTER TABLE deliveries DROP COLUMN claimed_by"))
+    conn.execute(text("ALTER TABLE deliveries DROP COLUMN heartbeat_at"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1,
+    _v2_delivery_reports,
+    _v3_parallel_dispatch,
+    _v4_no_delivery_claims,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: Connection) -> int:
+    if not inspect(conn).has_table(meta.name):
+        return 0
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(conn: Connection) -> int:
+    """Bring the database to :data:`SCHEMA_VERSION`; return the version it had (0: new)."""
+    before = schema_version(conn)
+    if before > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {before} is newer than this smsops ({SCHEMA_VERSION})"
+        )
+    if before == 0:
+        metadata.create_all(conn)
+    else:
+        for step in MIGRATIONS[before:]:
+            step(conn)
+    if before != SCHEMA_VERSION:
+        conn.execute(meta.delete().where(meta.c.key == "schema_version"))
+        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    return before
