@@ -37,15 +37,35 @@ def execute_many(conn: Connection, sql_qmark: str, rows: Sequence[tuple]) -> Non
     if not rows:
         return
     if conn.dialect.name == "sqlite":
-        rows = [tuple(_naive(v) for v in row) for row in rows]
+        rows = _naive_datetimes(rows)
     sql = sql_qmark if conn.dialect.paramstyle == "qmark" else sql_qmark.replace("?", "%s")
     conn.exec_driver_sql(sql, list(rows) if not isinstance(rows, list) else rows)
 
 
-def _naive(value: object) -> object:
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
-    return value
+def _naive_datetimes(rows: Sequence[tuple]) -> Sequence[tuple]:
+    """Aware datetimes as the naive UTC text SQLAlchemy writes to SQLite. Only the columns
+    that hold datetimes (seen in the first row) are touched, and each distinct value is
+    converted once: a batch usually carries one timestamp for every row."""
+    where = [i for i, v in enumerate(rows[0]) if isinstance(v, datetime)]
+    if not where:
+        return rows
+    seen: dict[datetime, object] = {}
+
+    def text(value: datetime) -> object:
+        if value.tzinfo is None:
+            return value
+        if value not in seen:
+            seen[value] = value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+        return seen[value]
+
+    out = []
+    for row in rows:
+        fixed = list(row)
+        for i in where:
+            if fixed[i] is not None:
+                fixed[i] = text(fixed[i])
+        out.append(tuple(fixed))
+    return out
 
 
 def fetch_frame(conn: Connection, stmt: Executable, columns: Sequence[str]) -> pd.DataFrame:
