@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 
+from smsops.gateways.outbox import OutboxGateway
 from smsops.services.context import Context
 from smsops.services.people import upsert_users
 
@@ -36,3 +37,24 @@ def outbox(ctx: Context) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class RefusingOutbox(OutboxGateway):
+    """The outbox gateway, except that the carrier refuses the messages ``refuse`` picks
+    (a fake of a provider's rejections; the accepted ones really go to the outbox)."""
+
+    def __init__(self, path, refuse, error: str = "rejected_by_carrier") -> None:
+        super().__init__(path)
+        self.refuse, self.error = refuse, error
+
+    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
+        bad = self.refuse(batch).to_numpy(dtype=bool)
+        refused = pd.DataFrame(
+            {
+                "idempotency_key": batch.loc[bad, "idempotency_key"].to_numpy(),
+                "status": "error",
+                "error": self.error,
+                "gateway_ref": None,
+            }
+        )
+        return pd.concat([super().send(batch[~bad]), refused], ignore_index=True)

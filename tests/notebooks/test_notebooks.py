@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-from support import add_users, e164, mobile, outbox
+from support import RefusingOutbox, add_users, e164, mobile, outbox
 
 from smsops import clock, reports
 from smsops.errors import NotFoundError
@@ -83,21 +83,6 @@ def masked(i: int) -> str:
     return f"090-****-{e164(i)[-4:]}"
 
 
-class Rejecting(OutboxGateway):
-    """The outbox, except that the gateway refuses message 1 to number 5."""
-
-    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
-        bad = (batch["phone"] == e164(5)) & (batch["message_no"] == 1)
-        answer = super().send(batch[~bad])
-        refused = pd.DataFrame(
-            {
-                "idempotency_key": batch.loc[bad, "idempotency_key"].to_numpy(),
-                "status": "error",
-                "error": "rejected_by_carrier",
-                "gateway_ref": None,
-            }
-        )
-        return pd.concat([answer, refused], ignore_index=True)
 
 
 def users(ctx: Context) -> None:
@@ -111,7 +96,7 @@ def failed_delivery(settings) -> int:
     left 16 of the 20 tickets it needs; number 3 opted out after it was created; the gateway
     refused message 1 to number 5. Failures: 5/1 rejected, 10/1 and 10/2 insufficient
     tickets (R10), 3/1 and 3/2 opted out (never resent, R16)."""
-    ctx = Context.open(settings, gateway_factory=lambda s: Rejecting(s.outbox))
+    ctx = Context.open(settings, gateway_factory=lambda s: RefusingOutbox(s.outbox, lambda b: (b["phone"] == e164(5)) & (b["message_no"] == 1)))
     users(ctx)
     accounts.add_tickets(ctx, 24)
     msgs = ["冬のセール開始！", "詳細はWebで"]

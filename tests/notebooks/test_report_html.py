@@ -17,7 +17,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from support import add_users, e164, mobile
+from support import RefusingOutbox, add_users, e164, mobile
 
 from smsops.gateways.outbox import OutboxGateway
 from smsops.services import account as accounts
@@ -32,21 +32,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 GREEN = np.array([0x2E, 0x7D, 0x32]) / 255  # "sent" in the status plot (smsops.reports)
 
 
-class Refusing(OutboxGateway):
-    """The outbox, except that the gateway refuses every message to numbers 7 and 8."""
-
-    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
-        bad = batch["phone"].isin([e164(7), e164(8)])
-        answer = super().send(batch[~bad])
-        refused = pd.DataFrame(
-            {
-                "idempotency_key": batch.loc[bad, "idempotency_key"].to_numpy(),
-                "status": "error",
-                "error": "rejected_by_carrier",
-                "gateway_ref": None,
-            }
-        )
-        return pd.concat([answer, refused], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +40,7 @@ def report(tmp_path_factory) -> dict:
     20 out of tickets), reported through the CLI as the shell would run it."""
     tmp = tmp_path_factory.mktemp("report")
     settings = Settings(database_url=f"sqlite:///{tmp / 'smsops.db'}", outbox=tmp / "out.jsonl")
-    ctx = Context.open(settings, gateway_factory=lambda s: Refusing(s.outbox))
+    ctx = Context.open(settings, gateway_factory=lambda s: RefusingOutbox(s.outbox, lambda b: b["phone"].isin([e164(7), e164(8)])))
     add_users(ctx, [mobile(i) for i in range(1, 21)] + ["03-1234-5678", None])
     accounts.add_tickets(ctx, 40)
     created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["冬のセール開始！", "詳細はWebで"]))

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 from sqlalchemy import select
-from support import add_users, e164, mobile, outbox
+from support import RefusingOutbox, add_users, e164, mobile, outbox
 
 from smsops import clock
 from smsops.errors import (
@@ -189,28 +189,9 @@ def test_r11_ledger_records_every_movement_and_balance_is_its_sum(ctx):
 
 
 def test_r11_gateway_rejections_are_refunded(ctx):
-    class Rejecting:
-        name = "rejecting"
-
-        def send(self, batch):
-            return pd.DataFrame(
-                {
-                    "idempotency_key": batch["idempotency_key"],
-                    "status": "error",
-                    "error": "rejected",
-                    "gateway_ref": None,
-                }
-            )
-
-        def accepted_keys(self, delivery_id):
-            return set()
-
-        def close(self):
-            pass
-
     add_users(ctx, [mobile(1), mobile(2)])
     accounts.add_tickets(ctx, 4)
-    ctx.gateway_factory = lambda settings: Rejecting()
+    ctx.gateway_factory = lambda s: RefusingOutbox(s.outbox, lambda b: b["seq"] > 0)
     _, result = send_now(ctx)
     assert (result.status, result.sent, result.errors, result.tickets_used) == ("failed", 0, 4, 0)
     assert accounts.balance(ctx) == 4
