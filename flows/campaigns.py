@@ -150,7 +150,7 @@ def create_bulk(
         return {**preview.to_dict(), "delivery_id": None}
     created = dl.create_bulk(ctx, preview)
     result = created.to_dict()
-    if preview.scheduled_at is None:
+    if created.status == "queued":  # no send time: now, as a subflow (R12)
         result.update(dispatch_delivery(created.delivery_id))
     return result
 
@@ -255,6 +255,6 @@ def resend_failures(delivery_id: int, at: str | None = None) -> dict[str, Any]:
     """R15: a new delivery of exactly the failed pairs of ``delivery_id``."""
     created = dl.resend_bulk(_context(), delivery_id, at=at)
     result = {**created.to_dict(), "resend_of": delivery_id}
-    if at is None:
+    if created.status == "queued":
         result.update(dispatch_delivery(created.delivery_id))
     return result

@@ -13,7 +13,6 @@ from smsops.cli.common import JsonOpt, app, bulk_app, command, context, emit, ou
 from smsops.errors import SmsopsError
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
-from smsops.services.context import Context
 
 # --- bulk -----------------------------------------------------------------------------
 
@@ -100,21 +99,8 @@ def bulk_create(
             ):
                 raise SmsopsError("not confirmed; nothing was saved")
         created = dl.create_bulk(ctx, p)
-        result = send_now(ctx, created) if p.scheduled_at is None else created.to_dict()
+        result = dispatching.send_if_due(ctx, created)
     emit(as_json, result, lambda: print_result(result))
-
-
-def send_now(ctx: Context, created: dl.Created, **extra: object) -> dict[str, object]:
-    """Dispatch a just-saved delivery; its creation result with the outcome merged in."""
-    sent = dispatching.dispatch(ctx, created.delivery_id)
-    return {
-        **created.to_dict(),
-        **extra,
-        "status": sent.status,
-        "sent": sent.sent,
-        "errors": sent.errors,
-        "tickets_used": sent.tickets_used,
-    }
 
 
 def print_result(result: dict[str, object]) -> None:
@@ -137,7 +123,7 @@ def print_result(result: dict[str, object]) -> None:
 def send(phone: str, message: Messages, as_json: JsonOpt = False) -> None:
     """Send to one number now (individual send; never deduplicated)."""
     with context(as_json) as ctx:
-        result = send_now(ctx, dl.send_individual(ctx, phone, message))
+        result = dispatching.send_if_due(ctx, dl.send_individual(ctx, phone, message))
     emit(as_json, result, lambda: print_result(result))
 
 
@@ -158,7 +144,7 @@ def resend(
             if at:
                 raise SmsopsError("--at applies to a bulk resend; individual sends go now")
             results = [
-                send_now(ctx, created, resend_of=delivery_id)
+                {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
                 for created in dl.resend_individual(ctx, delivery_id, phone)
             ]
 
@@ -171,11 +157,7 @@ def resend(
         if phone:
             raise SmsopsError("--phone applies to --individual")
         created = dl.resend_bulk(ctx, delivery_id, at=at)
-        result = (
-            send_now(ctx, created, resend_of=delivery_id)
-            if at is None
-            else {**created.to_dict(), "resend_of": delivery_id}
-        )
+        result = {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
     emit(as_json, result, lambda: print_result(result))
 
 

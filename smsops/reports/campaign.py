@@ -28,7 +28,7 @@ from smsops.reports.common import (
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services.context import Context
-from smsops.services.dispatch import dispatch
+from smsops.services.dispatch import send_if_due
 
 
 @dataclass
@@ -172,13 +172,7 @@ class Campaign:
         sent at once, a scheduled one waits for its time (R12)."""
         if not confirm:
             return Note("**Not confirmed: nothing was saved.** Run with `confirm=True` to create.")
-        created = dl.create_bulk(self.ctx, self.preview)
-        result: dict[str, object] = created.to_dict()
-        if self.preview.scheduled_at is None:
-            sent = dispatch(self.ctx, created.delivery_id)
-            result.update(status=sent.status, sent=sent.sent, errors=sent.errors)
-            result["tickets_used"] = sent.tickets_used
-        return _key_values(result)
+        return _key_values(send_if_due(self.ctx, dl.create_bulk(self.ctx, self.preview)))
 
 
 def ticket_forecast(ctx: Context, needed: int, at: datetime | None, balance: int) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from smsops.reports.common import (
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services.context import Context
-from smsops.services.dispatch import dispatch
+from smsops.services.dispatch import send_if_due
 
 
 @dataclass
@@ -201,17 +201,16 @@ class DeliveryReport:
                 f"Not resent. A resend needs {needed:,} tickets (balance {balance:,}{buy}); "
                 "run this notebook with `resend=True` to send exactly the pairs above again."
             )
-        created = dl.resend_bulk(self.ctx, int(s["id"]))
-        sent = dispatch(self.ctx, created.delivery_id)
+        result = send_if_due(self.ctx, dl.resend_bulk(self.ctx, int(s["id"])))
         return _key_values(
             {
-                "resend delivery": created.delivery_id,
+                "resend delivery": result["delivery_id"],
                 "resend of": s["id"],
-                "pairs": created.tickets_needed,
-                "status": sent.status,
-                "sent": sent.sent,
-                "errors": sent.errors,
-                "tickets used": sent.tickets_used,
+                "pairs": result["tickets_needed"],
+                "status": result["status"],
+                "sent": result["sent"],
+                "errors": result["errors"],
+                "tickets used": result["tickets_used"],
             }
         )
 

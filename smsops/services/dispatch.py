@@ -32,7 +32,7 @@ from smsops.errors import StateError
 from smsops.gateways import Gateway, idempotency_keys
 from smsops.services.account import lock_balance
 from smsops.services.context import Context
-from smsops.services.deliveries import FINAL, delivery_summary
+from smsops.services.deliveries import FINAL, Created, delivery_summary
 from smsops.services.liveness import live_dispatchers, process_id, register
 from smsops.store import read, write
 from smsops.store.bulk import execute_many, fetch_frame
@@ -130,6 +130,22 @@ def _left(ctx: Context, delivery_id: int) -> int:
                 )
             ).scalar_one()
         )
+
+
+def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
+    """R12: a just-saved delivery without a send time goes out now; a scheduled one waits
+    for dispatch-due. Returns the creation result, with the send's outcome when sent."""
+    result: dict[str, object] = created.to_dict()
+    if created.status != "queued":
+        return result
+    sent = dispatch(ctx, created.delivery_id)
+    return {
+        **result,
+        "status": sent.status,
+        "sent": sent.sent,
+        "errors": sent.errors,
+        "tickets_used": sent.tickets_used,
+    }
 
 
 def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
