@@ -5,8 +5,6 @@ Front doors print ``str(error)`` and exit 1; nothing below them prints or exits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -104,17 +102,3 @@ class GatewayError(SmsopsError):
     """The SMS gateway failed in a way that is not one message's fault."""
 
     code = "gateway"
-
-
-@contextmanager
-def map_exceptions(
-    mapping: dict[type[BaseException], type[SmsopsError]], what: str
-) -> Iterator[None]:
-    """Translate a lower library's exceptions into smsops errors at a boundary."""
-    try:
-        yield
-    except tuple(mapping) as exc:
-        for source, target in mapping.items():
-            if isinstance(exc, source):
-                raise target(f"{what}: {exc}") from exc
-        raise

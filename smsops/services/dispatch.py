@@ -99,6 +99,7 @@ class Session:
     delivery_id: int
     owner: str
     resumed: bool
+    texts: tuple[str, ...] = ()  # the messages, read once
 
 
 def dispatch(ctx: Context, delivery_id: int, *, join: bool = False) -> DispatchResult:
@@ -151,7 +152,9 @@ def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
 def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
     """Register as a dispatcher of the delivery and allocate its tickets (once, R10)."""
     owner = process_id()
-    session = Session(delivery_id, owner, _claim(ctx, delivery_id, owner, join))
+    session = Session(
+        delivery_id, owner, _claim(ctx, delivery_id, owner, join), tuple(_texts(ctx, delivery_id))
+    )
     _allocate(ctx, delivery_id)
     return session
 
@@ -399,7 +402,7 @@ def _texts(ctx: Context, delivery_id: int) -> list[str]:
 
 def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame) -> None:
     d = session.delivery_id
-    texts = pd.Series(_texts(ctx, d), dtype=object)
+    texts = pd.Series(session.texts, dtype=object)
     batch = pd.DataFrame(
         {
             "delivery_id": d,
