@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +217,13 @@ def _save(
             register(conn, delivery_id, now)
         rows = list(
             zip(
-                np.full(needed, delivery_id).tolist(),
+                repeat(int(delivery_id), needed),
                 pairs["seq"].tolist(),
                 pairs["message_no"].tolist(),
                 pairs["phone"].tolist(),
                 pairs["user_id"].tolist(),
+                repeat("pending", needed),
+                repeat(False, needed),
                 strict=True,
             )
         )
@@ -230,7 +233,7 @@ def _save(
                 conn,
                 items,
                 ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
-                [(*row, "pending", False) for row in rows[start : start + step]],
+                rows[start : start + step],
             )
             ctx.progress(min(start + step, len(rows)), len(rows), "saving delivery")
     return Created(
