@@ -38,7 +38,7 @@ def make_gateway(settings: Settings) -> Gateway:
     if settings.gateway == "outbox":
         from smsops.gateways.outbox import OutboxGateway
 
-        return OutboxGateway(settings.outbox)
+        return OutboxGateway(settings.outbox, settings.rate_limit)
     from smsops.gateways.kannel import KannelGateway  # type: ignore[import-not-found]
 
     return KannelGateway(settings)  # type: ignore[no-any-return]

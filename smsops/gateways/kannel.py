@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import threading
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -38,6 +35,7 @@ import pandas as pd
 from pydantic import SecretStr
 
 from smsops.errors import GatewayError
+from smsops.gateways.pacing import RateLimiter, shared_limiter
 from smsops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,61 +53,6 @@ _ERROR_WIDTH = 64  # delivery_items.error is VARCHAR(64)
 
 T = TypeVar("T")
 Outcome = tuple[str, str | None]  # (status, error)
-
-
-class RateLimiter:
-    """At most ``rate`` sends in any 1-second window, spread out.
-
-    Decided on the times sends really start (not on slots booked in advance, which a
-    stalled event loop would release in a burst): a send waits until the one
-    ``floor(rate)`` places back is a second old — the cap — and the previous one is
-    ``0.8/rate`` old — no bursts; the slack absorbs timers that wake late, so the cap is
-    reached but never passed. Thread-safe, so one limiter serves every gateway of a
-    process (back-to-back deliveries included).
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if not rate > 0:
-            raise ValueError(f"rate must be positive, not {rate!r}")
-        self.rate = rate
-        self.interval = 0.8 / rate
-        self.window = max(1, math.floor(rate))
-        self._clock = clock
-        self._starts: deque[float] = deque(maxlen=self.window)
-        self._lock = threading.Lock()
-
-    def _try(self) -> float:
-        """Take a send now if allowed (return 0), else return how long to wait."""
-        with self._lock:
-            now = self._clock()
-            ready = now
-            if self._starts:
-                ready = self._starts[-1] + self.interval
-                if len(self._starts) == self.window:
-                    ready = max(ready, self._starts[0] + 1.0 + _MARGIN)
-            if ready <= now:
-                self._starts.append(now)
-                return 0.0
-            return ready - now
-
-    async def acquire(self) -> None:
-        while (wait := self._try()) > 0:
-            await asyncio.sleep(wait)
-
-
-# Over a second by this much: a request that reaches the wire a little later than its
-# predecessor (the OS took the CPU in between) still keeps to the cap there.
-_MARGIN = 0.005
-
-_limiters: dict[tuple[str, str, float], RateLimiter] = {}
-_limiters_lock = threading.Lock()
-
-
-def shared_limiter(url: str, user: str, rate: float) -> RateLimiter:
-    """The process-wide limiter for one Kannel account (the cap holds across deliveries;
-    several processes each get their own — Kannel's ``throughput`` caps them all)."""
-    with _limiters_lock:
-        return _limiters.setdefault((url, user, rate), RateLimiter(rate))
 
 
 class CappedTransport(httpx.AsyncBaseTransport):
@@ -190,7 +133,7 @@ class KannelGateway:
         self._timeout = timeout
         self._transport = transport
         self._limiter = (
-            shared_limiter(self.url, self.user, settings.rate_limit)
+            shared_limiter(("kannel", self.url, self.user), settings.rate_limit)
             if settings.rate_limit
             else None
         )

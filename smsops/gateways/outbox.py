@@ -3,28 +3,62 @@
 For trying smsops out and for tests. Safe with several processes (an exclusive lock
 around each append) and after a crash (a torn last line is cut off when the file is next
 opened; :meth:`accepted_keys` tells a resuming dispatcher what was already written).
+Under ``SMSOPS_RATE_LIMIT`` it keeps the cap as a real gateway would, so a rehearsal takes
+as long as the campaign will: lines are written as their turns come, a twentieth of a
+second's worth at a time.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from smsops.gateways.pacing import shared_limiter
+
 
 class OutboxGateway:
     name = "outbox"
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, rate_limit: float | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._limiter = (
+            shared_limiter(("outbox", str(self.path.resolve())), rate_limit)
+            if rate_limit
+            else None
+        )
+
+    def __repr__(self) -> str:
+        cap = f"{self._limiter.rate:g}/s" if self._limiter else "none"
+        return f"OutboxGateway(path={str(self.path)!r}, rate_limit={cap})"
 
     def send(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if self._limiter is None or batch.empty:
+            self._append(batch)
+        else:
+            step = max(1, math.ceil(self._limiter.rate / 20))
+            for start in range(0, len(batch), step):
+                group = batch.iloc[start : start + step]
+                for _ in range(len(group)):
+                    self._limiter.wait()
+                self._append(group)
+        return pd.DataFrame(
+            {
+                "idempotency_key": batch["idempotency_key"].to_numpy(),
+                "status": "sent",
+                "error": None,
+                "gateway_ref": None,
+            }
+        )
+
+    def _append(self, batch: pd.DataFrame) -> None:
         accepted_at = datetime.now(UTC).isoformat()
         lines = pd.DataFrame(
             {
@@ -42,14 +76,6 @@ class OutboxGateway:
         with self._locked():
             os.write(self._fd, payload)
             os.fsync(self._fd)
-        return pd.DataFrame(
-            {
-                "idempotency_key": batch["idempotency_key"].to_numpy(),
-                "status": "sent",
-                "error": None,
-                "gateway_ref": None,
-            }
-        )
 
     def accepted_keys(self, delivery_id: int) -> set[str]:
         with self._locked(), open(self.path, encoding="utf-8") as fh:

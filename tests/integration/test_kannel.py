@@ -37,7 +37,8 @@ from typer.testing import CliRunner
 from smsops.cli import app
 from smsops.errors import GatewayError, InputError, NotFoundError
 from smsops.gateways import make_gateway
-from smsops.gateways.kannel import KannelGateway, RateLimiter
+from smsops.gateways.kannel import KannelGateway
+from smsops.gateways.pacing import RateLimiter
 from smsops.receiver import Receiver, decode_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl

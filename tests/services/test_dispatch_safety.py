@@ -452,18 +452,17 @@ def test_r11_concurrent_dispatch_never_overdraws(tmp_path: Path, templates: Temp
 def test_r12_dispatch_due_never_takes_a_delivery_a_live_process_is_sending(
     tmp_path: Path, templates: Templates
 ) -> None:
-    # Small chunks make the send last seconds. A one-second lease: even a heartbeat that
-    # falls behind on a busy machine must not let a live sender's delivery be taken.
-    site = make_site(tmp_path, templates.funded, chunk_size=20, lease_seconds=1)
+    # The rate cap makes the send last 12 s however fast the machine is, in small chunks.
+    # A one-second lease: even a heartbeat that falls behind on a busy machine must not let
+    # a live sender's delivery be taken.
+    site = make_site(tmp_path, templates.funded, chunk_size=20, lease_seconds=1, rate_limit=500)
     total = 2 * RECIPIENTS
 
     sender = site.popen("bulk", "create", *message_args(), "--yes", "--json")
     wait_for_lines(sender, site.outbox, 20, "bulk create")
 
     overlapped = 0
-    for _ in range(3):
-        if sender.poll() is not None:
-            break
+    while sender.poll() is None and overlapped < 2:
         dispatched = site.run("dispatch-due", "--json")["dispatched"]
         assert all(d["delivery_id"] != 1 for d in dispatched), dispatched
         if sender.poll() is None:

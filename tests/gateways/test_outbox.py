@@ -1,0 +1,75 @@
+"""The outbox gateway: what it writes, the torn-line repair, and the rate cap."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+
+from smsops.gateways import idempotency_keys, make_gateway
+from smsops.gateways.outbox import OutboxGateway
+from smsops.settings import Settings
+
+
+def batch(n: int, delivery_id: int = 1) -> pd.DataFrame:
+    seq = pd.Series(range(n), dtype="int64")
+    message_no = pd.Series([1] * n, dtype="int64")
+    return pd.DataFrame(
+        {
+            "delivery_id": delivery_id,
+            "seq": seq,
+            "message_no": message_no,
+            "phone": [f"+8190{i:08d}" for i in range(n)],
+            "text": "こんにちは",
+            "idempotency_key": idempotency_keys(delivery_id, seq, message_no),
+        }
+    )
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_message_is_one_line_and_its_key_is_accepted(tmp_path):
+    gateway = OutboxGateway(tmp_path / "outbox.jsonl")
+    try:
+        results = gateway.send(batch(3))
+        assert list(results["status"]) == ["sent"] * 3
+        written = lines(tmp_path / "outbox.jsonl")
+        assert [w["phone"] for w in written] == ["+819000000000", "+819000000001", "+819000000002"]
+        assert {w["text"] for w in written} == {"こんにちは"}
+        assert gateway.accepted_keys(1) == set(batch(3)["idempotency_key"])
+        assert gateway.accepted_keys(2) == set()
+    finally:
+        gateway.close()
+
+
+def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
+    path = tmp_path / "outbox.jsonl"
+    path.write_text('{"delivery_id": 1, "phone": "+8190', encoding="utf-8")  # a writer died
+    gateway = OutboxGateway(path)
+    try:
+        gateway.send(batch(2))
+    finally:
+        gateway.close()
+    assert len(lines(path)) == 2
+
+
+def test_the_rate_limit_setting_paces_the_outbox_like_a_real_gateway(tmp_path):
+    # 41 messages at 20/s: the 21st waits for the 1st to be a second old, the 41st for the
+    # 21st, so the batch cannot take less than two seconds.
+    settings = Settings(outbox=tmp_path / "outbox.jsonl", rate_limit=20)
+    gateway = make_gateway(settings)
+    try:
+        started = time.monotonic()
+        results = gateway.send(batch(41))
+        elapsed = time.monotonic() - started
+    finally:
+        gateway.close()
+    assert elapsed >= 2.0, f"41 messages at 20/s took {elapsed:.2f} s"
+    assert list(results["status"]) == ["sent"] * 41
+    written = lines(tmp_path / "outbox.jsonl")
+    assert [w["idempotency_key"] for w in written] == list(batch(41)["idempotency_key"])
+    # Written as the turns come, not all at once at the end.
+    assert len({w["accepted_at"] for w in written}) > 1
