@@ -104,12 +104,14 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def create_database(admin_url: str) -> str:
-    """A fresh empty database on the server; returns its URL."""
+def create_database(admin_url: str, template: str | None = None) -> str:
+    """A fresh database on the server, empty or a copy of the database at the URL
+    ``template`` (which no one may be connected to); returns its URL."""
     import psycopg
 
     name = f"smsops_{uuid.uuid4().hex[:12]}"
     plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    copy = f' TEMPLATE "{template.rsplit("/", 1)[1]}"' if template else ""
     with psycopg.connect(f"{plain}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     return f"{admin_url}/{name}"

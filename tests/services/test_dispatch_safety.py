@@ -1,12 +1,14 @@
 """Crash and concurrency safety of dispatch (R10, R11, R12), through real processes.
 
-Every test drives the ``smsops`` command line in subprocesses against its own SQLite
-file and outbox (DESIGN.md quality bars "Crash anywhere (SIGKILL) during dispatch, then
-resume" and "Concurrent dispatches never drive the balance below zero"). Nothing is
-mocked: processes are really killed with SIGKILL and really race for the store.
+Every test drives the ``smsops`` command line in subprocesses against its own store and
+outbox (DESIGN.md quality bars "Crash anywhere (SIGKILL) during dispatch, then resume" and
+"Concurrent dispatches never drive the balance below zero"), once on SQLite and once on
+PostgreSQL. Nothing is mocked: processes are really killed with SIGKILL and really race
+for the store.
 
-To keep the file fast, the user table is imported once per module into a template
-store that each test copies (a file copy, with no process running).
+To keep the file fast, the user table is imported once per store into a template that
+each test copies (a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL,
+with no process running).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
+from pg import create_database
 
 import smsops
 
@@ -58,12 +62,39 @@ def _no_leftover_processes() -> Iterator[None]:
         proc.communicate()
 
 
+@dataclass(frozen=True)
+class Store:
+    """Where sites keep their data: SQLite files, or databases on the session's
+    throwaway PostgreSQL server."""
+
+    admin_url: str | None  # None: SQLite
+
+    def new(self, root: Path, template: str | None) -> str:
+        """A fresh database for a site in ``root``, a copy of ``template`` if given."""
+        if self.admin_url is not None:
+            return create_database(self.admin_url, template)
+        db = root / "smsops.db"
+        if template is not None:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{template.removeprefix('sqlite:///')}{suffix}")
+                if src.exists():
+                    shutil.copy2(src, f"{db}{suffix}")
+        return f"sqlite:///{db}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Store:
+    if request.param == "postgres":
+        return Store(request.getfixturevalue("postgres_admin"))
+    return Store(None)
+
+
 @dataclass
 class Site:
     """One smsops installation in a temp dir: its store, outbox and environment."""
 
     root: Path
-    db: Path
+    url: str  # SMSOPS_DATABASE_URL
     outbox: Path
     env: dict[str, str]
 
@@ -99,22 +130,17 @@ def run_all(site: Site, *commands: tuple[str, ...]) -> list[dict]:
     return [finish(p, c) for p, c in zip(procs, commands, strict=True)]
 
 
-def make_site(root: Path, template: Path | None = None, **settings: object) -> Site:
+def make_site(root: Path, store: Store, template: str | None = None, **settings: object) -> Site:
     root.mkdir(parents=True, exist_ok=True)
-    db = root / "smsops.db"
-    if template is not None:
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{template}{suffix}")
-            if src.exists():
-                shutil.copy2(src, f"{db}{suffix}")
+    url = store.new(root, template)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSOPS_")}
     env.update(
-        SMSOPS_DATABASE_URL=f"sqlite:///{db}",
+        SMSOPS_DATABASE_URL=url,
         SMSOPS_OUTBOX=str(root / "outbox.jsonl"),
         SMSOPS_GATEWAY="outbox",
     )
     env.update({f"SMSOPS_{k.upper()}": str(v) for k, v in settings.items()})
-    return Site(root, db, root / "outbox.jsonl", env)
+    return Site(root, url, root / "outbox.jsonl", env)
 
 
 def write_users(path: Path, n: int) -> pd.DataFrame:
@@ -216,7 +242,7 @@ def kill_in_phase(
         os.kill(proc.pid, signal.SIGSTOP)
         while not _stopped(proc.pid):
             assert proc.poll() is None, f"{what} ended before it was killed in phase {phase}"
-        lines, states = complete_lines(site.outbox), item_states(site.db)
+        lines, states = complete_lines(site.outbox), item_states(site.url)
         if states is not None and PHASES[phase](lines, states):
             print(f"{what}: caught in {phase} at the {attempt + 1}. look")
             os.kill(proc.pid, signal.SIGKILL)
@@ -234,13 +260,17 @@ def kill_in_phase(
     pytest.fail(f"{what} was never caught in phase {phase}")
 
 
-def item_states(db: Path) -> dict[str, int] | None:
-    """Item statuses straight from the store (read-only), to tell which phase a kill hit;
-    None when the stopped sender holds a lock that readers wait for (e.g. frozen in a
-    WAL checkpoint)."""
+def item_states(url: str) -> dict[str, int] | None:
+    """Item statuses straight from the store (read-only, committed state), to tell which
+    phase a kill hit; None when the stopped sender holds a lock that SQLite readers wait
+    for (e.g. frozen in a WAL checkpoint). PostgreSQL readers never wait for writers."""
+    query = "SELECT status, count(*) FROM delivery_items GROUP BY status"
+    if url.startswith("postgresql"):
+        with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=10) as pg:
+            return dict(pg.execute(query).fetchall())
+    db = url.removeprefix("sqlite:///")
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2)) as conn:
-            query = "SELECT status, count(*) FROM delivery_items GROUP BY status"
             return dict(conn.execute(query).fetchall())
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
@@ -288,20 +318,24 @@ def message_args() -> list[str]:
 @dataclass
 class Templates:
     users: pd.DataFrame
-    unfunded: Path  # store with the users imported and no tickets
-    funded: Path  # the same plus FUNDED tickets
+    store: Store
+    unfunded: str  # URL of a store with the users imported and no tickets
+    funded: str  # the same plus FUNDED tickets
+
+    def site(self, root: Path, template: str, **settings: object) -> Site:
+        return make_site(root, self.store, template, **settings)
 
 
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> Templates:
+def templates(tmp_path_factory: pytest.TempPathFactory, store: Store) -> Templates:
     root = tmp_path_factory.mktemp("templates")
     users_csv = root / "users.csv"
     users = write_users(users_csv, RECIPIENTS)
-    base = make_site(root / "unfunded")
+    base = make_site(root / "unfunded", store)
     assert base.run("users", "import", str(users_csv), "--json")["rows"] == RECIPIENTS
-    funded = make_site(root / "funded", template=base.db)
+    funded = make_site(root / "funded", store, base.url)
     assert funded.run("tickets", "add", str(FUNDED), "--json")["balance"] == FUNDED
-    return Templates(users, base.db, funded.db)
+    return Templates(users, store, base.url, funded.url)
 
 
 def expected_pairs(delivery_id: int, users: pd.DataFrame) -> set[tuple[int, str, int]]:
@@ -350,7 +384,7 @@ def test_r11_sigkill_mid_dispatch_then_resume_sends_each_message_exactly_once(
 ) -> None:
     # A lease of an hour: the resume must not wait for it, a dead process is seen as
     # dead at once.
-    site = make_site(tmp_path, templates.funded, chunk_size=100, lease_seconds=3600)
+    site = templates.site(tmp_path, templates.funded, chunk_size=100, lease_seconds=3600)
     total = 2 * RECIPIENTS
 
     sender = site.popen("bulk", "create", *message_args(), "--yes", "--json")
@@ -367,7 +401,7 @@ def test_r11_sigkill_mid_dispatch_then_resume_sends_each_message_exactly_once(
 def test_r11_sigkill_during_the_resume_then_resume_again_sends_each_message_once(
     tmp_path: Path, templates: Templates
 ) -> None:
-    site = make_site(tmp_path, templates.funded, chunk_size=100, lease_seconds=3600)
+    site = templates.site(tmp_path, templates.funded, chunk_size=100, lease_seconds=3600)
     total = 2 * RECIPIENTS
 
     sender = site.popen("bulk", "create", *message_args(), "--yes", "--json")
@@ -392,7 +426,7 @@ def test_r11_concurrent_dispatch_never_overdraws(tmp_path: Path, templates: Temp
     users_csv = tmp_path / "users500.csv"
     users[["user_id", "phone"]].to_csv(users_csv, index=False)
     # Small chunks so that the four sends overlap in time.
-    site = make_site(tmp_path / "site", templates.unfunded, chunk_size=50)
+    site = templates.site(tmp_path / "site", templates.unfunded, chunk_size=50)
     started = time.monotonic()
     assert site.run("tickets", "add", str(balance), "--json")["balance"] == balance
     one_command = time.monotonic() - started
@@ -455,7 +489,9 @@ def test_r12_dispatch_due_never_takes_a_delivery_a_live_process_is_sending(
     # The rate cap makes the send last 12 s however fast the machine is, in small chunks.
     # A one-second lease: even a heartbeat that falls behind on a busy machine must not let
     # a live sender's delivery be taken.
-    site = make_site(tmp_path, templates.funded, chunk_size=20, lease_seconds=1, rate_limit=500)
+    site = templates.site(
+        tmp_path, templates.funded, chunk_size=20, lease_seconds=1, rate_limit=500
+    )
     total = 2 * RECIPIENTS
 
     sender = site.popen("bulk", "create", *message_args(), "--yes", "--json")
