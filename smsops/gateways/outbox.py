@@ -30,9 +30,7 @@ class OutboxGateway:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._limiter = (
-            shared_limiter(("outbox", str(self.path.resolve())), rate_limit)
-            if rate_limit
-            else None
+            shared_limiter(("outbox", str(self.path.resolve())), rate_limit) if rate_limit else None
         )
 
     def __repr__(self) -> str:

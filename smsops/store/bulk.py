@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -16,12 +16,7 @@ def insert_rows(
     if not rows:
         return
     if conn.dialect.name == "postgresql":  # COPY: an order of magnitude over INSERTs
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-        with raw.cursor() as cur, cur.copy(sql) as copy:
-            for row in rows:
-                copy.write_row(row)
+        copy_rows(conn, table.name, columns, rows)
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (
@@ -29,6 +24,17 @@ def insert_rows(
         f"VALUES ({', '.join([mark] * len(columns))})"
     )
     conn.exec_driver_sql(sql, list(rows) if not isinstance(rows, list) else rows)
+
+
+def copy_rows(conn: Connection, name: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """PostgreSQL only: ``COPY name (columns) FROM STDIN`` with ``rows``, in the current
+    transaction."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    sql = f"COPY {name} ({', '.join(columns)}) FROM STDIN"
+    with raw.cursor() as cur, cur.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def execute_many(conn: Connection, sql_qmark: str, rows: Sequence[tuple]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import select
@@ -379,6 +380,28 @@ def test_users_upsert_keeps_registration_order_and_updates_in_place(ctx):
     users = people.load_users(ctx)
     assert users["user_id"].tolist() == ["u1", "u2", "u3", "u4"]
     assert users["phone"].tolist() == [mobile(1), mobile(22), mobile(3), mobile(4)]
+
+
+def test_r2_large_imports_keep_file_order_across_batches(ctx, monkeypatch):
+    # Ids in no sorted order and batches of 700: the order of registration is the order
+    # of the file, across batches, on both stores (PostgreSQL goes through COPY).
+    monkeypatch.setattr(people, "_BATCH", 700)
+    rng = np.random.default_rng(7)
+    ids = [f"id{v}" for v in rng.permutation(5_000)]
+    first = pd.DataFrame({"user_id": ids[:3_000], "phone": [mobile(i) for i in range(3_000)]})
+    first["name"] = "初回"
+    assert people.upsert_users(ctx, first).users_total == 3_000
+    second = pd.DataFrame(
+        {"user_id": ids[2_000:], "phone": [mobile(10_000 + i) for i in range(3_000)]}
+    )
+    second["name"] = "二回目"
+    assert people.upsert_users(ctx, second).users_total == 5_000
+
+    stored = people.load_users(ctx, with_attrs=True)
+    assert stored["user_id"].tolist() == ids
+    expected = [mobile(i) for i in range(2_000)] + [mobile(10_000 + i) for i in range(3_000)]
+    assert stored["phone"].tolist() == expected
+    assert stored["name"].tolist() == ["初回"] * 2_000 + ["二回目"] * 3_000
 
 
 def test_query_selects_users_by_their_other_columns(ctx):
