@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -275,10 +276,30 @@ def test_deliveries_errors_csv_is_safe_against_formula_injection(cli):
     assert len(rows) == 5
     for row in rows[1:]:
         for cell in row:
-            assert not cell.startswith(("=", "+", "-", "@")), row
+            if not re.fullmatch(r"\+\d+", cell):
+                assert not cell.startswith(("=", "+", "-", "@")), row
     assert rows[1][1] == '\'=HYPERLINK("x")'
-    assert rows[1][2] == "'" + e164(1)
+    assert rows[3][1] == "'@SUM(1)"
+    assert rows[1][2] == e164(1)  # a plain number runs nothing: the phone stays E.164
     assert rows[1][4] == "insufficient_tickets"
+
+
+def test_r14_deliveries_show_and_errors_on_a_terminal_with_failed_pairs(cli):
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2)])))
+    cli("tickets", "add", "4")
+    created = as_json(
+        cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json")
+    )
+    cli("send", mobile(9), "-m", "x")  # 3 tickets left at send time: seq 2 message 2 fails
+    time.sleep(1.5)
+    cli("dispatch-due")
+    delivery = str(created["delivery_id"])
+    shown = cli("deliveries", "show", delivery).stdout
+    assert "partially_sent" in shown
+    assert shown.count("insufficient_tickets") == 1 and shown.count("sent") >= 3
+    assert "nan" not in shown and e164(1) not in shown  # blanks, and masked numbers
+    errors = cli("deliveries", "errors", delivery).stdout
+    assert "insufficient_tickets" in errors and "1 failed" in errors and "nan" not in errors
 
 
 def test_resend_bulk_and_individual(cli):

@@ -7,6 +7,7 @@ import enum
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,13 +128,25 @@ class OnOff(enum.Enum):
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A signed number (an E.164 phone, a count) cannot run anything: it stays as it is.
+_PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 
 
 def _safe_cell(value: object) -> object:
-    """Spreadsheet formula injection: a cell starting like a formula is quoted."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """Spreadsheet formula injection (OWASP): a text cell that starts like a formula is
+    quoted with ``'``, unless it is a plain signed number such as ``+819012345678``."""
+    if (
+        isinstance(value, str)
+        and value.startswith(_FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
         return "'" + value
     return value
+
+
+def cell(value: object) -> str:
+    """A value as table text: missing (None, NaN, NA) is blank."""
+    return "" if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)) else str(value)
 
 
 def write_safe_csv(frame: pd.DataFrame, stream: TextIO) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from smsops.cli.common import (
     JsonOpt,
+    cell,
     command,
     context,
     deliveries_app,
@@ -50,7 +51,7 @@ def deliveries_list(
         for r in rows:
             table.add_row(
                 *(
-                    str(r[k] if r[k] is not None else "")
+                    cell(r[k])
                     for k in (
                         "id",
                         "kind",
@@ -103,8 +104,8 @@ def deliveries_show(
             masked,
             str(row.message_no),
             row.status,
-            row.error or "",
-            row.dlr_status or "",
+            cell(row.error),
+            cell(row.dlr_status),
         )
     out.print(table)
     if len(frame) > limit:
@@ -132,7 +133,7 @@ def deliveries_errors(
         table = Table("seq", "user", "phone", "message", "error")
         for row, masked in zip(frame.itertuples(), mask_phones(frame["phone"]), strict=True):
             table.add_row(
-                str(row.seq), str(row.user_id or ""), masked, str(row.message_no), str(row.error)
+                str(row.seq), cell(row.user_id), masked, str(row.message_no), cell(row.error)
             )
         out.print(table)
         out.print(f"{len(frame):,} failed")
