@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -87,8 +87,13 @@ def local_prefect_server(home: Path, timeout: float = 90) -> Iterator[str]:
         log.close()
 
 
-def serve(interval: float = 10.0, home: Path | None = None) -> None:
-    """Serve every smsops deployment until interrupted."""
+def serve(
+    interval: float = 10.0,
+    home: Path | None = None,
+    ready: Callable[[str, list[str]], None] | None = None,
+) -> None:
+    """Serve every smsops deployment until interrupted; ``ready(api_url, deployment
+    names)`` is called once they are built, just before serving starts."""
     api_url = os.environ.get("PREFECT_API_URL")
     server = (
         nullcontext(api_url)
@@ -120,6 +125,8 @@ def serve(interval: float = 10.0, home: Path | None = None) -> None:
                 campaigns.dispatch_delivery.to_deployment(name="dispatch-delivery"),
                 campaigns.resend_failures.to_deployment(name="resend-failures"),
             ]
+            if ready is not None:
+                ready(url, [d.name for d in deployments])
             prefect_serve(
                 *deployments,
                 pause_on_shutdown=False,

@@ -374,3 +374,30 @@ def test_r13_bulk_preview_exports_the_whole_recipient_list(cli):
     assert len(rows) == 16  # ... the file has everyone
     assert rows[1] == ["1", "'" + e164(1), "u1", "2"]  # u16 shares u1's number (R5)
     assert [r[0] for r in rows[1:]] == [str(i) for i in range(1, 16)]
+
+
+def test_every_command_accepts_json():
+    """DESIGN.md: "Every command accepts --json"."""
+    import click
+    import typer
+
+    root = typer.main.get_command(app)
+
+    def leaves(group: click.Group, ctx: click.Context, path: str = ""):
+        for name in group.list_commands(ctx):
+            sub = group.get_command(ctx, name)
+            if isinstance(sub, click.Group):
+                yield from leaves(sub, click.Context(sub, parent=ctx), f"{path}{name} ")
+            else:
+                yield f"{path}{name}", sub
+
+    commands = dict(leaves(root, click.Context(root)))
+    assert {"serve", "dispatch-due", "bulk create", "deliveries show", "tickets add"} <= set(
+        commands
+    )
+    missing = [
+        name
+        for name, cmd in commands.items()
+        if "--json" not in [o for p in cmd.params for o in getattr(p, "opts", [])]
+    ]
+    assert missing == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -40,17 +42,31 @@ def report(
 @command
 def serve(
     interval: Annotated[float, typer.Option(help="Seconds between dispatch-due runs.")] = 10.0,
+    as_json: JsonOpt = False,
 ) -> None:
     """Long-running Prefect scheduler that sends scheduled deliveries at their time.
 
     Serves the smsops deployments, with dispatch-due on an interval. Uses PREFECT_API_URL
-    if set, else starts a private Prefect server on loopback.
+    if set, else starts a private Prefect server on loopback. With --json, stdout carries
+    one JSON document (the API URL and the deployments) and Prefect's own output goes to
+    stderr.
     """
     from flows.serve import serve as run
     from smsops.logs import install_masking
 
     install_masking()
-    run(interval=interval)
+
+    stdout = sys.stdout
+
+    def ready(url: str, deployments: list[str]) -> None:
+        if as_json:
+            info = {"api_url": url, "deployments": deployments, "interval": interval}
+            print(json.dumps(info), file=stdout, flush=True)
+        else:
+            out.print(f"serving {', '.join(deployments)} via {url}")
+
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        run(interval=interval, ready=ready)
 
 
 # --- Kannel callbacks (issue 6) -------------------------------------------------------

@@ -47,11 +47,12 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
     smsops("tickets", "add", "400")
 
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
+    stdout = open(tmp_path / "serve.json", "w")  # noqa: SIM115 - closed below
     serve = subprocess.Popen(
-        [SMSOPS, "serve", "--interval", "5"],
+        [SMSOPS, "serve", "--interval", "5", "--json"],
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        stdout=stdout,
+        stderr=log,
         start_new_session=True,
     )
     try:
@@ -60,6 +61,10 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
             assert serve.poll() is None, (tmp_path / "serve.log").read_text()
             assert time.monotonic() < deadline, "smsops serve did not start"
             time.sleep(1)
+        # --json: stdout is one JSON document; Prefect's own output went to stderr.
+        started = json.loads((tmp_path / "serve.json").read_text())
+        assert started["api_url"].startswith("http://127.0.0.1:")
+        assert "dispatch-due" in started["deployments"] and started["interval"] == 5
 
         at = datetime.now(UTC) + timedelta(seconds=10)
         created = smsops(
@@ -106,6 +111,7 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
         log.close()
+        stdout.close()
 
     keys = [r["idempotency_key"] for r in records]
     assert len(keys) == len(set(keys)) == expected  # exactly once, racer or not
