@@ -167,6 +167,8 @@ def _as_text(raw: pd.Series) -> pa.Array:
         # A column Excel turned into numbers: 9012345678.0 means 9012345678.
         raw = raw.astype("Int64")
     arr = pa.array(raw.astype(STRING).array, type=pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):  # what pandas hands over in several chunks, or none
+        return arr.combine_chunks()
     return pa.concat_arrays([arr]) if arr.offset else arr
 
 

@@ -113,11 +113,23 @@ def preview_bulk(
         if users_files
         else people.load_users(ctx, with_attrs=bool(query))
     )
+    candidates = len(users)
     if query:
         users = _query(users, query)
     selection = select_recipients(
         users, people.load_optouts(ctx), phone_field_enabled=acct.phone_field_enabled
     )
+    diagnosis = selection.diagnosis()
+    if query:  # R4: say what the query did, or it reads as if the table were empty
+        picked = f"--query {query!r} picks {len(users):,} of the {candidates:,} users"
+        diagnosis = (
+            f"0 recipients: {picked}"
+            if len(users) == 0 and candidates
+            else f"{picked}; {diagnosis}"
+        )
+    elif users_files and candidates == 0:
+        names = ", ".join(Path(f).name for f in users_files)
+        diagnosis = f"0 recipients: the user file has no rows ({names})"
     return Preview(
         recipients=len(selection.recipients),
         messages=msgs,
@@ -125,7 +137,7 @@ def preview_bulk(
         scheduled_at=when,
         timezone=acct.timezone,
         excluded=selection.counts(),
-        diagnosis=selection.diagnosis(),
+        diagnosis=diagnosis,
         sample=mask_phones(selection.recipients["phone"].head(SAMPLE)).tolist(),
         selection=selection,
     )

@@ -96,6 +96,18 @@ def test_r3_numeric_column_from_a_spreadsheet():
     assert out["reason"].iloc[1] == "no_phone"
 
 
+@pytest.mark.parametrize("chunks", [[], [["09012345678"], ["03-1234-5678", None]]])
+def test_r3_arrow_backed_columns_in_any_number_of_chunks(chunks):
+    # What a header-only CSV (no chunk) or a concatenated table (several) hands over.
+    import pyarrow as pa
+
+    arrays = [pa.array(c, pa.large_string()) for c in chunks]
+    raw = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array(arrays, pa.large_string())))
+    out = classify_phones(raw)
+    expected = [None, "not_mobile", "no_phone"] if chunks else []
+    assert [None if pd.isna(r) else r for r in out["reason"]] == expected
+
+
 def test_r3_mobile_rule_comes_from_phonenumbers_metadata():
     """Every number phonenumbers calls a JP mobile in its own examples is mobile here."""
     example = phonenumbers.example_number_for_type("JP", phonenumbers.PhoneNumberType.MOBILE)

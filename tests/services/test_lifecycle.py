@@ -411,6 +411,29 @@ def test_query_selects_users_by_their_other_columns(ctx):
         dl.preview_bulk(ctx, ["hi"], query="no_such_column > 1")
 
 
+def test_r4_zero_recipients_says_the_query_or_the_file_picked_no_one(ctx, tmp_path):
+    add_users(ctx, [mobile(1), mobile(2), "03-1234-5678"])
+    nobody = dl.preview_bulk(ctx, ["hi"], query="name == 'nobody'")
+    assert nobody.recipients == 0
+    assert nobody.diagnosis == "0 recipients: --query \"name == 'nobody'\" picks 0 of the 3 users"
+    some = dl.preview_bulk(ctx, ["hi"], query="name != '山田2'")
+    assert some.diagnosis.startswith("--query \"name != '山田2'\" picks 2 of the 3 users; ")
+    assert some.diagnosis.endswith(
+        "1 recipient from 2 users: 1 user has a number that is not a Japanese mobile "
+        "(landline, toll-free, IP phone, unallocated or foreign)"
+    )
+    with pytest.raises(NoRecipientsError, match="picks 0 of the 3 users"):
+        dl.create_bulk(ctx, nobody)
+
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("user_id,phone\n", encoding="utf-8")
+    empty = dl.preview_bulk(ctx, ["hi"], users_files=[header_only])
+    assert (empty.recipients, empty.diagnosis) == (
+        0,
+        "0 recipients: the user file has no rows (empty.csv)",
+    )
+
+
 def test_dispatch_refuses_a_delivery_that_is_not_due(ctx):
     add_users(ctx, [mobile(1)])
     accounts.add_tickets(ctx, 10)
