@@ -205,7 +205,11 @@ def _save(
     resend_of: int | None,
     tz: str,
 ) -> Created:
-    """Check tickets (R9) and insert the delivery and its items in one transaction."""
+    """Check tickets (R9) and insert the delivery and its items in one transaction. A
+    delivery to send now is sent by this process: a gateway it cannot use (say Kannel
+    without credentials) refuses it before anything is saved."""
+    if when is None:
+        ctx.gateway().close()
     needed = len(pairs)
     now = clock.now()
     with write(ctx.engine) as conn:

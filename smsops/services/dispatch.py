@@ -105,11 +105,11 @@ class Session:
 def dispatch(ctx: Context, delivery_id: int, *, join: bool = False) -> DispatchResult:
     """Send one delivery now (due, queued, or abandoned by dead dispatchers). With
     ``join``, help the dispatchers already sending it, chunk by chunk."""
-    session = begin(ctx, delivery_id, join=join)
-    gateway = ctx.gateway()
+    gateway = ctx.gateway()  # first: a gateway that cannot be used leaves nothing claimed
     handled = 0
-    total = _left(ctx, delivery_id)
     try:
+        session = begin(ctx, delivery_id, join=join)
+        total = _left(ctx, delivery_id)
         with keep_alive(ctx, session):
             while n := send_chunk(ctx, session, gateway):
                 handled += n

@@ -13,6 +13,7 @@ from support import RefusingOutbox, add_users, e164, mobile, outbox
 
 from smsops import clock
 from smsops.errors import (
+    GatewayError,
     InputError,
     MessageError,
     NoRecipientsError,
@@ -26,6 +27,7 @@ from smsops.errors import (
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import people
+from smsops.services.context import Context
 from smsops.services.dispatch import dispatch, dispatch_due
 from smsops.store import read
 from smsops.store.schema import ledger
@@ -196,6 +198,29 @@ def test_r11_gateway_rejections_are_refunded(ctx):
     _, result = send_now(ctx)
     assert (result.status, result.sent, result.errors, result.tickets_used) == ("failed", 0, 4, 0)
     assert accounts.balance(ctx) == 4
+
+
+def test_r12_a_gateway_this_process_cannot_use_refuses_a_send_now_and_saves_nothing(ctx):
+    add_users(ctx, [mobile(1), mobile(2)])
+    accounts.add_tickets(ctx, 10)
+    # Kannel chosen, its credentials forgotten: the real gateway refuses to start.
+    broken = Context.open(ctx.settings.model_copy(update={"gateway": "kannel", "kannel_user": None}))
+    try:
+        with pytest.raises(GatewayError, match="SMSOPS_KANNEL_USER"):
+            create(broken)
+        with pytest.raises(GatewayError, match="SMSOPS_KANNEL_USER"):
+            dl.send_individual(broken, mobile(3), ["hi"])
+        assert dl.list_deliveries(ctx) == [] and accounts.balance(ctx) == 10
+        # A scheduled delivery is sent later, by whichever process dispatches it.
+        later = create(broken, at=in_seconds(1))
+        time.sleep(1.1)
+        with pytest.raises(GatewayError):
+            dispatch_due(broken)
+        assert dl.delivery_summary(ctx, later.delivery_id)["status"] == "scheduled"
+        assert accounts.balance(ctx) == 10  # nothing allocated, nothing claimed
+        assert [r.status for r in dispatch_due(ctx)] == ["sent"]
+    finally:
+        broken.close()
 
 
 def test_r12_past_time_refused_naive_times_are_in_the_account_zone(ctx):
