@@ -102,3 +102,9 @@ class GatewayError(SmsopsError):
     """The SMS gateway failed in a way that is not one message's fault."""
 
     code = "gateway"
+
+
+class ConfigError(SmsopsError):
+    """An ``SMSOPS_*`` setting has a value smsops cannot use."""
+
+    code = "config"

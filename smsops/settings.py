@@ -4,16 +4,25 @@ down (no import-time global, so tests build their own)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from smsops.errors import ConfigError
 
 
 class Settings(BaseSettings):
     """Everything configurable about one smsops installation."""
 
     model_config = SettingsConfigDict(env_prefix="SMSOPS_", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings; a bad value is one clear line naming the variable."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
 
     database_url: str = "sqlite:///data/smsops.db"
     gateway: Literal["outbox", "kannel"] = "outbox"
@@ -28,9 +37,18 @@ class Settings(BaseSettings):
     # where Kannel sends delivery reports: `smsops receiver`'s /dlr, e.g.
     # http://127.0.0.1:13080/dlr (None: no reports are asked for)
     kannel_dlr_url: str | None = None
-    rate_limit: float | None = Field(None, description="messages per second, None = no cap")
+    rate_limit: float | None = Field(None, gt=0, description="messages per second, None = no cap")
 
     # (recipient, message) pairs sent per gateway call and recorded per transaction
     chunk_size: int = Field(10_000, ge=1)
     # a sending process that has not shown life for this long is presumed dead
     lease_seconds: float = Field(60.0, gt=0)
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors(include_url=False):
+        name = "SMSOPS_" + "_".join(str(p) for p in e["loc"]).upper()
+        shown = "" if "PASSWORD" in name else f"={e.get('input')!r}"
+        parts.append(f"{name}{shown}: {e['msg']}")
+    return "; ".join(parts)

@@ -401,3 +401,18 @@ def test_every_command_accepts_json():
         if "--json" not in [o for p in cmd.params for o in getattr(p, "opts", [])]
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("SMSOPS_GATEWAY", "bogus", "SMSOPS_GATEWAY='bogus': Input should be 'outbox' or 'kannel'"),
+        ("SMSOPS_CHUNK_SIZE", "0", "SMSOPS_CHUNK_SIZE='0': Input should be greater than or equal"),
+        ("SMSOPS_RATE_LIMIT", "-1", "SMSOPS_RATE_LIMIT='-1': Input should be greater than 0"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(cli, variable, value, said):
+    cli.env[variable] = value  # type: ignore[attr-defined]
+    result = cli("tickets", "balance", code=1)
+    assert result.stderr.startswith(f"smsops: {said}")
+    assert len(result.stderr.strip().splitlines()) == 1

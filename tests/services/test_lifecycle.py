@@ -204,7 +204,9 @@ def test_r12_a_gateway_this_process_cannot_use_refuses_a_send_now_and_saves_noth
     add_users(ctx, [mobile(1), mobile(2)])
     accounts.add_tickets(ctx, 10)
     # Kannel chosen, its credentials forgotten: the real gateway refuses to start.
-    broken = Context.open(ctx.settings.model_copy(update={"gateway": "kannel", "kannel_user": None}))
+    broken = Context.open(
+        ctx.settings.model_copy(update={"gateway": "kannel", "kannel_user": None})
+    )
     try:
         with pytest.raises(GatewayError, match="SMSOPS_KANNEL_USER"):
             create(broken)
