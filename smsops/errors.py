@@ -79,8 +79,13 @@ class InputError(SmsopsError):
     def __init__(self, source: str, problems: list[Problem], limit: int = 5) -> None:
         shown = "; ".join(str(p) for p in problems[:limit])
         more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+        if len(problems) == 1 and problems[0].row is None and problems[0].column is None:
+            message = f"{source}: {problems[0].problem}"  # one problem, not of a table cell
+        else:
+            count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+            message = f"{source}: {count}: {shown}{more}"
         super().__init__(
-            f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}: {shown}{more}",
+            message,
             source=source,
             problems=[{"row": p.row, "column": p.column, "problem": p.problem} for p in problems],
         )

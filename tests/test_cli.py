@@ -85,8 +85,12 @@ def test_tickets_balance_and_add(cli):
     assert as_json(cli("tickets", "add", "15", "--json"))["balance"] == 15
     assert as_json(cli("tickets", "balance", "--json")) == {"balance": 15}
     assert "15 tickets" in cli("tickets", "balance").stdout
-    cli("tickets", "add", "0", code=1)
+    for count in ("0", "-5"):  # a negative count is a refused count, not a usage error
+        refused = cli("tickets", "add", count, code=1)
+        assert refused.stderr.strip() == f"smsops: tickets add: count must be positive, got {count}"
     cli("tickets", "add", "many", code=2)
+    cli("tickets", "add", "5", "--jsn", code=2)
+    assert as_json(cli("tickets", "balance", "--json")) == {"balance": 15}
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp932"])

@@ -60,7 +60,8 @@ def tickets_balance(as_json: JsonOpt = False) -> None:
     emit(as_json, {"balance": value}, lambda: out.print(f"{value:,} tickets"))
 
 
-@tickets_app.command("add")
+# "-5" is read as the count (and refused as not positive), not as an unknown option.
+@tickets_app.command("add", context_settings={"ignore_unknown_options": True})
 @command
 def tickets_add(count: int, as_json: JsonOpt = False) -> None:
     with context(as_json) as ctx:
