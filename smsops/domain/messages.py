@@ -12,8 +12,10 @@ from smsops.errors import MessageError
 MAX_MESSAGES = 2
 MAX_UNITS = 70  # UCS-2 SMS: 70 16-bit units per message
 
-# %name%, %会社名% … substitution tags of the email product; also written full-width (％).
-_TAG = re.compile(r"%[^%\s]{1,40}%")
+# Substitution tags, checked after NFKC (so full-width ％ and ｛｝ count too): %name% and
+# %会社名% of the email product, and the {name}, {{name}}, ${name} of template tools. A tag
+# holds one word (letters, digits, _ . -), so "50%オフ、最大30%" or "{ }" are text.
+_TAG = re.compile(r"%[^%\s]{1,40}%|\$?\{\{?\s*[\w.\-]{1,40}\s*\}?\}")
 
 
 def sms_length(text: str) -> int:

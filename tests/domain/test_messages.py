@@ -41,7 +41,18 @@ def test_r6_empty_message_is_refused(text):
         validate_messages([text])
 
 
-@pytest.mark.parametrize("text", ["%name%様、セールです", "こんにちは％会社名％です", "%user_id%"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "%name%様、セールです",
+        "こんにちは％会社名％です",
+        "%user_id%",
+        "{name}様、セールです",
+        "{{ first_name }}さん",
+        "${coupon}をご利用ください",
+        "｛氏名｝様",
+    ],
+)
 def test_r7_substitution_tags_are_refused(text):
     with pytest.raises(MessageError) as err:
         validate_messages(["ok", text])
@@ -52,3 +63,4 @@ def test_r7_substitution_tags_are_refused(text):
 
 def test_r7_a_lone_percent_sign_is_fine():
     validate_messages(["全品50%オフ！", "最大 30% 還元 と 10% 割引"])
+    validate_messages(["【重要】[お知らせ] {} は記号です", "顔文字 (^_^) と ${ } と { a b }"])
