@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow as pa
 from pandera.typing import DataFrame
 
+from smsops.domain.messages import MAX_MESSAGES
 from smsops.domain.schemas import STRING, SendPlan
 
 SENT = "sent"
@@ -26,8 +27,12 @@ def allocate_tickets(recipients: int, messages: int, balance: int) -> DataFrame[
     10 recipients × 2 messages and 15 tickets, recipients 1–7 get both, recipient 8
     gets message 1 only, 9–10 get nothing.
     """
-    if recipients < 0 or messages < 0:
-        raise ValueError("recipients and messages must be >= 0")
+    if recipients < 0:
+        raise ValueError(f"recipients must be >= 0, got {recipients}")
+    if not 1 <= messages <= MAX_MESSAGES:
+        raise ValueError(f"a delivery carries 1 or 2 messages (R6), got {messages}")
+    if balance < 0:
+        raise ValueError(f"balance must be >= 0, got {balance}")
     seq = np.repeat(np.arange(1, recipients + 1, dtype=np.int64), messages)
     message_no = np.tile(np.arange(1, messages + 1, dtype=np.int64), recipients)
     return allocate_plan(pd.DataFrame({"seq": seq, "message_no": message_no}), balance)

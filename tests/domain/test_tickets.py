@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,10 +55,24 @@ def test_r15_allocation_over_arbitrary_pairs_keeps_their_order():
     assert plan["status"].tolist() == ["sent", "sent", "insufficient_tickets"]
 
 
-@given(st.integers(0, 300), st.integers(1, 2), st.integers(-5, 1000))
+@given(st.integers(0, 300), st.integers(1, 2), st.integers(0, 1000))
 def test_r10_never_more_than_the_balance_and_always_a_prefix(recipients, messages, balance):
     plan = allocate_tickets(recipients, messages, balance)
     sent = (plan["status"] == "sent").to_numpy()
-    assert sent.sum() == min(max(balance, 0), recipients * messages)
+    assert sent.sum() == min(balance, recipients * messages)
     # a prefix: no sent pair after an unsent one
     assert not (sent[1:] & ~sent[:-1]).any()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ((1, 3, 1), "1 or 2 messages"),
+        ((1, 0, 1), "1 or 2 messages"),
+        ((-1, 2, 1), "recipients must be >= 0"),
+        ((1, 2, -1), "balance must be >= 0"),
+    ],
+)
+def test_r6_r10_impossible_inputs_are_a_clear_value_error(args, said):
+    with pytest.raises(ValueError, match=said):
+        allocate_tickets(*args)
