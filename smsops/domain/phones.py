@@ -39,6 +39,15 @@ NOT_MOBILE = "not_mobile"
 
 STRING = pd.StringDtype("pyarrow")
 
+# What people write in a phone cell to say there is none (compared after NFKC, trimmed
+# and lower-cased): pandas' own missing-value markers, and the Japanese ones. These are
+# ``no_phone``, not ``malformed``, however the table was read (the CLI keeps text as it
+# is; ``pd.read_csv`` turns "n/a" into NaN).
+NO_PHONE_WORDS = frozenset(
+    {"#n/a", "#n/a n/a", "#na", "<na>", "n/a", "na", "nan", "-nan", "null", "none", "nil"}
+    | {"-", "--", "ー", "なし", "無し", "ナシ", "不明", "未登録", "未入力", "該当なし"}
+)
+
 # Separators people and spreadsheets put in numbers. After NFKC (full-width → ASCII)
 # the remaining ones are Unicode dashes and the katakana prolonged sound mark, which
 # Japanese users type as a hyphen (090ー1234ー5678).
@@ -213,6 +222,7 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
     n = len(raw)
     text = _normalized(_as_text(raw))
     blank = _np(pc.equal(pc.binary_length(text), 0)) | _np(pc.is_null(text))
+    blank |= _np(pc.is_in(pc.utf8_lower(text), value_set=_NO_PHONE_WORDS_ARRAY))
 
     allowed = _np(pc.match_substring_regex(text, _ALLOWED))
     pluses = pc.fill_null(pc.count_substring(text, "+"), 0).to_numpy(zero_copy_only=False)
@@ -326,6 +336,7 @@ def _matches(values: pa.Array, d: _Desc) -> pa.Array:
 
 
 _ALLOWED_RE = re.compile(_ALLOWED)
+_NO_PHONE_WORDS_ARRAY = pa.array(sorted(NO_PHONE_WORDS), pa.large_string())
 _SEPARATORS_RE = re.compile(_SEPARATORS)
 
 
@@ -340,7 +351,7 @@ def reference_classify(value: object) -> tuple[str | None, str | None, bool, str
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = unicodedata.normalize("NFKC", str(value)).strip()
-    if not text:
+    if not text or text.lower() in NO_PHONE_WORDS:
         return None, None, False, NO_PHONE
     compact = _SEPARATORS_RE.sub("", text)
     if not _ALLOWED_RE.match(text) or "+" in compact[1:]:

@@ -63,7 +63,7 @@ def test_r3_mobile_prefixes(prefix):
         ("+1 415 555 2671", "not_mobile"),  # foreign
         ("090-1234-ABCD", "malformed"),  # letters are never vanity digits
         ("tel:090-1234-5678", "malformed"),
-        ("なし", "malformed"),
+        ("なし", "no_phone"),
         ("090-123", "malformed"),  # too short
         ("12", "malformed"),
         ("+81+90-1234-5678", "malformed"),
@@ -78,6 +78,12 @@ def test_r3_excluded_numbers_get_a_reason(raw, reason):
     row = classify_one(raw)
     assert not row["mobile"]
     assert row["reason"] == reason
+
+
+@pytest.mark.parametrize("raw", ["n/a", "N/A", "#N/A", "NULL", "なし", "無し", "不明", "－", " - "])
+def test_r3_no_phone_said_in_words_is_no_phone_not_malformed(raw):
+    assert classify_phones(pd.Series([raw]))["reason"].tolist() == ["no_phone"]
+    assert reference_classify(raw)[3] == "no_phone"
 
 
 def test_r3_keeps_index_and_contract_columns():
