@@ -434,12 +434,11 @@ def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
     optouts = set(people.load_optouts(ctx))
     failed = failed[~failed["phone"].isin(optouts)]
     with read(ctx.engine) as conn:
+        repairs = _resends_of(conn, delivery_id)
         repaired = fetch_frame(
             conn,
-            select(items.c.phone, items.c.message_no)
-            .join(deliveries, deliveries.c.id == items.c.delivery_id)
-            .where(
-                deliveries.c.resend_of == delivery_id,
+            select(items.c.phone, items.c.message_no).where(
+                items.c.delivery_id.in_(repairs),
                 items.c.status.in_(("sent", "pending", "sending")),
             ),
             ["phone", "message_no"],
@@ -448,6 +447,21 @@ def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
         done = pd.MultiIndex.from_frame(repaired)
         failed = failed[~pd.MultiIndex.from_frame(failed[["phone", "message_no"]]).isin(done)]
     return failed.reset_index(drop=True)
+
+
+def _resends_of(conn: Connection, delivery_id: int) -> list[int]:
+    """Every delivery that repairs ``delivery_id``: its resends, their resends, and so on
+    (a resend of a resend also sends the original's pairs)."""
+    found: list[int] = []
+    frontier = [delivery_id]
+    while frontier:
+        frontier = list(
+            conn.execute(select(deliveries.c.id).where(deliveries.c.resend_of.in_(frontier)))
+            .scalars()
+            .all()
+        )
+        found += frontier
+    return found
 
 
 def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Created:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import timedelta
 
 import numpy as np
@@ -479,6 +480,25 @@ def test_r15_resending_twice_never_sends_a_pair_twice(ctx):
     with pytest.raises(SmsopsError, match="no failed messages"):
         dl.resend_individual(ctx, original)
     assert accounts.balance(ctx) == 5
+
+
+def test_r15_a_resend_of_a_resend_repairs_the_original_too(ctx):
+    original = _r10_example(ctx)  # 5 pairs failed: seq 8 message 2, seq 9-10 both
+    accounts.add_tickets(ctx, 5)
+    first = dl.resend_bulk(ctx, original, at=in_seconds(1))
+    dispatch(ctx, dl.send_individual(ctx, mobile(600), ["x", "y"]).delivery_id)
+    time.sleep(1.1)
+    assert [(r.sent, r.errors) for r in dispatch_due(ctx)] == [(3, 2)]  # seq 10 fails again
+    accounts.add_tickets(ctx, 2)
+    second = dl.resend_bulk(ctx, first.delivery_id)  # seq 10's two messages, at last
+    assert dispatch(ctx, second.delivery_id).sent == 2
+    accounts.add_tickets(ctx, 10)
+    with pytest.raises(SmsopsError, match="no failed messages"):
+        dl.resend_bulk(ctx, original)
+    with pytest.raises(SmsopsError, match="no failed messages"):
+        dl.resend_individual(ctx, original)
+    sent = Counter((x["phone"], x["message_no"]) for x in outbox(ctx))
+    assert max(sent.values()) == 1 and accounts.balance(ctx) == 10
 
 
 def test_r15_a_scheduled_resend_counts_as_on_its_way(ctx):
