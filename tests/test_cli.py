@@ -420,3 +420,32 @@ def test_a_bad_setting_is_one_line_naming_the_variable(cli, variable, value, sai
     result = cli("tickets", "balance", code=1)
     assert result.stderr.startswith(f"smsops: {said}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_r13_user_text_is_shown_exactly_never_read_as_markup(cli):
+    # Square brackets are common in Japanese marketing texts ([重要], [VIP]); the
+    # confirmation must show what will be sent, and tables must not choke on them.
+    path = cli.tmp / "users.csv"
+    path.write_text(f"user_id,phone\n[red]b,{mobile(1)}\n[/]a,{mobile(2)}\n", encoding="utf-8")
+    cli("users", "import", str(path))
+    cli("tickets", "add", "4")
+    shown = cli(
+        "bulk",
+        "preview",
+        "-m",
+        "[/] セール [vip]",
+        "-m",
+        "[bold]二通目",
+        "--query",
+        "user_id != '[x]'",
+    )
+    assert "[/] セール [vip]" in shown.stdout and "[bold]二通目" in shown.stdout
+    assert "--query \"user_id != '[x]'\" picks 2 of the 2 users" in shown.stdout
+    created = as_json(
+        cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json")
+    )
+    cli("send", mobile(9), "-m", "x", "-m", "y")  # 2 tickets left at send time
+    time.sleep(1.5)
+    cli("dispatch-due")
+    errors = cli("deliveries", "errors", str(created["delivery_id"])).stdout
+    assert "[/]a" in errors and "2 failed" in errors  # the second user's two messages

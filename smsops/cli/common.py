@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from smsops.errors import SmsopsError
 from smsops.services.context import Context
@@ -44,7 +45,11 @@ app.add_typer(optout_app, name="optout")
 app.add_typer(bulk_app, name="bulk")
 app.add_typer(deliveries_app, name="deliveries")
 
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+# No markup: user data (texts, ids, queries) is printed as it is, never read as rich
+# markup ("[vip]" stays "[vip]"); styles are given with Text objects.
+out = Console(
+    highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160
+)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -118,7 +123,7 @@ def emit(as_json: bool, data: object, human: Callable[[], None]) -> None:
 def kv_table(rows: dict[str, object], title: str | None = None) -> Table:
     table = Table(show_header=False, title=title, box=None, pad_edge=False)
     for key, value in rows.items():
-        table.add_row(f"[bold]{key}[/]", str(value))
+        table.add_row(Text(key, style="bold"), str(value))
     return table
 
 

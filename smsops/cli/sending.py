@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from smsops import clock
 from smsops.cli.common import JsonOpt, app, bulk_app, command, context, emit, out, write_safe_csv
@@ -31,23 +32,31 @@ Query = Annotated[
 
 
 def show_preview(p: dl.Preview) -> None:
-    """The confirmation screen (R13)."""
+    """The confirmation screen (R13). The console reads no markup: message texts, queries
+    and names are shown exactly as they will be sent."""
     when = clock.local_iso(p.scheduled_at, p.timezone) if p.scheduled_at else "now (immediately)"
-    out.print(f"[bold]Recipients[/] {p.recipients:,}    [bold]Send at[/] {when}")
+    out.print(
+        Text.assemble(
+            ("Recipients", "bold"), f" {p.recipients:,}    ", ("Send at", "bold"), f" {when}"
+        )
+    )
     if p.sample:
         more = (
             f" … and {p.recipients - len(p.sample):,} more" if p.recipients > len(p.sample) else ""
         )
         out.print("  " + ", ".join(p.sample) + more)
     for m in p.messages:
-        out.print(f"[bold]Message {m.number}[/] ({m.length}/70): {m.text}", markup=True)
+        out.print(Text.assemble((f"Message {m.number}", "bold"), f" ({m.length}/70): {m.text}"))
     ok = "green" if p.shortfall == 0 else "red"
     out.print(
-        f"[bold]Tickets[/] needed {p.tickets_needed:,} ({p.recipients:,} × "
-        f"{len(p.messages)}), balance {p.balance:,}"
-        + (f" — [{ok}]short by {p.shortfall:,}[/]" if p.shortfall else f" — [{ok}]enough[/]")
+        Text.assemble(
+            ("Tickets", "bold"),
+            f" needed {p.tickets_needed:,} ({p.recipients:,} × {len(p.messages)}), "
+            f"balance {p.balance:,} — ",
+            (f"short by {p.shortfall:,}" if p.shortfall else "enough", ok),
+        )
     )
-    out.print(f"[bold]Selection[/] {p.diagnosis}", markup=True)
+    out.print(Text.assemble(("Selection", "bold"), f" {p.diagnosis}"))
 
 
 @bulk_app.command("preview")
