@@ -14,8 +14,9 @@ MAX_UNITS = 70  # UCS-2 SMS: 70 16-bit units per message
 
 # Substitution tags, checked after NFKC (so full-width ％ and ｛｝ count too): %name% and
 # %会社名% of the email product, and the {name}, {{name}}, ${name} of template tools. A tag
-# holds one word (letters, digits, _ . -), so "50%オフ、最大30%" or "{ }" are text.
-_TAG = re.compile(r"%[^%\s]{1,40}%|\$?\{\{?\s*[\w.\-]{1,40}\s*\}?\}")
+# holds one word (letters, digits, _ . -), and a % right after a digit is a percentage,
+# so "50%オフ、最大30%", "50%OFF+10%" or "{ }" are text.
+_TAG = re.compile(r"(?<!\d)%[\w.\-]{1,40}%|\$?\{\{?\s*[\w.\-]{1,40}\s*\}?\}")
 
 
 def sms_length(text: str) -> int:

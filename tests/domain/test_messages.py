@@ -63,4 +63,6 @@ def test_r7_substitution_tags_are_refused(text):
 
 def test_r7_a_lone_percent_sign_is_fine():
     validate_messages(["全品50%オフ！", "最大 30% 還元 と 10% 割引"])
+    validate_messages(["50%オフ、最大30%", "本日限り50%オフ！さらに先着100名様は60%オフ"])
+    validate_messages(["５０％ＯＦＦ＋１０％", "20%OFF!30%"])
     validate_messages(["【重要】[お知らせ] {} は記号です", "顔文字 (^_^) と ${ } と { a b }"])
