@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smsops.logs import mask_text
+
 
 class SmsopsError(Exception):
     """Base of every refusal smsops explains to its user."""
@@ -15,9 +17,12 @@ class SmsopsError(Exception):
     code = "error"
 
     def __init__(self, message: str, **details: object) -> None:
+        # Errors travel far (stderr, Prefect states and logs, notebooks): a phone number
+        # in one, say the value a user typed, is masked here, once for every front door.
+        message = mask_text(message)
         super().__init__(message)
         self.message = message
-        self.details = details
+        self.details = {k: mask_text(v) if isinstance(v, str) else v for k, v in details.items()}
 
     def to_dict(self) -> dict[str, object]:
         return {"error": self.code, "message": self.message, **self.details}
@@ -87,7 +92,10 @@ class InputError(SmsopsError):
         super().__init__(
             message,
             source=source,
-            problems=[{"row": p.row, "column": p.column, "problem": p.problem} for p in problems],
+            problems=[
+                {"row": p.row, "column": p.column, "problem": mask_text(p.problem)}
+                for p in problems
+            ],
         )
         self.source = source
         self.problems = problems

@@ -219,6 +219,8 @@ def test_send_individual(cli):
     assert out["status"] == "sent"  # never deduplicated (R5)
     assert "R9" in cli("send", "090-1000-0001", "-m", "x", code=1).stderr
     assert "R3" in cli("send", "03-1234-5678", "-m", "x", code=1).stderr
+    refused = cli("send", "090-1234-5678 内線12", "-m", "x", code=1).stderr  # personal data:
+    assert "R3" in refused and "090-****-5678" in refused and "1234" not in refused  # masked
 
 
 def test_deliveries_list_show_errors_cancel(cli):

@@ -29,6 +29,7 @@ from smsops.errors import (
     SmsopsError,
     StateError,
 )
+from smsops.logs import mask_text
 from smsops.services import account as accounts
 from smsops.services import people
 from smsops.services.context import Context
@@ -121,7 +122,9 @@ def preview_bulk(
     )
     diagnosis = selection.diagnosis()
     if query:  # R4: say what the query did, or it reads as if the table were empty
-        picked = f"--query {query!r} picks {len(users):,} of the {candidates:,} users"
+        picked = (
+            f"--query {mask_text(repr(query))} picks {len(users):,} of the {candidates:,} users"
+        )
         diagnosis = (
             f"0 recipients: {picked}"
             if len(users) == 0 and candidates
