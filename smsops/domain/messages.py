@@ -38,6 +38,12 @@ class Message:
         return sms_length(self.text)
 
 
+def _visible(text: str) -> bool:
+    """Has something a reader sees: not only spaces, controls or invisible format
+    characters (zero-width space, BOM)."""
+    return any(unicodedata.category(ch)[0] not in "ZC" for ch in text)
+
+
 def validate_messages(texts: Sequence[str]) -> list[Message]:
     """Check R6 and R7 and return the messages numbered from 1; raise on the first problem."""
     texts = list(texts)
@@ -47,8 +53,15 @@ def validate_messages(texts: Sequence[str]) -> list[Message]:
         )
     out = []
     for number, text in enumerate(texts, start=1):
+        if any("\ud800" <= ch <= "\udfff" for ch in text):
+            raise MessageError(
+                "R6",
+                f"message {number} is not valid text (a broken character, e.g. from a "
+                "wrong encoding)",
+                message_no=number,
+            )
         length = sms_length(text)
-        if not text.strip():
+        if not _visible(text):
             raise MessageError("R6", f"message {number} is empty", message_no=number, length=length)
         if length > MAX_UNITS:
             raise MessageError(

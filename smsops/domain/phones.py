@@ -173,8 +173,11 @@ def _text(value: str | None) -> pa.Scalar:
 
 def _as_text(raw: pd.Series) -> pa.Array:
     if pd.api.types.is_float_dtype(raw.dtype):
-        # A column Excel turned into numbers: 9012345678.0 means 9012345678.
-        raw = raw.astype("Int64")
+        # A column Excel turned into numbers: 9012345678.0 means 9012345678 (and 3.5,
+        # no phone number, stays "3.5": malformed).
+        whole = raw.dropna()
+        if (whole == whole.round()).all():
+            raw = raw.astype("Int64")
     arr = pa.array(raw.astype(STRING).array, type=pa.large_string())
     if isinstance(arr, pa.ChunkedArray):  # what pandas hands over in several chunks, or none
         return arr.combine_chunks()
@@ -188,6 +191,8 @@ def _normalized(arr: pa.Array) -> pa.Array:
         other = pc.invert(ascii_rows)
         arr = pc.replace_with_mask(arr, other, pc.utf8_normalize(arr.filter(other), "NFKC"))
     out = pc.utf8_trim_whitespace(arr)
+    # "9012345678.0": a number column written out as floats; the ".0" is not a digit.
+    out = pc.replace_substring_regex(out, _FLOAT_TAIL, r"\1")
     return pa.concat_arrays([out]) if out.offset else out
 
 
@@ -336,6 +341,7 @@ def _matches(values: pa.Array, d: _Desc) -> pa.Array:
 
 
 _ALLOWED_RE = re.compile(_ALLOWED)
+_FLOAT_TAIL = r"^(\d+)\.0+$"
 _NO_PHONE_WORDS_ARRAY = pa.array(sorted(NO_PHONE_WORDS), pa.large_string())
 _SEPARATORS_RE = re.compile(_SEPARATORS)
 
@@ -350,7 +356,7 @@ def reference_classify(value: object) -> tuple[str | None, str | None, bool, str
         return None, None, False, NO_PHONE
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    text = unicodedata.normalize("NFKC", str(value)).strip()
+    text = re.sub(_FLOAT_TAIL, r"\1", unicodedata.normalize("NFKC", str(value)).strip())
     if not text or text.lower() in NO_PHONE_WORDS:
         return None, None, False, NO_PHONE
     compact = _SEPARATORS_RE.sub("", text)

@@ -35,7 +35,7 @@ def test_r6_emoji_outside_the_bmp_counts_two():
         validate_messages(["あ" * 69 + "😀"])
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\n"])
+@pytest.mark.parametrize("text", ["", "   ", "\n", "\u200b", "\ufeff", "\u3000\u200b "])
 def test_r6_empty_message_is_refused(text):
     with pytest.raises(MessageError, match="message 1 is empty"):
         validate_messages([text])
@@ -66,3 +66,8 @@ def test_r7_a_lone_percent_sign_is_fine():
     validate_messages(["50%オフ、最大30%", "本日限り50%オフ！さらに先着100名様は60%オフ"])
     validate_messages(["５０％ＯＦＦ＋１０％", "20%OFF!30%"])
     validate_messages(["【重要】[お知らせ] {} は記号です", "顔文字 (^_^) と ${ } と { a b }"])
+
+
+def test_r6_broken_characters_are_refused_not_a_crash():
+    with pytest.raises(MessageError, match="message 2 is not valid text"):
+        validate_messages(["ok", "bad \udcff byte"])  # what a wrong-encoding argv gives

@@ -96,6 +96,18 @@ def test_r3_keeps_index_and_contract_columns():
     assert out.loc[20, "e164"] == "+81312345678"  # landlines keep their number for reports
 
 
+def test_r3_numbers_written_out_as_floats():
+    # A float column with a non-integer in it must not crash the whole column.
+    mixed = classify_phones(pd.Series([9012345678.0, 3.5, None]))
+    assert mixed["reason"].tolist()[1:] == ["malformed", "no_phone"]
+    assert mixed.loc[0, "e164"] == "+819012345678"
+    # ... and as text, "9012345678.0" is the number, not 90123456780.
+    text = classify_phones(pd.Series(["9012345678.0", "09012345678.00", "3.50"]))
+    assert text["e164"].tolist()[:2] == ["+819012345678"] * 2
+    assert text.loc[2, "reason"] == "malformed"
+    assert reference_classify("9012345678.0")[0] == "+819012345678"
+
+
 def test_r3_numeric_column_from_a_spreadsheet():
     out = classify_phones(pd.Series([9012345678.0, float("nan")]))
     assert out["e164"].iloc[0] == "+819012345678"
