@@ -35,7 +35,7 @@ def parse_at(text: str, tz: str, *, not_before: datetime | None = None) -> datet
             "R12", f"cannot read the send time {text!r}: use ISO 8601 such as 2026-12-01 10:00"
         ) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=zone(tz))
+        when = _local(when, tz, text)
     when = when.astimezone(UTC)
     current = not_before or now()
     if when <= current:
@@ -44,6 +44,22 @@ def parse_at(text: str, tz: str, *, not_before: datetime | None = None) -> datet
             f"the send time {local_iso(when, tz)} is in the past (now {local_iso(current, tz)})",
         )
     return when
+
+
+def _local(naive: datetime, tz: str, text: str) -> datetime:
+    """``naive`` read in ``tz``; a wall time that daylight saving skips or repeats is
+    refused rather than guessed (give an offset to say which)."""
+    z = zone(tz)
+    first, second = naive.replace(tzinfo=z, fold=0), naive.replace(tzinfo=z, fold=1)
+    if first.astimezone(UTC).astimezone(z).replace(tzinfo=None) != naive:
+        raise ScheduleError("R12", f"{text!r} does not exist in {tz} (the clocks skip it)")
+    if first.utcoffset() != second.utcoffset():
+        raise ScheduleError(
+            "R12",
+            f"{text!r} happens twice in {tz} (the clocks go back); add the offset, "
+            f"e.g. {first.isoformat(timespec='minutes')} or {second.isoformat(timespec='minutes')}",
+        )
+    return first
 
 
 def from_store(value: datetime | None) -> datetime | None:
