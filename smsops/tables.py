@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,31 @@ from smsops.domain.schemas import STRING, Users, validate
 from smsops.errors import InputError, Problem
 
 REQUIRED = ("user_id", "phone")
-PHONE_HEADERS = ("phone", "電話番号")  # the phone column of an opt-out list
+# Header names read as the required columns, compared after NFKC, trimming and case
+# folding (so "Phone", "ＰＨＯＮＥ" and " 電話番号 " all name the phone column).
+ALIASES = {
+    "user_id": (
+        "user_id",
+        "userid",
+        "user id",
+        "ユーザーid",
+        "ユーザid",
+        "会員id",
+        "会員番号",
+        "顧客id",
+    ),
+    "phone": (
+        "phone",
+        "電話番号",
+        "携帯電話番号",
+        "携帯番号",
+        "phone_number",
+        "phone number",
+        "mobile",
+        "tel",
+    ),
+}
+PHONE_HEADERS = ALIASES["phone"]  # the phone column of an opt-out list
 MAX_PHONE = 64
 ENCODINGS = {
     "auto": "auto",
@@ -31,9 +56,12 @@ ENCODINGS = {
     "sjis": "cp932",
     "ms932": "cp932",
     "windows-31j": "cp932",
+    "utf-16": "utf-16",  # Excel's "Unicode text": UTF-16 with a BOM, tab-separated
+    "utf16": "utf-16",
 }
-_CODEC_NAMES = {"utf-8": "UTF-8", "cp932": "CP932/Shift_JIS"}
+_CODEC_NAMES = {"utf-8": "UTF-8", "cp932": "CP932/Shift_JIS", "utf-16": "UTF-16"}
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # What Excel saves for a long number typed into a General cell: 9.01234E+09.
 _SCIENTIFIC = r"\s*[+-]?\d+(?:\.\d*)?[eE][+-]?\d+\s*$"
 
@@ -45,6 +73,7 @@ class _Table:
     source: str
     named: bool  # several files are read together: problems name their file
     data: bytes = b""  # UTF-8, without BOM and leading blank lines
+    delimiter: str = ","  # or a tab (Excel's "Unicode text" and "Text (Tab delimited)")
     skipped: int = 0  # blank lines before the header
     header: list[str] = field(default_factory=list)
     first: int = 1  # the parser's number of the first data row: 1 after a header line
@@ -106,7 +135,14 @@ def _to_utf8(raw: bytes, encoding: str) -> bytes:
     """The file's text as UTF-8 without BOM; "auto" tries UTF-8 (BOM or not), then CP932."""
     kind = ENCODINGS.get(encoding.strip().lower().replace("_", "-"))
     if kind is None:
-        raise ValueError(f"unknown encoding {encoding!r}: use auto, utf-8 or cp932")
+        raise ValueError(f"unknown encoding {encoding!r}: use auto, utf-8, cp932 or utf-16")
+    if raw.startswith(_UTF16_BOMS) and kind in ("auto", "utf-16"):
+        try:
+            return raw.decode("utf-16").encode()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-16 (broken at byte {exc.start})") from None
+    if kind == "utf-16":
+        raise ValueError("not UTF-16 (no byte order mark); pass --encoding auto")
     bom = raw.startswith(_BOM)
     # CP932 reads most UTF-8 without error, as mojibake: refuse instead
     if kind == "cp932" and (bom or (not raw.isascii() and isinstance(_decode(raw, "utf-8"), str))):
@@ -121,7 +157,9 @@ def _to_utf8(raw: bytes, encoding: str) -> bytes:
         at = text + len(_BOM) * bom
         line = raw.count(b"\n", 0, at) + 1
         failed.append(f"{_CODEC_NAMES[codec]} (byte 0x{raw[at]:02x} at offset {at}, line {line})")
-    raise ValueError(f"not {' nor '.join(failed)}; pass the right --encoding (utf-8 or cp932)")
+    raise ValueError(
+        f"not {' nor '.join(failed)}; pass the right --encoding (utf-8, cp932 or utf-16)"
+    )
 
 
 def _open(path: str | Path, encoding: str, named: bool) -> _Table:
@@ -140,8 +178,30 @@ def _open(path: str | Path, encoding: str, named: bool) -> _Table:
         return t.fail("file is empty")
     end = t.data.find(b"\n")
     first = (t.data if end < 0 else t.data[:end]).decode().rstrip("\r")
-    t.header = [name.replace("\ufeff", "").strip() for name in next(csv.reader([first]))]
+    if "\t" in first and "," not in first:
+        t.delimiter = "\t"
+    t.header = [
+        name.replace("\ufeff", "").strip()
+        for name in next(csv.reader([first], delimiter=t.delimiter))
+    ]
     return t
+
+
+def _key(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+def _canonical(names: list[str]) -> list[str]:
+    """Header names with the required columns under their canonical names: an exact
+    name wins, else the first alias."""
+    out = list(names)
+    for canonical, aliases in ALIASES.items():
+        if canonical in out:
+            continue
+        at = next((i for i, n in enumerate(out) if _key(n) in aliases), None)
+        if at is not None:
+            out[at] = canonical
+    return out
 
 
 def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
@@ -160,7 +220,9 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
             read_options=pv.ReadOptions(
                 use_threads=threads, column_names=cols, skip_rows=int(has_header)
             ),
-            parse_options=pv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip),
+            parse_options=pv.ParseOptions(
+                delimiter=t.delimiter, newlines_in_values=True, invalid_row_handler=skip
+            ),
             convert_options=pv.ConvertOptions(
                 column_types=dict.fromkeys(cols, pa.string()),
                 null_values=[""],
@@ -180,7 +242,8 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
     if t.data.rstrip(b"\r\n").count(b"\n") + 1 > t.records and any(
         pc.any(pc.match_substring(c, "\n")).as_py() for c in table.columns
     ):
-        reader, start = csv.reader(io.StringIO(t.data.decode()), strict=True), 0
+        reader = csv.reader(io.StringIO(t.data.decode()), strict=True, delimiter=t.delimiter)
+        start = 0
         try:
             for _ in reader:
                 start = reader.line_num
@@ -232,7 +295,7 @@ def _check_phones(t: _Table, column: str) -> None:
 def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
     """Read one users CSV and check it, collecting every problem."""
     t = _open(path, encoding, named)
-    names = [name or f"column_{i + 1}" for i, name in enumerate(t.header)]
+    names = _canonical([name or f"column_{i + 1}" for i, name in enumerate(t.header)])
     for name in sorted({n for n in names if names.count(n) > 1}):
         t.fail("column name appears more than once in the header", name)
     for name in REQUIRED:
@@ -244,9 +307,19 @@ def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
         return t
     unnamed = [n for n, h in zip(names, t.header, strict=True) if not h and frame[n].isna().all()]
     t.frame = frame.drop(columns=unnamed)  # Excel's trailing empty columns
-    uid = t.frame["user_id"]
-    blank = uid.str.strip().eq("").fillna(True).to_numpy(dtype=bool)
+    # " 1 " and "1" are one user: ids are compared without surrounding spaces
+    uid = t.frame["user_id"] = t.frame["user_id"].str.strip()
+    blank = uid.eq("").fillna(True).to_numpy(dtype=bool)
     t.flag(blank, "user_id", "is empty (required)")
+    # the header again, as when files were pasted together
+    header = dict(zip(names, t.header, strict=True))
+    again = (uid.eq(header["user_id"]) & t.frame["phone"].str.strip().eq(header["phone"])).fillna(
+        False
+    )
+    t.flag(
+        again.to_numpy(dtype=bool), "user_id", "repeats the header line (files pasted together?)"
+    )
+    blank |= again.to_numpy(dtype=bool)
     seen = uid.duplicated().to_numpy()
     if (repeat := seen & ~blank).any():
         first_rows = t.rows[~seen][pd.Index(uid[~seen]).get_indexer(uid[repeat])]
@@ -316,7 +389,7 @@ def read_users_csv(path: str | Path, encoding: str = "auto") -> pd.DataFrame:
 def read_phone_list(path: str | Path, encoding: str = "auto") -> pd.Series:
     """Read an opt-out list (R16): its phone/電話番号 column, or each line of a one-column file."""
     t = _open(path, encoding, named=False)
-    keys = [name.casefold() for name in t.header]
+    keys = [_key(name) for name in t.header]
     at = next((i for i, k in enumerate(keys) if k in PHONE_HEADERS), None)
     column = "phone" if at is None else t.header[at]
     if not t.problems and at is None and len(keys) != 1:
@@ -329,5 +402,5 @@ def read_phone_list(path: str | Path, encoding: str = "auto") -> pd.Series:
         _check_phones(t, column)
     _raise([t])
     assert t.frame is not None
-    phones = t.frame[column]
-    return phones[phones.notna()].reset_index(drop=True).rename("phone")
+    phones = t.frame[column].set_axis(t.rows)  # indexed by data row, for error messages
+    return phones[phones.notna()].rename("phone")

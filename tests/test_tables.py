@@ -137,10 +137,10 @@ def test_empty_file_is_refused(tmp_path, text):
 
 
 def test_missing_required_column_names_the_columns_found(tmp_path):
-    error = refused(write(tmp_path / "users.csv", "user_id,tel,氏名\nu1,090,山田\n"))
+    error = refused(write(tmp_path / "users.csv", "user_id,fax,氏名\nu1,090,山田\n"))
     assert "users.csv" in str(error)
     assert "column 'phone': required column 'phone' is missing" in str(error)
-    assert "found: 'user_id', 'tel', '氏名'" in str(error)
+    assert "found: 'user_id', 'fax', '氏名'" in str(error)
     assert [p.column for p in error.problems] == ["phone"]
 
 
@@ -286,8 +286,8 @@ def test_r16_optout_list_single_column_without_header(tmp_path):
 
 
 def test_r16_optout_list_without_phone_column_is_refused(tmp_path):
-    error = refused(write(tmp_path / "optout.csv", "name,tel\na,090\n"), reader=read_phone_list)
-    assert "no 'phone' or '電話番号' column" in str(error) and "'tel'" in str(error)
+    error = refused(write(tmp_path / "optout.csv", "name,fax\na,090\n"), reader=read_phone_list)
+    assert "no 'phone' or '電話番号' column" in str(error) and "'fax'" in str(error)
 
 
 def test_r16_optout_list_mangled_number_is_refused(tmp_path):
@@ -320,3 +320,51 @@ def test_written_table_reads_back_exactly(tmp_path_factory, rows, encoding):
     users = read_users_csv(path)
     assert users["phone"].tolist() == [phone for phone, _ in rows]
     assert users["氏名"].tolist() == [name for _, name in rows]
+
+
+# --- what real exports look like ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("bom", ["utf-16", "utf-16-be"])
+def test_excel_unicode_text_utf16_tab_separated(tmp_path, bom):
+    text = "user_id\tphone\t氏名\r\nu1\t090-1234-5678\t髙橋\r\nu2\t080-1111-2222\t山﨑\r\n"
+    data = ("\ufeff" + text).encode(bom)  # Excel writes a BOM first
+    path = tmp_path / "users.txt"
+    path.write_bytes(data)
+    users = read_users_csv(path)
+    assert users["user_id"].tolist() == ["u1", "u2"]
+    assert users["氏名"].tolist() == ["髙橋", "山﨑"]
+    assert read_users_csv(path, encoding="utf-16")["phone"].tolist()[0] == "090-1234-5678"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["User_ID,Phone", "ユーザーID,電話番号", " user_id ,携帯電話番号", "ＵＳＥＲ＿ＩＤ,ＰＨＯＮＥ"],
+)
+def test_required_columns_under_the_names_people_give_them(tmp_path, header):
+    users = read_users_csv(write(tmp_path / "users.csv", f"{header}\nu1,09012345678\n"))
+    assert list(users.columns[:2]) == ["user_id", "phone"]
+    assert users.loc[0, "phone"] == "09012345678"
+
+
+def test_user_ids_are_compared_without_surrounding_spaces(tmp_path):
+    error = refused(write(tmp_path / "users.csv", "user_id,phone\n1,090\n 1 ,080\n"))
+    assert "row 2, column 'user_id': '1' repeats row 1" in str(error)
+    ok = read_users_csv(write(tmp_path / "ok.csv", "user_id,phone\n u7 ,090\n"))
+    assert ok["user_id"].tolist() == ["u7"]
+
+
+def test_a_repeated_header_line_is_refused_not_imported_as_a_user(tmp_path):
+    text = "user_id,phone\nu1,090\nuser_id,phone\nu2,080\n"
+    error = refused(write(tmp_path / "users.csv", text))
+    assert "row 2, column 'user_id': repeats the header line" in str(error)
+    assert len(error.problems) == 1
+
+
+def test_r16_optout_errors_name_the_data_row_even_after_blank_cells(tmp_path):
+    from smsops.services.people import _e164
+
+    path = write(tmp_path / "optout.csv", "phone,name\n,a\n,b\n090-1111-2222 内線3,c\n")
+    with pytest.raises(InputError) as info:
+        _e164(read_phone_list(path), str(path), table=True)
+    assert [(p.row, p.column) for p in info.value.problems] == [(3, "phone")]

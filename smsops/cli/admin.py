@@ -75,7 +75,9 @@ def tickets_add(count: int, as_json: JsonOpt = False) -> None:
 
 # --- users and opt-outs ---------------------------------------------------------------
 
-Encoding = Annotated[str, typer.Option(help="auto, utf-8 or cp932 (Shift_JIS from Excel)")]
+Encoding = Annotated[
+    str, typer.Option(help="auto, utf-8, cp932 (Shift_JIS from Excel) or utf-16 (Unicode text)")
+]
 
 
 @users_app.command("import")

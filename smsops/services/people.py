@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -127,15 +127,16 @@ def users_count(ctx: Context) -> int:
 # --- opt-outs (R16) -----------------------------------------------------------------
 
 
-def _e164(raw: Iterable[object], source: str) -> list[str]:
-    values = pd.Series(list(raw), dtype=object)
+def _e164(values: pd.Series, source: str, *, table: bool = False) -> list[str]:
+    """E.164 of each value, or one InputError naming every bad one (by its data row when
+    ``values`` come from a file and are indexed by row)."""
     classified = classify_phones(values)
     bad = classified["e164"].isna()
     if bad.any():
         problems = [
             Problem(
-                int(i) + 1,
-                "phone",
+                int(i) if table else None,
+                "phone" if table else None,
                 f"{values[i]!r} is not a phone number ({classified['reason'][i]})",
             )
             for i in values.index[bad]
@@ -145,19 +146,19 @@ def _e164(raw: Iterable[object], source: str) -> list[str]:
 
 
 def optout_import(ctx: Context, path: str | Path, encoding: str = "auto") -> dict[str, int]:
-    phones = _e164(read_phone_list(path, encoding=encoding).tolist(), str(path))
+    phones = _e164(read_phone_list(path, encoding=encoding), str(path), table=True)
     added = _add_optouts(ctx, phones, "import")
     return {"rows": len(phones), "added": added, "optouts_total": optout_count(ctx)}
 
 
 def optout_add(ctx: Context, phone: str, source: str = "cli") -> dict[str, object]:
-    (e164,) = _e164([phone], "optout add")
+    (e164,) = _e164(pd.Series([phone], dtype=object), "optout add")
     added = _add_optouts(ctx, [e164], source)
     return {"phone": e164, "added": bool(added), "optouts_total": optout_count(ctx)}
 
 
 def optout_remove(ctx: Context, phone: str) -> dict[str, object]:
-    (e164,) = _e164([phone], "optout remove")
+    (e164,) = _e164(pd.Series([phone], dtype=object), "optout remove")
     with write(ctx.engine) as conn:
         removed = conn.execute(optouts.delete().where(optouts.c.phone == e164)).rowcount
     if not removed:
