@@ -10,7 +10,7 @@ from smsops import clock
 from smsops.errors import InputError, PlanError, Problem, TicketError
 from smsops.services.context import Context
 from smsops.store import read, write
-from smsops.store.schema import account, deliveries, items, ledger
+from smsops.store.schema import account, ledger
 
 PLANS = ("free", "light", "standard", "premium")  # low to high
 BULK_PLAN = "standard"
@@ -102,33 +102,14 @@ def lock_balance(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0))).scalar_one())
 
 
-def check_tickets(needed: int, balance: int, committed: int = 0) -> None:
-    """R9: refuse when the balance (less ``committed``, what deliveries being sent now
-    will take) is below what a delivery needs."""
-    available = balance - committed
+def check_tickets(needed: int, available: int) -> None:
+    """R9: refuse when the balance is below what a delivery needs."""
     if available < needed:
-        taken = f" ({committed} of them for deliveries being sent now)" if committed else ""
         raise TicketError(
             "R9",
-            f"not enough tickets: needed {needed}, balance {balance}{taken}, shortfall "
+            f"not enough tickets: needed {needed}, balance {available}, shortfall "
             f"{needed - available} (buy more with `smsops tickets add N`)",
             needed=needed,
-            balance=balance,
+            balance=available,
             shortfall=needed - available,
         )
-
-
-def committed_now(conn: Connection) -> int:
-    """Tickets that deliveries saved to send now will take but have not been debited
-    yet (allocation debits at send time). Scheduled deliveries reserve nothing (R10)."""
-    return int(
-        conn.execute(
-            select(func.count())
-            .select_from(items.join(deliveries, deliveries.c.id == items.c.delivery_id))
-            .where(
-                deliveries.c.status == "queued",
-                deliveries.c.allocated.is_(False),
-                items.c.status == "pending",
-            )
-        ).scalar_one()
-    )

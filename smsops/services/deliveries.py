@@ -216,10 +216,7 @@ def _save(
     needed = len(pairs)
     now = clock.now()
     with write(ctx.engine) as conn:
-        # R9 against the balance less what deliveries saved to send now will take: two
-        # send-now deliveries saved together cannot both count on the same tickets.
-        balance = accounts.lock_balance(conn)
-        accounts.check_tickets(needed, balance, accounts.committed_now(conn))
+        accounts.check_tickets(needed, accounts.lock_balance(conn))
         status = "scheduled" if when is not None else "queued"
         delivery_id = conn.execute(  # type: ignore[index]
             deliveries.insert().values(

@@ -128,23 +128,6 @@ def test_r6_r7_bad_messages_are_refused_and_nothing_is_saved(ctx):
     assert dl.list_deliveries(ctx) == []
 
 
-def test_r9_two_send_now_deliveries_cannot_count_on_the_same_tickets(ctx):
-    add_users(ctx, [mobile(i) for i in range(1, 6)])
-    accounts.add_tickets(ctx, 12)
-    first = create(ctx)  # 10 tickets, saved to send now; debited when it is sent
-    with pytest.raises(TicketError) as err:
-        create(ctx)
-    assert "needed 10, balance 12 (10 of them for deliveries being sent now), shortfall 8" in (
-        str(err.value)
-    )
-    with pytest.raises(TicketError):  # a scheduled one cannot count on them either
-        create(ctx, at=in_seconds(3600))
-    assert [d["id"] for d in dl.list_deliveries(ctx)] == [first.delivery_id]
-    assert dispatch(ctx, first.delivery_id).sent == 10
-    accounts.add_tickets(ctx, 8)
-    assert create(ctx).tickets_needed == 10  # 10 left once the first was sent
-
-
 def test_r8_r9_creation_needs_recipients_times_messages_tickets(ctx):
     add_users(ctx, [mobile(i) for i in range(1, 11)])
     accounts.add_tickets(ctx, 19)
