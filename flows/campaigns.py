@@ -214,7 +214,7 @@ def dispatch_delivery(
             f"## Delivery {delivery_id}: {result['status']}\n\n"
             + _markdown_table(
                 {
-                    k: summary[k]
+                    k: "—" if summary[k] is None else summary[k]
                     for k in (
                         "kind",
                         "recipients",
@@ -226,6 +226,7 @@ def dispatch_delivery(
                         "finished_at",
                     )
                 }
+                | ({"scheduled_at": "now"} if summary["scheduled_at"] is None else {})
             )
             + f"\n\nBalance after: {accounts.balance(ctx)} tickets\n"
         ),

@@ -120,9 +120,8 @@ class DeliveryReport:
         errors = self.items.loc[self.items["status"] == "error", "error"].value_counts()
         if errors.empty:
             return Note("**No errors**: every message that was sent was accepted.")
-        resendable = set(self.failed_pairs["error"])
         fig, ax = _figure(7, 0.45 * len(errors) + 1.4)
-        colors = [ORANGE if e in resendable else GREY for e in errors.index]
+        colors = [GREY if e in dl.NOT_RESENT else ORANGE for e in errors.index]
         _barh(ax, [str(e) for e in errors.index], [int(v) for v in errors], colors)
         ax.set_xlabel("(number, message) pairs")
         ax.set_title("Errors by reason (orange: a resend retries them; grey: never)", loc="left")
@@ -163,17 +162,36 @@ class DeliveryReport:
     def failed_note(self, rows: int = ROWS) -> Note:
         if self.summary is None:
             return Note("_Nothing to show._")
-        errors = int((self.items["status"] == "error").sum())
+        error = self.items.loc[self.items["status"] == "error", "error"]
+        never = int(error.isin(dl.NOT_RESENT).sum())  # opted out, or may have gone out
+        repaired = len(error) - never - len(self.failed_pairs)  # by resends, or opted out since
         if self.failed_pairs.empty:
+            if repaired:
+                by = (
+                    "resent in " + ", ".join(f"#{d['id']}" for d in self.resends)
+                    if self.resends
+                    else "their numbers opted out since"
+                )
+                return Note(
+                    f"**Nothing left to resend**: {repaired:,} failed pairs were taken care of "
+                    f"({by})"
+                    + (
+                        f"; {never:,} more are never resent (R16, outcome unknown)."
+                        if never
+                        else "."
+                    )
+                )
             return Note(
-                f"**Nothing to resend**: {errors:,} errors, none of which a resend retries."
-                if errors
+                f"**Nothing to resend**: {never:,} errors, none of which a resend retries."
+                if never
                 else "**Nothing to resend**: no message failed."
             )
         kept = len(self.failed_pairs)
         note = f"**{kept:,} failed pairs** to {self.failed_pairs['seq'].nunique():,} numbers"
-        if kept < errors:
-            note += f" ({errors - kept:,} more errors are never resent: opted-out numbers)"
+        if never:
+            note += f" ({never:,} more errors are never resent: opted-out numbers, outcome unknown)"
+        if repaired:
+            note += f" ({repaired:,} already repaired by a resend)"
         if kept > rows:
             note += (
                 f"; the first {rows:,} are shown (all of them: "

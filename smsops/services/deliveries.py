@@ -425,7 +425,7 @@ def waiting_demand(ctx: Context) -> pd.DataFrame:
 
 # Failures that a resend must not repair: an opted-out number stays unsent (R16), and a
 # message whose outcome was lost may already have arrived.
-_NOT_RESENT = ("opted_out", "outcome_unknown")  # the latter may have gone out already
+NOT_RESENT = ("opted_out", "outcome_unknown")  # the latter may have gone out already
 
 
 def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
@@ -433,7 +433,7 @@ def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
     not opted out since (R16), and not already sent or on their way in an earlier
     resend of it — resending twice must not send twice."""
     failed = delivery_items(ctx, delivery_id, failed_only=True)
-    failed = failed[~failed["error"].isin(_NOT_RESENT)]
+    failed = failed[~failed["error"].isin(NOT_RESENT)]
     optouts = set(people.load_optouts(ctx))
     failed = failed[~failed["phone"].isin(optouts)]
     with read(ctx.engine) as conn:

@@ -28,7 +28,7 @@ from sqlalchemy import and_, func, or_, select, text, tuple_
 
 from smsops import clock
 from smsops.domain.tickets import SENT, allocate_plan
-from smsops.errors import StateError
+from smsops.errors import NotFoundError, StateError
 from smsops.gateways import Gateway, idempotency_keys
 from smsops.services.account import lock_balance
 from smsops.services.context import Context
@@ -209,7 +209,7 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
             select(deliveries).where(deliveries.c.id == delivery_id).with_for_update()
         ).one_or_none()
         if row is None:
-            raise StateError(f"no delivery {delivery_id}")
+            raise NotFoundError(f"no delivery {delivery_id}")
         if row.status in FINAL:
             raise StateError(f"delivery {delivery_id} is already {row.status}")
         scheduled = clock.from_store(row.scheduled_at)

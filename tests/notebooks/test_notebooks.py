@@ -244,6 +244,10 @@ def test_r15_report_resend_sends_exactly_the_failed_pairs_once(env, ctx, tmp_pat
     again = reports.DeliveryReport.load(ctx, original).resend(True)
     assert "Nothing to resend" in str(again)
     assert dl.list_deliveries(ctx)[0]["id"] == resend["id"]
+    # the report of the original now says the failures were repaired, not unretryable
+    note = str(reports.DeliveryReport.load(ctx, original).failed_note())
+    assert f"3 failed pairs were taken care of (resent in #{resend['id']})" in note
+    assert "2 more are never resent" in note
 
 
 # --- the library behind them ------------------------------------------------------------
