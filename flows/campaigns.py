@@ -17,13 +17,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from smsops.errors import InputError, StateError
+from smsops.errors import InputError, PathError, Problem, StateError
 from smsops.logs import install_masking, mask_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
 from smsops.services import people
 from smsops.services.context import Context
+from smsops.services.import_root import confine
 from smsops.settings import Settings
 
 
@@ -52,22 +53,38 @@ def import_files(paths: list[str], encoding: str) -> dict[str, int]:
     return people.import_users(_context(), paths, encoding=encoding).to_dict()
 
 
+def _confined(paths: list[str] | None) -> list[str]:
+    """The files a flow may read: each under SMSOPS_IMPORT_ROOT, checked before opening."""
+    return [str(p) for p in confine(paths or [], _context().settings.import_root)]
+
+
+def _reject(source: str, problems: list[Problem]) -> None:
+    """The rejected-rows artifact: where each problem is and the masked cell at fault,
+    never other file content (such as the header line a wrong file starts with)."""
+    rows = [
+        {"row": p.row, "column": p.column, "problem": mask_text(p.problem.split(" (found:")[0])}
+        for p in problems[:1000]
+    ]
+    create_table_artifact(
+        key="import-rejected-rows",
+        table=rows,
+        description=f"Rejected: {source} (nothing was imported)",
+    )
+
+
 @flow(name="import-users", log_prints=False)
 def import_users(paths: list[str], encoding: str = "auto") -> dict[str, int]:
-    """Import a batch of user CSV files, all or nothing; report rejected rows."""
+    """Import a batch of user CSV files (under SMSOPS_IMPORT_ROOT), all or nothing; report
+    rejected rows."""
     logger = get_run_logger()
     try:
-        result = import_files(paths, encoding)
+        result = import_files(_confined(paths), encoding)
+    except PathError as exc:  # refused before any file was opened
+        _reject("paths", [Problem(None, None, exc.message)])
+        logger.error("import refused: %s", exc.message)
+        raise
     except InputError as exc:
-        rows = [
-            {"row": p.row, "column": p.column, "problem": mask_text(p.problem)}
-            for p in exc.problems
-        ]
-        create_table_artifact(
-            key="import-rejected-rows",
-            table=rows[:1000],
-            description=f"Rejected: {exc.source} (nothing was imported)",
-        )
+        _reject(exc.source, exc.problems)
         logger.error("import refused: %s", exc.message)
         raise
     create_markdown_artifact(
@@ -126,7 +143,7 @@ def preview_bulk(
 ) -> dict[str, Any]:
     """Show what a bulk delivery would do (R13) without saving anything."""
     preview = dl.preview_bulk(
-        _context(), messages, at=at, users_files=users_files or [], query=query
+        _context(), messages, at=at, users_files=_confined(users_files), query=query
     )
     _confirmation_artifacts(preview)
     return preview.to_dict()
@@ -143,7 +160,7 @@ def create_bulk(
     """Preview, and only with ``confirm=True`` save the delivery; send it now unless
     ``at`` is given (then ``dispatch-due`` sends it at its time)."""
     ctx = _context()
-    preview = dl.preview_bulk(ctx, messages, at=at, users_files=users_files or [], query=query)
+    preview = dl.preview_bulk(ctx, messages, at=at, users_files=_confined(users_files), query=query)
     _confirmation_artifacts(preview)
     if not confirm:
         get_run_logger().info("not confirmed: nothing saved (run again with confirm=true)")

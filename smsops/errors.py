@@ -117,6 +117,12 @@ class GatewayError(SmsopsError):
     code = "gateway"
 
 
+class PathError(SmsopsError):
+    """A flow was asked to read a file outside ``SMSOPS_IMPORT_ROOT``; nothing was read."""
+
+    code = "path"
+
+
 class ConfigError(SmsopsError):
     """An ``SMSOPS_*`` setting has a value smsops cannot use."""
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # where Kannel sends delivery reports: `smsops receiver`'s /dlr, e.g.
     # http://127.0.0.1:13080/dlr (None: no reports are asked for)
     kannel_dlr_url: str | None = None
+    # flows read files only under this folder (their parameters may come from anyone who
+    # reaches the Prefect API); the CLI reads what its user can
+    import_root: Path = Path("data")
     rate_limit: float | None = Field(None, gt=0, description="messages per second, None = no cap")
 
     # (recipient, message) pairs sent per gateway call and recorded per transaction

@@ -451,3 +451,34 @@ def test_r13_user_text_is_shown_exactly_never_read_as_markup(cli):
     cli("dispatch-due")
     errors = cli("deliveries", "errors", str(created["delivery_id"])).stdout
     assert "[/]a" in errors and "2 failed" in errors  # the second user's two messages
+
+
+# --- threat model: a CLI user (README, "Who can do what") -------------------------------
+
+
+def test_threat_cli_query_runs_no_code_and_selects_by_japanese_headers(cli):
+    pwned = cli.tmp / "pwned"
+    hostile = (
+        f"user_id.__class__.__init__.__globals__['sys'].modules['os'].system('touch {pwned}') == 0"
+    )
+    path = cli.tmp / "members.csv"
+    rows = [
+        ("m1", mobile(1), "山田　太郎"),
+        ("m2", mobile(2), "佐藤　花子"),
+        ("m3", mobile(3), "山田　太郎"),
+    ]
+    path.write_text(
+        "会員ID,電話番号,氏名\n" + "".join(f"{u},{p},{n}\n" for u, p, n in rows), encoding="utf-8"
+    )
+    cli("users", "import", str(path))
+    refused = cli("bulk", "preview", "-m", "x", "--query", hostile, code=1)
+    assert not pwned.exists()
+    assert refused.stderr.splitlines() == [
+        "smsops: --query: 'user_id.__class__': names starting with '__' are not allowed"
+    ]
+    doc = as_json(cli("bulk", "create", "-m", "x", "--query", hostile, "--yes", "--json", code=1))
+    assert doc["error"] == "input" and not pwned.exists()
+    picked = as_json(
+        cli("bulk", "preview", "-m", "x", "--query", "`氏名` == '山田　太郎'", "--json")
+    )
+    assert picked["recipients"] == sum(name == "山田　太郎" for _, _, name in rows)

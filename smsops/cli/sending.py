@@ -26,7 +26,9 @@ UsersFiles = Annotated[
 Query = Annotated[
     str | None,
     typer.Option(
-        "--query", help="pandas query over user columns, e.g. \"tags.str.contains('vip')\""
+        "--query",
+        help="Select users by their columns (README: the selection language), "
+        "e.g. \"tags == 'vip' & phone.str.startswith('090')\".",
     ),
 ]
 

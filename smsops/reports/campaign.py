@@ -49,7 +49,8 @@ class Campaign:
         at: str | None = None,
     ) -> Campaign:
         """Select recipients from ``users_csv`` (or the stored users), optionally filtered
-        by a pandas ``query``; refused like ``smsops bulk preview`` (R1, R6, R7, R12)."""
+        by a ``query`` in the selection language (:mod:`smsops.domain.query`); refused
+        like ``smsops bulk preview`` (R1, R6, R7, R12)."""
         files = [users_csv] if users_csv else []
         return cls(ctx, dl.preview_bulk(ctx, messages, at=at, users_files=files, query=query))
 

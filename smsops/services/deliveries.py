@@ -16,15 +16,14 @@ import pandas as pd
 from sqlalchemy import Connection, case, func, select
 
 from smsops import clock
+from smsops.domain import query as selection_query
 from smsops.domain.messages import Message, validate_messages
 from smsops.domain.phones import classify_phones, mask_phone, mask_phones
 from smsops.domain.recipients import Selection, select_recipients
 from smsops.domain.tickets import tickets_needed
 from smsops.errors import (
-    InputError,
     NoRecipientsError,
     NotFoundError,
-    Problem,
     RuleError,
     SmsopsError,
     StateError,
@@ -116,7 +115,7 @@ def preview_bulk(
     )
     candidates = len(users)
     if query:
-        users = _query(users, query)
+        users = selection_query.select(users, query)
     selection = select_recipients(
         users, people.load_optouts(ctx), phone_field_enabled=acct.phone_field_enabled
     )
@@ -144,16 +143,6 @@ def preview_bulk(
         sample=mask_phones(selection.recipients["phone"].head(SAMPLE)).tolist(),
         selection=selection,
     )
-
-
-def _query(users: pd.DataFrame, expr: str) -> pd.DataFrame:
-    try:
-        picked = users.query(expr, engine="python")
-    except Exception as exc:  # pandas raises many kinds for a bad expression
-        raise InputError("--query", [Problem(None, None, f"{expr!r}: {exc}")]) from None
-    if not isinstance(picked, pd.DataFrame):
-        raise InputError("--query", [Problem(None, None, f"{expr!r} does not select rows")])
-    return picked
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 from support import e164, mobile
 
-from smsops.errors import InputError
+from smsops.errors import InputError, PathError
 from smsops.gateways.outbox import OutboxGateway
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
@@ -31,6 +31,7 @@ def env(tmp_path: Path, monkeypatch) -> Settings:
     monkeypatch.setenv("SMSOPS_DATABASE_URL", f"sqlite:///{tmp_path / 'smsops.db'}")
     monkeypatch.setenv("SMSOPS_OUTBOX", str(tmp_path / "outbox.jsonl"))
     monkeypatch.setenv("SMSOPS_CHUNK_SIZE", "4")
+    monkeypatch.setenv("SMSOPS_IMPORT_ROOT", str(tmp_path))
     return Settings()
 
 
@@ -54,7 +55,8 @@ def test_import_users_flow_batches_files_and_reports(env, tmp_path):
 
     a = users_csv(tmp_path, [mobile(1), mobile(2)], "a")
     b = users_csv(tmp_path, [mobile(3)], "b")
-    assert import_users([a, b]) == {"rows": 3, "users_total": 3}
+    result = import_users([a, b])
+    assert (result["rows"], result["users_total"]) == (3, 3)
     assert "users in total | 3" in markdown("import-summary")
 
 
@@ -178,3 +180,67 @@ def test_kannel_password_from_a_prefect_secret_block_never_shows(env):
         KannelGateway(
             Settings(gateway="kannel", kannel_user="smsops", kannel_password_block="nope")
         )
+
+
+# --- threat model: anyone who can reach the Prefect API (README, "Who can do what") -----
+
+PWNED = "user_id.__class__.__init__.__globals__['sys'].modules['os'].system('touch {}') == 0"
+
+
+def test_threat_prefect_api_query_runs_no_code(env, tmp_path):
+    from flows.campaigns import create_bulk, import_users, preview_bulk
+
+    import_users([users_csv(tmp_path, [mobile(1), mobile(2)])])
+    pwned = tmp_path / "pwned"
+    for run in (preview_bulk, lambda m, query: create_bulk(m, query=query, confirm=True)):
+        with pytest.raises(InputError, match="names starting with '__' are not allowed"):
+            run(["x"], query=PWNED.format(pwned))
+        assert not pwned.exists()
+    assert dl.list_deliveries(Context.open(env)) == []
+    # the same language still selects
+    assert preview_bulk(["x"], query="user_id == 'users.csv-2'")["recipients"] == 1
+
+
+@pytest.mark.parametrize(
+    "outside", ["/etc/passwd", "../outside.csv", "link.csv", "sub/../../x.csv"]
+)
+def test_threat_prefect_api_reads_no_file_outside_the_import_root(env, tmp_path, outside):
+    from flows.campaigns import import_users, preview_bulk
+
+    secret = tmp_path.parent / "outside.csv"
+    secret.write_text("user_id,phone\nleak-header,09011112222\n", encoding="utf-8")
+    (tmp_path / "link.csv").symlink_to(secret)  # a symlink that leads out of the root
+    opened: list[str] = []
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], str) and "outside" in args[0]:
+            opened.append(args[0])
+
+    import sys
+
+    sys.addaudithook(audit)
+    with pytest.raises(PathError, match=r"outside the import root|'\.\.' is not allowed"):
+        import_users([outside])
+    with pytest.raises(PathError):
+        preview_bulk(["x"], users_files=[outside])
+    assert opened == []  # refused before the file was opened
+    rows = json.loads(Artifact.get("import-rejected-rows").data)
+    assert len(rows) == 1 and "leak-header" not in json.dumps(rows)
+    assert rows[0]["problem"].startswith(repr(outside))
+    assert dl.people.users_count(Context.open(env)) == 0
+
+
+def test_threat_prefect_api_artifact_shows_no_file_content_but_the_masked_cell(env, tmp_path):
+    from flows.campaigns import import_users
+
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("secret-token-abc,other\n1,2\n", encoding="utf-8")
+    with pytest.raises(InputError):
+        import_users(["wrong.csv"])  # relative to the import root
+    assert "secret-token-abc" not in Artifact.get("import-rejected-rows").data
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"user_id,phone,note\nu1,{mobile(1)},ok\nu1,{mobile(2)},secret\n", "utf-8")
+    with pytest.raises(InputError):
+        import_users([str(bad)])
+    shown = Artifact.get("import-rejected-rows").data
+    assert "'u1' repeats row 1" in shown and "secret" not in shown and mobile(2) not in shown

@@ -153,6 +153,18 @@ def test_the_kernel_is_this_interpreter(tmp_path):
 # --- campaign (R13) ---------------------------------------------------------------------
 
 
+def test_threat_notebook_query_parameter_runs_no_code(env, ctx, tmp_path):
+    """A notebook's parameters (papermill -p) go through the same selection language."""
+    users(ctx)
+    pwned = tmp_path / "pwned"
+    hostile = f"user_id.__class__.__init__.__globals__['os'].system('touch {pwned}') == 0"
+    with pytest.raises(reports.ReportError, match="names starting with '__' are not allowed"):
+        run("campaign", tmp_path, query=hostile)
+    assert not pwned.exists()
+    assert dl.list_deliveries(ctx) == []
+
+
+
 def test_campaign_with_defaults_on_a_fresh_database_explains_and_saves_nothing(env, ctx, tmp_path):
     nb = run("campaign", tmp_path)
     assert "No users to select from" in shown(nb)
