@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,24 @@ from smsops.domain.schemas import STRING, Users, validate
 from smsops.errors import InputError, Problem
 
 REQUIRED = ("user_id", "phone")
+# Header names of a mobile number column: preferred as the phone column over the names
+# of any phone (電話番号, tel…), which in Japanese user tables is often the home line (R3).
+MOBILE_HEADERS = (
+    "携帯電話番号",
+    "携帯番号",
+    "携帯電話",
+    "携帯",
+    "携帯tel",
+    "mobile",
+    "mobile phone",
+    "mobile_phone",
+    "mobilephone",
+    "mobile number",
+    "mobile_number",
+    "cell phone",
+    "cellphone",
+    "cell_phone",
+)
 # Header names read as the required columns, compared after NFKC, trimming and case
 # folding (so "Phone", "ＰＨＯＮＥ" and " 電話番号 " all name the phone column).
 ALIASES = {
@@ -36,16 +55,20 @@ ALIASES = {
     "phone": (
         "phone",
         "電話番号",
-        "携帯電話番号",
-        "携帯番号",
+        "電話",
         "phone_number",
         "phone number",
-        "mobile",
+        "telephone",
         "tel",
+        *MOBILE_HEADERS,
     ),
 }
 PHONE_HEADERS = ALIASES["phone"]  # the phone column of an opt-out list
 MAX_PHONE = 64
+MAX_CELL = 1 << 20  # bytes (UTF-8): a bigger cell is no user attribute but a broken file
+# The csv module reads the header line and checks quotes: let it read every cell pyarrow
+# accepts (its default limit, 128 KiB, would read a long memo as a quote left open).
+csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL))
 ENCODINGS = {
     "auto": "auto",
     "utf-8": "utf-8",
@@ -59,9 +82,18 @@ ENCODINGS = {
     "utf-16": "utf-16",  # Excel's "Unicode text": UTF-16 with a BOM, tab-separated
     "utf16": "utf-16",
 }
-_CODEC_NAMES = {"utf-8": "UTF-8", "cp932": "CP932/Shift_JIS", "utf-16": "UTF-16"}
+_CODEC_NAMES = {
+    "utf-8": "UTF-8",
+    "cp932": "CP932/Shift_JIS",
+    "utf-16": "UTF-16",
+    "utf-16-le": "UTF-16LE",
+    "utf-16-be": "UTF-16BE",
+}
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# A 3-byte UTF-8 character (kana, kanji, full-width forms), and its lead byte.
+_UTF8_3_BYTES = re.compile(rb"[\xe0-\xef][\x80-\xbf]{2}")
+_UTF8_KANA_KANJI = re.compile(rb"[\xe0-\xef]")
 # What Excel saves for a long number typed into a General cell: 9.01234E+09.
 _SCIENTIFIC = r"\s*[+-]?\d+(?:\.\d*)?[eE][+-]?\d+\s*$"
 
@@ -81,6 +113,8 @@ class _Table:
     rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # data row of each
     records: int = 0  # rows the parser saw, the header included
     problems: list[Problem] = field(default_factory=list)
+    phone_column: str | None = None  # the header read as ``phone``, as written (R3)
+    other_phones: list[str] = field(default_factory=list)  # phone-like, kept as attributes
     _lines: np.ndarray | None = None
 
     def where(self, text: str, line: int | None = None) -> str:
@@ -131,8 +165,70 @@ def _decode(data: bytes, codec: str) -> str | int:
     return len(text[: min(odd)].encode(codec)) if odd and codec == "cp932" else text
 
 
+def _utf16_order(raw: bytes) -> str | None:
+    """``"utf-16-le"`` or ``"utf-16-be"`` when ``raw`` is UTF-16 without a byte order mark.
+
+    A CSV is mostly ASCII (delimiters, digits, line ends), which UTF-16 writes with a zero
+    byte in every other place; no UTF-8 or CP932 text has zero bytes."""
+    head = raw[:4096]
+    pairs = len(head) // 2
+    if not pairs or b"\x00" not in head:
+        return None
+    even, odd = head[0 : 2 * pairs : 2].count(0), head[1 : 2 * pairs : 2].count(0)
+    if odd >= pairs / 4 and odd > 4 * even:
+        return "utf-16-le"
+    if even >= pairs / 4 and even > 4 * odd:
+        return "utf-16-be"
+    return None
+
+
+def _line_end(data: bytes) -> bytes:
+    """What ends a line: LF (or CRLF), or CR alone in old Mac exports."""
+    return b"\n" if b"\n" in data or b"\r" not in data else b"\r"
+
+
+def _line_at(data: bytes, at: int) -> int:
+    """The physical line (1-based) that holds byte ``at``."""
+    return data.count(_line_end(data), 0, at) + 1
+
+
+def _mixed(data: bytes, bad: int) -> str | None:
+    """Why ``data``, UTF-8 up to its byte ``bad``, mixes UTF-8 and CP932 lines (as when
+    files saved by different tools are pasted together), or None when it does not.
+
+    A line counts as UTF-8 when it decodes so and holds a 3-byte character (kana, kanji,
+    full-width forms): CP932 half-width kana can happen to decode as 2-byte UTF-8."""
+    end = _line_end(data)
+    start = data.rfind(end, 0, bad) + 1
+    line = data.count(end, 0, start) + 1
+    if _UTF8_KANA_KANJI.search(data, 0, start):  # the bytes up to ``start`` are UTF-8
+        return (
+            f"mixes encodings: it reads as UTF-8 up to line {line - 1}, but line {line} "
+            f"is not UTF-8 (byte 0x{data[bad]:02x} at offset {bad}; CP932/Shift_JIS?); "
+            "save the whole file again in one encoding"
+        )
+    # only a line with a 3-byte UTF-8 sequence can be one: decode just those lines
+    at = start
+    while found := _UTF8_3_BYTES.search(data, at):
+        first = data.rfind(end, 0, found.start()) + 1
+        stop = data.find(end, found.end())
+        stop = len(data) if stop < 0 else stop
+        try:
+            data[first:stop].decode("utf-8")
+        except UnicodeDecodeError:
+            at = stop + 1
+            continue
+        return (
+            f"mixes encodings: it reads as CP932/Shift_JIS from line {line}, but line "
+            f"{data.count(end, 0, first) + 1} is UTF-8; save the whole file again in one "
+            "encoding"
+        )
+    return None
+
+
 def _to_utf8(raw: bytes, encoding: str) -> bytes:
-    """The file's text as UTF-8 without BOM; "auto" tries UTF-8 (BOM or not), then CP932."""
+    """The file's text as UTF-8 without BOM; "auto" tries UTF-16 (by its BOM or its zero
+    bytes), then UTF-8 (BOM or not), then CP932, and refuses a file that mixes the two."""
     kind = ENCODINGS.get(encoding.strip().lower().replace("_", "-"))
     if kind is None:
         raise ValueError(f"unknown encoding {encoding!r}: use auto, utf-8, cp932 or utf-16")
@@ -141,8 +237,25 @@ def _to_utf8(raw: bytes, encoding: str) -> bytes:
             return raw.decode("utf-16").encode()
         except UnicodeDecodeError as exc:
             raise ValueError(f"not UTF-16 (broken at byte {exc.start})") from None
+    order = _utf16_order(raw)
+    if order is not None and kind in ("auto", "utf-16"):
+        try:
+            return raw.decode(order).encode()
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"looks like {_CODEC_NAMES[order]} without a byte order mark, but is broken "
+                f"at byte {exc.start}; save it again from Excel as CSV UTF-8"
+            ) from None
+    if order is not None:
+        raise ValueError(
+            f"looks like UTF-16 (Excel's Unicode text), not {_CODEC_NAMES[kind]}; "
+            "pass --encoding utf-16 or auto"
+        )
     if kind == "utf-16":
-        raise ValueError("not UTF-16 (no byte order mark); pass --encoding auto")
+        raise ValueError(
+            "not UTF-16 (no byte order mark and no UTF-16 text); pass --encoding auto, "
+            "which detects UTF-8 and CP932 too"
+        )
     bom = raw.startswith(_BOM)
     # CP932 reads most UTF-8 without error, as mojibake: refuse instead
     if kind == "cp932" and (bom or (not raw.isascii() and isinstance(_decode(raw, "utf-8"), str))):
@@ -153,10 +266,16 @@ def _to_utf8(raw: bytes, encoding: str) -> bytes:
     for codec in ("utf-8", "cp932") if auto else ("cp932",) if kind == "cp932" else ("utf-8",):
         text = _decode(body, codec)
         if isinstance(text, str):
-            return body if codec == "utf-8" else text.encode()
+            if codec == "utf-8":
+                return body
+            bad = _decode(body, "utf-8")  # CP932 reads UTF-8 lines too, as mojibake
+            if isinstance(bad, int) and (mixed := _mixed(body, bad)):
+                raise ValueError(mixed)
+            return text.encode()
         at = text + len(_BOM) * bom
-        line = raw.count(b"\n", 0, at) + 1
-        failed.append(f"{_CODEC_NAMES[codec]} (byte 0x{raw[at]:02x} at offset {at}, line {line})")
+        failed.append(
+            f"{_CODEC_NAMES[codec]} (byte 0x{raw[at]:02x} at offset {at}, line {_line_at(raw, at)})"
+        )
     raise ValueError(
         f"not {' nor '.join(failed)}; pass the right --encoding (utf-8, cp932 or utf-16)"
     )
@@ -172,18 +291,22 @@ def _open(path: str | Path, encoding: str, named: bool) -> _Table:
         return t.fail("file not found" if missing else f"cannot read the file: {exc.strerror}")
     except ValueError as exc:
         return t.fail(str(exc))
+    if _line_end(data) == b"\r":  # an old Mac export: lines end with CR alone
+        data = data.replace(b"\r", b"\n")
     t.data = data.lstrip(b"\r\n")
     t.skipped = data.count(b"\n", 0, len(data) - len(t.data))
     if not t.data.strip():
         return t.fail("file is empty")
-    end = t.data.find(b"\n")
-    first = (t.data if end < 0 else t.data[:end]).decode().rstrip("\r")
+    if not t.data.endswith(b"\n"):  # the parser cannot skip a header line that never ends
+        t.data += b"\n"
+    first = t.data[: t.data.find(b"\n")].decode().rstrip("\r")
     if "\t" in first and "," not in first:
         t.delimiter = "\t"
-    t.header = [
-        name.replace("\ufeff", "").strip()
-        for name in next(csv.reader([first], delimiter=t.delimiter))
-    ]
+    try:
+        names = next(csv.reader([first], delimiter=t.delimiter))
+    except csv.Error as exc:
+        return t.fail(f"cannot read the header line: {exc}")
+    t.header = [name.replace("\ufeff", "").strip() for name in names]
     return t
 
 
@@ -191,16 +314,29 @@ def _key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
+def _phone_columns(names: list[str]) -> list[int]:
+    """Positions of the phone-like columns, the one read as ``phone`` first (R3): the
+    column named exactly ``phone`` (the contract's name), else the left-most mobile one
+    (携帯電話番号, mobile…), else the left-most other (電話番号, tel…). A home line read in
+    place of a mobile column would leave every user without an SMS number."""
+    keys = [_key(name) for name in names]
+    return sorted(
+        (i for i, key in enumerate(keys) if key in PHONE_HEADERS),
+        key=lambda i: (names[i] != "phone", keys[i] not in MOBILE_HEADERS, i),
+    )
+
+
 def _canonical(names: list[str]) -> list[str]:
     """Header names with the required columns under their canonical names: an exact
-    name wins, else the first alias."""
+    ``user_id`` wins, else its first alias; the phone as :func:`_phone_columns` picks.
+    The other phone-like columns keep their names, as attributes."""
     out = list(names)
-    for canonical, aliases in ALIASES.items():
-        if canonical in out:
-            continue
-        at = next((i for i, n in enumerate(out) if _key(n) in aliases), None)
+    if "user_id" not in out:
+        at = next((i for i, n in enumerate(out) if _key(n) in ALIASES["user_id"]), None)
         if at is not None:
-            out[at] = canonical
+            out[at] = "user_id"
+    if phones := _phone_columns(out):
+        out[phones[0]] = "phone"
     return out
 
 
@@ -213,12 +349,15 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
         bad.append(row)
         return "skip"
 
-    def read(threads: bool) -> pa.Table:
+    def read(threads: bool, block_size: int) -> pa.Table:
         bad.clear()
         return pv.read_csv(
             pa.BufferReader(t.data),
             read_options=pv.ReadOptions(
-                use_threads=threads, column_names=cols, skip_rows=int(has_header)
+                use_threads=threads,
+                block_size=block_size,
+                column_names=cols,
+                skip_rows=int(has_header),
             ),
             parse_options=pv.ParseOptions(
                 delimiter=t.delimiter, newlines_in_values=True, invalid_row_handler=skip
@@ -230,17 +369,30 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
             ),
         )
 
+    block = 1 << 20
     try:
-        table = read(threads=True)
+        try:
+            table = read(threads=True, block_size=block)
+        except pa.ArrowInvalid as exc:
+            if "block" not in str(exc):
+                raise
+            # a row longer than a parse block: read the file as one block, so that the
+            # oversized cell is named below rather than the parser's limit
+            block = min(len(t.data) + 1, 2**31 - 1)
+            table = read(threads=True, block_size=block)
         if bad and bad[0].number is None:  # only a single-threaded parse numbers the rows
-            table = read(threads=False)
+            table = read(threads=False, block_size=block)
     except pa.ArrowException as exc:
         return t.fail(f"cannot parse the CSV: {exc}")
     t.first, t.records = int(has_header), table.num_rows + len(bad) + has_header
+    sizes = [pc.binary_length(c) for c in table.columns]
+    oversized = any(pc.any(pc.greater(size, MAX_CELL)).as_py() for size in sizes)
     # more lines than rows: blank lines, or cells spanning lines, which is legal but also
     # what a quote left open does to every row after it
-    if t.data.rstrip(b"\r\n").count(b"\n") + 1 > t.records and any(
-        pc.any(pc.match_substring(c, "\n")).as_py() for c in table.columns
+    if (
+        not oversized
+        and t.data.rstrip(b"\r\n").count(b"\n") + 1 > t.records
+        and any(pc.any(pc.match_substring(c, "\n")).as_py() for c in table.columns)
     ):
         reader = csv.reader(io.StringIO(t.data.decode()), strict=True, delimiter=t.delimiter)
         start = 0
@@ -258,6 +410,14 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
     frame.columns = pd.Index(names)
     blank = frame.isna().all(axis=1).to_numpy()  # Excel's trailing ",,," rows
     t.frame, t.rows = frame[~blank].reset_index(drop=True), rows[~blank]
+    for name, size in zip(names, sizes, strict=True) if oversized else ():
+        cells = pc.fill_null(size, 0).to_numpy()[~blank]
+        big = cells > MAX_CELL
+        t.flag(
+            big,
+            name,
+            [f"is larger than 1 MiB ({n:,} bytes): a quote left open?" for n in cells[big]],
+        )
     t.problems += [
         Problem(
             int(row),
@@ -295,7 +455,11 @@ def _check_phones(t: _Table, column: str) -> None:
 def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
     """Read one users CSV and check it, collecting every problem."""
     t = _open(path, encoding, named)
-    names = _canonical([name or f"column_{i + 1}" for i, name in enumerate(t.header)])
+    names = [name or f"column_{i + 1}" for i, name in enumerate(t.header)]
+    phones = _phone_columns(names)
+    t.phone_column = names[phones[0]] if phones else None
+    t.other_phones = [names[i] for i in phones[1:]]
+    names = _canonical(names)
     for name in sorted({n for n in names if names.count(n) > 1}):
         t.fail("column name appears more than once in the header", name)
     for name in REQUIRED:
@@ -378,7 +542,26 @@ def read_users_csvs(paths: Sequence[str | Path], encoding: str = "auto") -> pd.D
     users = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True).astype(STRING)
     # the contract check only: its coerced copy would turn string[pyarrow] into NaN-style str
     validate(Users, users, ", ".join(t.source for t in tables))
+    # which header was read as the phone (R3), for the import result and the preview (R4)
+    users.attrs["phone_columns"] = list(dict.fromkeys(t.phone_column for t in tables))
+    users.attrs["other_phone_columns"] = list(
+        dict.fromkeys(name for t in tables for name in t.other_phones)
+    )
     return users
+
+
+def phone_column_note(users: pd.DataFrame) -> str | None:
+    """Which column of a users file was read as the phone number (R3), for a diagnosis
+    (R4): ``phone numbers read from column '携帯電話番号' ('電話番号' kept as an attribute)``;
+    None for a frame that did not come from :func:`read_users_csvs`."""
+    read, others = users.attrs.get("phone_columns"), users.attrs.get("other_phone_columns")
+    if not read:
+        return None
+    note = f"phone numbers read from column{'s' * (len(read) > 1)} {', '.join(map(repr, read))}"
+    if others:
+        kept = "kept as attributes" if len(others) > 1 else "kept as an attribute"
+        note += f" ({', '.join(map(repr, others))} {kept})"
+    return note
 
 
 def read_users_csv(path: str | Path, encoding: str = "auto") -> pd.DataFrame:

@@ -96,7 +96,11 @@ def test_tickets_balance_and_add(cli):
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp932"])
 def test_users_import_reads_excel_encodings(cli, encoding):
     path = users_csv(cli.tmp, [mobile(1), "０９０－１０００－０００２", ""], encoding=encoding)
-    assert as_json(cli("users", "import", str(path), "--json")) == {"rows": 3, "users_total": 3}
+    assert as_json(cli("users", "import", str(path), "--json")) == {
+        "rows": 3,
+        "users_total": 3,
+        "phone_column": "phone",
+    }
     preview = as_json(cli("bulk", "preview", "-m", "hi", "--json"))
     assert preview["recipients"] == 2
 
@@ -276,8 +280,9 @@ def test_deliveries_errors_csv_is_safe_against_formula_injection(cli):
     cli("send", mobile(9), "-m", "x", "-m", "y")
     time.sleep(1.5)
     cli("dispatch-due")
-    text = cli("deliveries", "errors", str(created["delivery_id"]), "--csv").stdout
-    rows = list(csv.reader(io.StringIO(text)))
+    data = cli("deliveries", "errors", str(created["delivery_id"]), "--csv").stdout_bytes
+    assert data.startswith(b"\xef\xbb\xbf")  # UTF-8 with BOM, for Excel
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
     assert rows[0] == ["seq", "user_id", "phone", "message_no", "error"]
     assert len(rows) == 5
     for row in rows[1:]:
@@ -286,7 +291,7 @@ def test_deliveries_errors_csv_is_safe_against_formula_injection(cli):
                 assert not cell.startswith(("=", "+", "-", "@")), row
     assert rows[1][1] == '\'=HYPERLINK("x")'
     assert rows[3][1] == "'@SUM(1)"
-    assert rows[1][2] == e164(1)  # a plain number runs nothing: the phone stays E.164
+    assert rows[1][2] == "090-1000-0001"  # what Excel keeps as text (E.164 turns to 8.19E+11)
     assert rows[1][4] == "insufficient_tickets"
 
 
@@ -378,7 +383,7 @@ def test_r13_bulk_preview_exports_the_whole_recipient_list(cli):
     rows = list(csv.reader(io.StringIO(target.read_text(encoding="utf-8-sig"))))
     assert rows[0] == ["seq", "phone", "user_id", "users"]
     assert len(rows) == 16  # ... the file has everyone
-    assert rows[1] == ["1", e164(1), "u1", "2"]  # u16 shares u1's number (R5)
+    assert rows[1] == ["1", "090-1000-0001", "u1", "2"]  # u16 shares u1's number (R5)
     assert [r[0] for r in rows[1:]] == [str(i) for i in range(1, 16)]
 
 

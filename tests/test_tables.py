@@ -368,3 +368,44 @@ def test_r16_optout_errors_name_the_data_row_even_after_blank_cells(tmp_path):
     with pytest.raises(InputError) as info:
         _e164(read_phone_list(path), str(path), table=True)
     assert [(p.row, p.column) for p in info.value.problems] == [(3, "phone")]
+
+
+# --- R3: which column holds the phone numbers ----------------------------------------------
+
+
+def test_r3_mobile_column_preferred_over_landline(tmp_path):
+    text = "user_id,電話番号,携帯電話番号\nu1,03-1234-5678,090-1234-5678\nu2,06-1111-2222,\n"
+    users = read_users_csv(write(tmp_path / "users.csv", text))
+    assert users["phone"].fillna("").tolist() == ["090-1234-5678", ""]
+    assert users["電話番号"].tolist() == ["03-1234-5678", "06-1111-2222"]  # an attribute
+    assert users.attrs["phone_columns"] == ["携帯電話番号"]
+    assert users.attrs["other_phone_columns"] == ["電話番号"]
+
+
+@pytest.mark.parametrize(
+    ("header", "read"),
+    [
+        ("user_id,電話番号,携帯電話番号", "携帯電話番号"),
+        ("user_id,Phone,Mobile", "Mobile"),  # a CRM export: Phone is the office line
+        ("user_id,tel,携帯番号,mobile", "携帯番号"),  # several mobile ones: the left-most
+        ("user_id,ＴＥＬ,電話番号", "ＴＥＬ"),  # no mobile one: the left-most phone name
+        ("user_id,phone,携帯電話", "phone"),  # the contract's own name is taken as said
+    ],
+)
+def test_r3_the_phone_column_is_the_mobile_one_unless_named_phone(tmp_path, header, read):
+    names = header.split(",")
+    row = ",".join(["u1"] + [f"0{i}0-1000-000{i}" for i in range(1, len(names))])
+    users = read_users_csv(write(tmp_path / "users.csv", f"{header}\n{row}\n"))
+    at = names.index(read)
+    assert users["phone"].tolist() == [row.split(",")[at]]
+    assert users.attrs["phone_columns"] == [read]
+    others = [n for n in names[1:] if n != read]
+    assert sorted(c for c in users.columns if c not in ("user_id", "phone")) == sorted(others)
+
+
+def test_r3_files_naming_the_phone_column_differently_say_each_name(tmp_path):
+    a = write(tmp_path / "a.csv", "user_id,携帯番号,電話番号\nu1,090,03\n")
+    b = write(tmp_path / "b.csv", "user_id,phone\nu2,080\n")
+    users = read_users_csvs([a, b])
+    assert users["phone"].tolist() == ["090", "080"]
+    assert users.attrs["phone_columns"] == ["携帯番号", "phone"]

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import functools
+import io
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TextIO, TypeVar
 
 import pandas as pd
+import phonenumbers
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from smsops.errors import SmsopsError
+from smsops.errors import InputError, Problem, SmsopsError
 from smsops.services.context import Context
 from smsops.settings import Settings
 
@@ -154,12 +158,120 @@ def cell(value: object) -> str:
     return "" if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)) else str(value)
 
 
-def write_safe_csv(frame: pd.DataFrame, stream: TextIO) -> None:
-    """A frame as CSV that is safe to open in Excel (no cell is read as a formula)."""
+# A Japanese number of 11 digits in E.164 (mobile, IP phone, M2M): 0X0-XXXX-XXXX.
+_JP_0X0 = r"^\+81([2-9]0)(\d{4})(\d{4})$"
+
+
+def _written_phone(e164: str) -> str:
+    """One number as people write it: Japanese ones nationally (03-1234-5678), others in
+    the international form (+1 650-253-0000, which the formula guard then quotes)."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return e164
+    national = phonenumbers.region_code_for_number(number) == "JP"
+    return phonenumbers.format_number(
+        number,
+        phonenumbers.PhoneNumberFormat.NATIONAL
+        if national
+        else phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+    )
+
+
+def excel_phones(phones: pd.Series) -> pd.Series:
+    """E.164 numbers in the form Japanese tools export and Excel keeps as text:
+    ``+819012345678`` → ``090-1234-5678``.
+
+    Written as E.164, Excel shows 8.19012E+11 and saves it back so (the damage smsops
+    refuses on import); without hyphens it drops the leading 0. The hyphenated form stays
+    text in Excel, is a string to ``pandas.read_csv``, imports back into smsops (R3) and
+    starts like no formula."""
+    s = phones.astype("string[pyarrow]")
+    out = s.str.replace(_JP_0X0, r"0\1-\2-\3", regex=True)
+    rest = (s.str.startswith("+") & ~s.str.match(_JP_0X0)).fillna(False).to_numpy(dtype=bool)
+    if rest.any():  # landlines, toll-free and foreign numbers: rare, and by the book
+        out[rest] = s[rest].map({v: _written_phone(v) for v in s[rest].unique()})
+    return out
+
+
+def write_safe_csv(frame: pd.DataFrame, stream: TextIO, phones: Sequence[str] = ()) -> None:
+    """A frame as CSV that is safe to open in Excel: no cell is read as a formula, and the
+    ``phones`` columns (E.164) are written as Excel keeps them (:func:`excel_phones`)."""
+    if phones:
+        frame = frame.assign(**{c: excel_phones(frame[c]) for c in phones})
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(frame.columns)
     for row in frame.astype(object).where(frame.notna(), None).itertuples(index=False):
         writer.writerow(["" if v is None else _safe_cell(v) for v in row])
+
+
+def write_csv_stdout(frame: pd.DataFrame, phones: Sequence[str] = ()) -> None:
+    """:func:`write_safe_csv` to stdout as UTF-8 with a BOM, whatever the locale: Excel
+    reads a CSV without BOM as CP932 on Japanese Windows and garbles UTF-8 text."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stdout (a notebook's): its encoding is not ours
+        sys.stdout.write("\ufeff")
+        write_safe_csv(frame, sys.stdout, phones)
+        return
+    stream = io.TextIOWrapper(buffer, encoding="utf-8-sig", newline="", write_through=True)
+    try:
+        write_safe_csv(frame, stream, phones)
+        stream.flush()
+    finally:
+        stream.detach()  # sys.stdout keeps its buffer
+
+
+def check_csv_path(path: Path, option: str) -> None:
+    """Refuse, before any work, a CSV output path that cannot be written: a folder, or a
+    file in a folder that does not exist."""
+    where = f"{option} {path}"
+    if path.is_dir():
+        raise InputError(where, [Problem(None, None, "is a folder; give a file name")])
+    parent = path.absolute().parent
+    if not parent.exists():
+        raise InputError(where, [Problem(None, None, f"folder {parent} does not exist")])
+    if not parent.is_dir():
+        raise InputError(where, [Problem(None, None, f"{parent} is not a folder")])
+
+
+def write_csv_files(files: Sequence[tuple[str, Path, pd.DataFrame, Sequence[str]]]) -> None:
+    """Write each (option, path, frame, phone columns) as a safe CSV with a BOM
+    (:func:`write_safe_csv`), all or none: each goes to a temporary file beside its
+    target, and the targets are replaced only once every one is written. A device or a
+    pipe (``/dev/stdout``) is written to directly."""
+    for option, path, _, _ in files:
+        check_csv_path(path, option)
+    paths = [Path(os.path.realpath(path)) for _, path, _, _ in files]
+    if len(set(paths)) < len(paths):
+        raise InputError(
+            " and ".join(option for option, *_ in files),
+            [Problem(None, None, "name the same file; give each its own")],
+        )
+    temps: list[tuple[Path, Path, str]] = []  # (temporary file, target, option)
+    try:
+        for (option, path, frame, phones), target in zip(files, paths, strict=True):
+            direct = target.exists() and not target.is_file()
+            temp = target if direct else target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            if not direct:
+                temps.append((temp, target, option))
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | (0 if direct else os.O_EXCL), 0o666)
+                with open(fd, "w", encoding="utf-8-sig", newline="") as fh:
+                    write_safe_csv(frame, fh, phones)
+            except OSError as exc:
+                raise SmsopsError(f"{option} {path}: cannot write: {exc.strerror}") from None
+        while temps:
+            temp, target, option = temps[0]
+            try:
+                os.replace(temp, target)
+            except OSError as exc:
+                raise SmsopsError(f"{option} {target}: cannot write: {exc.strerror}") from None
+            temps.pop(0)
+    finally:
+        for temp, _, _ in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink()
 
 
 def main() -> None:

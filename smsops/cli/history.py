@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Annotated
 
 import typer
@@ -18,7 +17,7 @@ from smsops.cli.common import (
     emit,
     kv_table,
     out,
-    write_safe_csv,
+    write_csv_stdout,
 )
 from smsops.domain.phones import mask_phones
 from smsops.services import deliveries as dl
@@ -117,7 +116,12 @@ def deliveries_show(
 def deliveries_errors(
     delivery_id: int,
     as_csv: Annotated[
-        bool, typer.Option("--csv", help="CSV on stdout (safe to open in Excel).")
+        bool,
+        typer.Option(
+            "--csv",
+            help="CSV on stdout for Excel: UTF-8 with BOM, numbers as 090-1234-5678, "
+            "no cell read as a formula.",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -125,8 +129,8 @@ def deliveries_errors(
     with context(as_json) as ctx:
         frame = dl.delivery_items(ctx, delivery_id, failed_only=True)
     frame = frame[["seq", "user_id", "phone", "message_no", "error"]]
-    if as_csv:
-        write_safe_csv(frame, sys.stdout)
+    if as_csv:  # for Excel: a BOM, and numbers as 090-1234-5678 (see write_csv_stdout)
+        write_csv_stdout(frame, phones=["phone"])
         return
 
     def human() -> None:

@@ -6,11 +6,23 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.text import Text
 
 from smsops import clock
-from smsops.cli.common import JsonOpt, app, bulk_app, command, context, emit, out, write_safe_csv
+from smsops.cli.common import (
+    JsonOpt,
+    app,
+    bulk_app,
+    check_csv_path,
+    command,
+    context,
+    emit,
+    out,
+    write_csv_files,
+)
+from smsops.domain.phones import mask_phones
 from smsops.errors import SmsopsError
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
@@ -72,15 +84,55 @@ def bulk_preview(
         Path | None,
         typer.Option("--export", help="Also write the whole recipient list to this CSV file."),
     ] = None,
+    excluded: Annotated[
+        Path | None,
+        typer.Option(
+            "--excluded",
+            help="Also write every user left out, and why (R4), to this CSV file: "
+            "user_id, reason, phone, duplicate_of, kept_by.",
+        ),
+    ] = None,
+    unmasked: Annotated[
+        bool,
+        typer.Option("--unmasked", help="With --excluded: full phone numbers (masked by default)."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a bulk delivery would send, to whom, when and for how many tickets."""
+    if unmasked and excluded is None:
+        raise SmsopsError("--unmasked applies to --excluded")
+    files = [(o, f) for o, f in (("--export", export), ("--excluded", excluded)) if f is not None]
+    for option, path in files:  # refused before the work, not after it
+        check_csv_path(path, option)
     with context(as_json) as ctx:
         p = dl.preview_bulk(ctx, message, at=at, users_files=users or [], query=query)
-    if export is not None:  # R13: the full list, for review before confirming
-        with open(export, "w", encoding="utf-8-sig", newline="") as fh:
-            write_safe_csv(p.recipient_list(), fh)
+    # R13: the full list, for review before confirming; R4: who is left out and why.
+    # Both for Excel: a BOM, numbers as 090-1234-5678, no cell read as a formula.
+    tables = {
+        "--export": (p.recipient_list(), ["phone"]),
+        "--excluded": excluded_list(p, unmasked),
+    }
+    write_csv_files([(option, path, *tables[option]) for option, path in files])
     emit(as_json, p.to_dict(), lambda: show_preview(p))
+
+
+def excluded_list(p: dl.Preview, unmasked: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Every user left out (R4), in user order: ``user_id``, ``reason``, ``phone``,
+    ``duplicate_of`` (the shared number, R5) and ``kept_by`` (the user who keeps that
+    number's send); numbers masked (090-****-5678) unless ``unmasked``. Also the columns
+    that hold full numbers, for :func:`write_csv_files`."""
+    e, r = p.selection.excluded, p.selection.recipients
+    keeper = pd.Series(r["user_id"].to_numpy(dtype=object), index=r["phone"].to_numpy(dtype=object))
+    frame = pd.DataFrame(
+        {
+            "user_id": e["user_id"],
+            "reason": e["reason"],
+            "phone": e["phone"] if unmasked else mask_phones(e["phone"]),
+            "duplicate_of": e["duplicate_of"] if unmasked else mask_phones(e["duplicate_of"]),
+            "kept_by": e["duplicate_of"].map(keeper),
+        }
+    )
+    return frame, ["phone", "duplicate_of"] if unmasked else []
 
 
 @bulk_app.command("create")

@@ -36,7 +36,7 @@ from smsops.services.liveness import register
 from smsops.store import read, write
 from smsops.store.bulk import fetch_frame, insert_rows
 from smsops.store.schema import deliveries, items, ledger
-from smsops.tables import read_users_csvs
+from smsops.tables import phone_column_note, read_users_csvs
 
 SAMPLE = 10  # masked numbers shown in a confirmation
 FINAL = ("sent", "partially_sent", "failed", "cancelled")
@@ -114,6 +114,7 @@ def preview_bulk(
         else people.load_users(ctx, with_attrs=bool(query))
     )
     candidates = len(users)
+    phone_note = phone_column_note(users) if users_files else None
     if query:
         users = selection_query.select(users, query)
     selection = select_recipients(
@@ -132,6 +133,8 @@ def preview_bulk(
     elif users_files and candidates == 0:
         names = ", ".join(Path(f).name for f in users_files)
         diagnosis = f"0 recipients: the user file has no rows ({names})"
+    if phone_note and candidates:  # R3, R4: which of the file's columns held the numbers
+        diagnosis = f"{diagnosis}; {phone_note}"
     return Preview(
         recipients=len(selection.recipients),
         messages=msgs,

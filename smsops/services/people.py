@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Connection, func, select
@@ -24,11 +25,20 @@ _BATCH = 50_000
 
 @dataclass(frozen=True)
 class ImportResult:
+    """What an import did: rows read, users stored, and which column held the phones."""
+
     rows: int
     users_total: int
+    # the header read as the phone number (R3), e.g. "携帯電話番号"; files that name it
+    # differently give their names in file order, "a, b"
+    phone_column: str = "phone"
 
-    def to_dict(self) -> dict[str, int]:
-        return {"rows": self.rows, "users_total": self.users_total}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "users_total": self.users_total,
+            "phone_column": self.phone_column,
+        }
 
 
 def import_users(ctx: Context, paths: Sequence[str | Path], encoding: str = "auto") -> ImportResult:
@@ -63,7 +73,9 @@ def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
                 execute_many(conn, _UPSERT + _VALUES, [(u, p, a, now) for u, p, a in part])
                 ctx.progress(min(start + _BATCH, len(rows)), len(rows), "importing users")
         total = conn.execute(select(func.count()).select_from(users)).scalar_one()
-    return ImportResult(len(frame), int(total))
+    return ImportResult(
+        len(frame), int(total), ", ".join(frame.attrs.get("phone_columns") or ["phone"])
+    )
 
 
 def _upsert_by_copy(ctx: Context, conn: Connection, rows: list[tuple], now: datetime) -> None:
