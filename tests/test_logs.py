@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 
 import pytest
+from domain.test_phones import mobile_forms
+from hypothesis import given, settings
 
 from smsops.logs import MaskPhones, install_masking, mask_text
 
@@ -33,11 +37,55 @@ def test_phone_numbers_are_masked_in_text(text, masked):
 
 
 @pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("opt-out '0081-90-1000-0002' refused", "opt-out '090-****-0002' refused"),
+        ("00819010000002", "090-****-0002"),
+        ("0081 (0)90-1000-0002", "090-****-0002"),
+        ("00 81 90 1000 0002", "090-****-0002"),
+        ("+81-090-1234-5678", "090-****-5678"),
+        ("010-81-90-1234-5678", "090-****-5678"),
+        ("090/1234/5678", "090-****-5678"),
+        ("090_1234_5678", "090-****-5678"),
+        ("090 - 1234 - 5678", "***-****-5678"),
+        ("0081-3-1234-5678 is a landline", "***-****-5678 is a landline"),
+        ("+1 212 555 0100", "***-****-0100"),
+        ("+1 (212) 555-0100 replied", "***-****-0100 replied"),
+        ("+44 20 7946 0958", "***-****-0958"),
+        ("0044 20 7946 0958", "***-****-0958"),
+        ("+12125550100", "***-****-0100"),
+        ("212.555.0100 at 2026-12-01 10:00", "***-****-0100 at 2026-12-01 10:00"),
+    ],
+)
+def test_masking_catches_0081_odd_separators_and_foreign_numbers(text, masked):
+    assert mask_text(text) == masked
+
+
+@settings(max_examples=300, deadline=None)
+@given(mobile_forms())
+def test_masking_hides_every_form_r3_reads(form):
+    text, e164 = form
+    masked = mask_text(f"row: {text!r} refused")
+    shown = re.sub(r"\D", "", unicodedata.normalize("NFKC", masked))
+    head, tail = "0" + e164[3:5], e164[-4:]  # 090, 5678
+    assert shown in (head + tail, tail), (text, masked)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "delivery 12 sent 1,550 of 20261125 pairs in 3.2 s",
         "scheduled 2026-12-01T10:00:00+09:00, logged 2026-11-25 14:48:23",
         "free dial 0120-123-456",
+        # guards for the looser "looks like a phone" reading (these never were masked)
+        "ticket 12 2026-12-01 10:00",
+        "'+10000-01-01' and 0001-01-01 00:00 are out of range",
+        "at 01/12/2026 10:00 and 2026/12/01 10:00:00",
+        "key smsops-12-345678-1, gateway ref 3f2a1b4c-1234-5678-9abc-def123456789",
+        "took 1764050000.123456 s; kannel at 192.168.100.200:13013",
+        "SMS goes to 060/070/080/090 numbers only",
+        "seqs 1 2 3 4 5 6 7 8 9 10 11",
+        "epoch 1764050000, item 12345678901",
     ],
 )
 def test_other_numbers_are_left_alone(text):

@@ -6,6 +6,14 @@ vectorized answer agrees with per-row ``phonenumbers.parse(raw, "JP")``. Shapes 
 vectorized path does not model (foreign ``+cc`` numbers, ``00``/``010`` international
 prefixes, odd lengths) fall back to phonenumbers row by row; real user tables have few.
 
+One deliberate divergence from phonenumbers: ``00 81 …`` (``0081-90-1234-5678``,
+``0081 (0)90…``), the international form most of the world dials, reads as ``+81 …``.
+phonenumbers knows only Japan's own international prefix 010 and takes ``0081…`` for a
+national number ``0081…`` of no type, which would leave such a user unreachable and,
+worse, an opt-out written that way matching nobody (R16). No Japanese number is dialled
+``0081…`` at home, so nothing real is lost. Other ``00`` prefixes are left as they are:
+``0037``, ``0066``, ``0078``… are Japanese toll-free numbers, not countries.
+
 Reasons, in the order they are decided:
 
 * ``no_phone``  – missing or blank.
@@ -237,6 +245,12 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
         plus[some] = _np(pc.match_substring_regex(text.filter(pa.array(some)), r"^[^0-9]*\+"))
     digits = _keep(text, _DIGITS)
     ndigits = pc.binary_length(digits).to_numpy(zero_copy_only=False)
+    # "00 81 …" is "+81 …" (see the module docstring): drop the 00, as if it were a "+".
+    intl = (pluses == 0) & _np(pc.starts_with(digits, "00" + cc))
+    if intl.any():
+        digits = _drop_prefix(digits, 2 * intl.astype(np.int64))
+        ndigits = ndigits - 2 * intl
+        plus |= intl
     # No number of the plan is this short, and without "+" no foreign one either.
     too_short = ~plus & (ndigits < min(plan.general.lengths))
     malformed = ~blank & (~allowed | (pluses > plus) | too_short)
@@ -350,7 +364,8 @@ def reference_classify(value: object) -> tuple[str | None, str | None, bool, str
     """Classify one value with phonenumbers itself, as ``(e164, national, mobile, reason)``.
 
     The reference the vectorized path is tested against, and its fallback for the rare
-    shapes it does not model. Same character rules: letters are never vanity digits.
+    shapes it does not model. Same character rules: letters are never vanity digits;
+    and ``00 81 …`` is read as ``+81 …`` (the one divergence, see the module docstring).
     """
     if value is None or value is pd.NA or (isinstance(value, float) and value != value):
         return None, None, False, NO_PHONE
@@ -362,6 +377,8 @@ def reference_classify(value: object) -> tuple[str | None, str | None, bool, str
     compact = _SEPARATORS_RE.sub("", text)
     if not _ALLOWED_RE.match(text) or "+" in compact[1:]:
         return None, None, False, MALFORMED
+    if compact.startswith("00" + _plan().country_code):
+        text = "+" + compact[2:]
     try:
         num = phonenumbers.parse(text, REGION)
     except NumberParseException:

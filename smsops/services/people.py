@@ -139,19 +139,31 @@ def users_count(ctx: Context) -> int:
 # --- opt-outs (R16) -----------------------------------------------------------------
 
 
+# Why an opt-out entry is refused, by its R3 reason. The list holds only numbers smsops
+# could send to: an entry that is not one would be stored and then match nobody (R16).
+_REFUSED = {
+    "no_phone": "no phone number",
+    "malformed": "not a phone number",
+    "not_mobile": "not a Japanese mobile number, so smsops never sends to it",
+}
+
+
 def _e164(values: pd.Series, source: str, *, table: bool = False) -> list[str]:
-    """E.164 of each value, or one InputError naming every bad one (by its data row when
+    """E.164 of each value, read exactly as R3 reads a user table; or one InputError
+    naming every value that is not a Japanese mobile number (by its data row when
     ``values`` come from a file and are indexed by row)."""
     classified = classify_phones(values)
-    bad = classified["e164"].isna()
+    bad = ~classified["mobile"].to_numpy(dtype=bool)
     if bad.any():
         problems = [
             Problem(
                 int(i) if table else None,
                 "phone" if table else None,
-                f"{values[i]!r} is not a phone number ({classified['reason'][i]})",
+                f"{value!r} is {_REFUSED[reason]} ({reason})",
             )
-            for i in values.index[bad]
+            for i, value, reason in zip(
+                values.index[bad], values[bad], classified["reason"][bad], strict=True
+            )
         ]
         raise InputError(source, problems)
     return list(dict.fromkeys(classified["e164"].tolist()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pandas as pd
 import phonenumbers
 import pytest
@@ -43,6 +45,35 @@ def test_r3_accepts_what_real_tables_contain(raw):
     assert row["e164"] == "+819012345678"
     assert row["national"] == "09012345678"
     assert pd.isna(row["reason"])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "0081-90-1234-5678",
+        "00819012345678",
+        "0081 (0)90-1234-5678",
+        "0081-090-1234-5678",
+        "00 81 90 1234 5678",
+        "００８１－９０－１２３４－５６７８",
+    ],
+)
+def test_r3_reads_the_0081_international_form_as_plus_81(raw):
+    # phonenumbers reads 0081… as a national number of no type (+8100819…); see phones.py
+    row = classify_one(raw)
+    assert (row["e164"], row["national"], bool(row["mobile"])) == (
+        "+819012345678",
+        "09012345678",
+        True,
+    )
+    assert reference_classify(raw) == ("+819012345678", "09012345678", True, None)
+
+
+def test_r3_0081_landline_is_a_landline_not_a_garbage_number():
+    assert classify_one("0081-3-1234-5678")["e164"] == "+81312345678"
+    assert classify_one("0081-3-1234-5678")["reason"] == "not_mobile"
+    # other 00 prefixes stay what phonenumbers says: 0037… is a Japanese toll-free number
+    assert classify_one("0037-12-345678")["e164"] == reference_classify("0037-12-345678")[0]
 
 
 @pytest.mark.parametrize("prefix", ["060", "070", "080", "090"])
@@ -160,7 +191,19 @@ def _same(vectorized: dict, reference: tuple) -> bool:
 # Well-formed Japanese numbers: any 9-10 digit national number behind the usual prefixes
 # and separators, including full-width forms.
 _nsn = st.from_regex(r"\A[1-9][0-9]{8,9}\Z")
-_formats = st.sampled_from(["0{n}", "+81{n}", "+81 {n}", "81{n}", "{n}", "0{n} ", "+81-0{n}"])
+_formats = st.sampled_from(
+    [
+        *("0{n}", "+81{n}", "+81 {n}", "81{n}", "{n}", "0{n} ", "+81-0{n}"),
+        *("0081{n}", "0081-{n}", "00 81 (0){n}", "010-81-{n}"),  # 00 81 and 010 81
+    ]
+)
+
+
+def as_phonenumbers_reads(value: str) -> str:
+    """``value`` as phonenumbers must be given it to agree with R3: smsops reads ``00 81…``
+    as ``+81…`` where phonenumbers knows only 010 (the one documented divergence)."""
+    compact = "".join(ch for ch in unicodedata.normalize("NFKC", value) if ch.isdigit())
+    return "+" + compact[2:] if compact.startswith("0081") and "+" not in value else value
 
 
 @st.composite
@@ -186,7 +229,7 @@ def test_r3_agrees_with_phonenumbers_on_generated_jp_numbers(values):
         assert _same(row.to_dict(), ref), (value, row.to_dict(), ref)
         # and with phonenumbers' own verdict on the mobile flag
         try:
-            num = phonenumbers.parse(value, "JP")
+            num = phonenumbers.parse(as_phonenumbers_reads(value), "JP")
         except phonenumbers.NumberParseException:  # e.g. 010… read as an international prefix
             assert not row["mobile"]
             continue
@@ -210,6 +253,49 @@ def test_r3_never_raises_and_agrees_on_any_string(values):
     assert len(out) == len(values)
     for (_, row), value in zip(out.iterrows(), values, strict=True):
         assert _same(row.to_dict(), reference_classify(value)), value
+
+
+# One mobile number in every form R3 reads. The opt-out list (R16) and log masking read
+# the same forms, so their tests draw from here too.
+_MOBILE_FORMS = (
+    "0{a}{s}{b}{s}{c}",  # 090-1234-5678
+    "(0{a}){s}{b}{s}{c}",  # (090)1234-5678
+    "{a}{s}{b}{s}{c}",  # 9012345678: the leading 0 eaten by a spreadsheet
+    "+81{s}{a}{s}{b}{s}{c}",  # +81 90 1234 5678
+    "+81{s}(0){a}{s}{b}{s}{c}",  # +81 (0)90 1234 5678
+    "+81{s}0{a}{s}{b}{s}{c}",  # +81-090-1234-5678
+    "81{s}{a}{s}{b}{s}{c}",  # 81-90-1234-5678
+    "0081{s}{a}{s}{b}{s}{c}",  # 0081-90-1234-5678
+    "00{s}81{s}(0){a}{s}{b}{s}{c}",  # 00 81 (0)90 1234 5678
+    "010{s}81{s}{a}{s}{b}{s}{c}",  # 010-81-90-1234-5678, dialled out of Japan and back
+    "0{a} - {b} - {c}",  # a run of separators
+)
+_SEPARATORS = ["", "-", " ", ".", "ー", "－", "‐", "−", "–", "\u3000"]
+_FULL_WIDTH = str.maketrans("0123456789+-()", "０１２３４５６７８９＋－（）")
+
+
+@st.composite
+def mobile_forms(draw, nsn: str | None = None) -> tuple[str, str]:
+    """``(text, e164)``: a Japanese mobile (``nsn`` or a random one) written one way."""
+    if nsn is None:
+        nsn = draw(st.from_regex(r"\A[6-9]0[1-9][0-9]{7}\Z"))
+    a, b, c = nsn[:2], nsn[2:6], nsn[6:]
+    text = draw(st.sampled_from(_MOBILE_FORMS)).format(
+        a=a, b=b, c=c, s=draw(st.sampled_from(_SEPARATORS))
+    )
+    if draw(st.booleans()):
+        text = text.translate(_FULL_WIDTH)
+    return text, f"+81{nsn}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_r3_every_written_form_of_a_mobile_reads_as_that_mobile(data):
+    nsn = data.draw(st.from_regex(r"\A[6-9]0[1-9][0-9]{7}\Z"))
+    forms = [data.draw(mobile_forms(nsn)) for _ in range(5)]
+    out = classify_phones(pd.Series([text for text, _ in forms], dtype=object))
+    assert out["e164"].tolist() == [f"+81{nsn}"] * 5, forms
+    assert out["mobile"].all(), forms
 
 
 def test_mask_phone_hides_the_middle():
