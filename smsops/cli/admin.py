@@ -29,6 +29,7 @@ from smsops.services import people
 @account_app.command("show")
 @command
 def account_show(as_json: JsonOpt = False) -> None:
+    """Show the plan, whether the phone field is in use, and the time zone."""
     with context(as_json) as ctx:
         acct = accounts.get_account(ctx)
     emit(as_json, acct.to_dict(), lambda: out.print(kv_table(acct.to_dict())))
@@ -37,11 +38,24 @@ def account_show(as_json: JsonOpt = False) -> None:
 @account_app.command("set")
 @command
 def account_set(
-    plan: Annotated[str | None, typer.Option(help="free, light, standard or premium")] = None,
-    phone_field: Annotated[OnOff | None, typer.Option("--phone-field")] = None,
-    timezone: Annotated[str | None, typer.Option(help="e.g. Asia/Tokyo")] = None,
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PLAN",
+            help="free, light, standard or premium; bulk SMS needs standard or above (R1).",
+        ),
+    ] = None,
+    phone_field: Annotated[
+        OnOff | None,
+        typer.Option("--phone-field", help="Whether users' phone numbers are in use (R2)."),
+    ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(metavar="TZ", help="Time zone of send times, e.g. Asia/Tokyo."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
+    """Change the plan, the phone field or the time zone."""
     with context(as_json) as ctx:
         acct = accounts.set_account(
             ctx,
@@ -55,6 +69,7 @@ def account_set(
 @tickets_app.command("balance")
 @command
 def tickets_balance(as_json: JsonOpt = False) -> None:
+    """Show the ticket balance (R11: the sum of the ledger)."""
     with context(as_json) as ctx:
         value = accounts.balance(ctx)
     emit(as_json, {"balance": value}, lambda: out.print(f"{value:,} tickets"))
@@ -63,7 +78,11 @@ def tickets_balance(as_json: JsonOpt = False) -> None:
 # "-5" is read as the count (and refused as not positive), not as an unknown option.
 @tickets_app.command("add", context_settings={"ignore_unknown_options": True})
 @command
-def tickets_add(count: int, as_json: JsonOpt = False) -> None:
+def tickets_add(
+    count: Annotated[int, typer.Argument(metavar="N", help="How many tickets to add.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Buy tickets: add N to the balance (at most 1,000,000,000 in all)."""
     with context(as_json) as ctx:
         value = accounts.add_tickets(ctx, count)
     emit(
@@ -76,13 +95,21 @@ def tickets_add(count: int, as_json: JsonOpt = False) -> None:
 # --- users and opt-outs ---------------------------------------------------------------
 
 Encoding = Annotated[
-    str, typer.Option(help="auto, utf-8, cp932 (Shift_JIS from Excel) or utf-16 (Unicode text)")
+    str,
+    typer.Option(
+        metavar="ENCODING",
+        help="auto, utf-8, cp932 (Shift_JIS from Excel) or utf-16 (Unicode text)",
+    ),
 ]
 
 
 @users_app.command("import")
 @command
-def users_import(files: list[Path], encoding: Encoding = "auto", as_json: JsonOpt = False) -> None:
+def users_import(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="User table CSV files.")],
+    encoding: Encoding = "auto",
+    as_json: JsonOpt = False,
+) -> None:
     """Import user tables (CSV); all files or nothing."""
     with context(as_json) as ctx:
         result = people.import_users(ctx, files, encoding=encoding)
@@ -95,7 +122,12 @@ def users_import(files: list[Path], encoding: Encoding = "auto", as_json: JsonOp
 
 @optout_app.command("import")
 @command
-def optout_import(file: Path, encoding: Encoding = "auto", as_json: JsonOpt = False) -> None:
+def optout_import(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="CSV with a phone column.")],
+    encoding: Encoding = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add every number of a CSV file to the opt-out list (R16)."""
     with context(as_json) as ctx:
         result = people.optout_import(ctx, file, encoding=encoding)
     emit(
@@ -107,9 +139,13 @@ def optout_import(file: Path, encoding: Encoding = "auto", as_json: JsonOpt = Fa
     )
 
 
+Phone = Annotated[str, typer.Argument(metavar="PHONE", help="A phone number, any usual form.")]
+
+
 @optout_app.command("add")
 @command
-def optout_add(phone: str, as_json: JsonOpt = False) -> None:
+def optout_add(phone: Phone, as_json: JsonOpt = False) -> None:
+    """Add one number to the opt-out list (R16): it is never sent to."""
     with context(as_json) as ctx:
         result = people.optout_add(ctx, phone)
     emit(
@@ -124,7 +160,8 @@ def optout_add(phone: str, as_json: JsonOpt = False) -> None:
 
 @optout_app.command("remove")
 @command
-def optout_remove(phone: str, as_json: JsonOpt = False) -> None:
+def optout_remove(phone: Phone, as_json: JsonOpt = False) -> None:
+    """Take one number off the opt-out list."""
     with context(as_json) as ctx:
         result = people.optout_remove(ctx, phone)
     emit(

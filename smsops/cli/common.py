@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +24,102 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer._click.core import Context as ClickContext  # typer vendors click
+from typer._click.exceptions import UsageError
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from smsops.errors import InputError, Problem, SmsopsError
+from smsops.logs import mask_text
 from smsops.services.context import Context
 from smsops.settings import Settings
 
+_JSON = "smsops.json"  # ctx.meta: was --json given?
+
+
+class SmsopsGroup(TyperGroup):
+    """The root command. Its help reads like a CLI's (TEXT, DATETIME, ID, N; never a
+    Python type), and a usage error under ``--json`` still prints one JSON document."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for cmd in _commands(self):
+            _cli_metavars(cmd)
+
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        options = args[: args.index("--")] if "--" in args else args
+        ctx.meta[_JSON] = "--json" in options
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:  # exit 2, its message on stderr as usual
+            if ctx.meta.get(_JSON):
+                doc = {"error": "usage", "message": exc.format_message()}
+                print(json.dumps(doc, ensure_ascii=False))
+            raise
+
+
+class _Argument(TyperArgument):
+    """A positional argument as help shows it: ``ID``, ``[ID]``, ``FILE...``."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None  # the metavar says it
+
+
+def _commands(group: TyperGroup) -> Iterator[Any]:
+    """``group`` and every command and group under it."""
+    yield group
+    for cmd in group.commands.values():
+        if isinstance(cmd, TyperGroup):
+            yield from _commands(cmd)
+        else:
+            yield cmd
+
+
+def _value_metavar(annotation: object) -> str:
+    if typing.get_origin(annotation) is list:
+        (annotation,) = typing.get_args(annotation)
+    if isinstance(annotation, type):
+        if issubclass(annotation, enum.Enum):
+            return "|".join(str(m.value) for m in annotation)
+        if issubclass(annotation, int):
+            return "N"
+        if issubclass(annotation, float):
+            return "NUMBER"
+        if issubclass(annotation, os.PathLike):
+            return "PATH"
+    return "TEXT"
+
+
+def _argument_metavar(name: str, annotation: object) -> str:
+    if name.endswith("_id"):
+        return "ID"
+    value = _value_metavar(annotation)
+    return {"PATH": "FILE", "TEXT": name.upper()}.get(value, value)
+
+
+def _cli_metavars(cmd: Any) -> None:
+    """Give every parameter of ``cmd`` that names none a CLI metavar: flags none,
+    values one by type (N, TEXT, PATH, on|off), arguments their own (ID, FILE, N)."""
+    names = cmd.context_settings.get("help_option_names", ["--help"])
+    help_option = cmd.get_help_option(typer.Context(cmd, help_option_names=names))
+    for param in [*cmd.params, help_option]:
+        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        if isinstance(param, TyperArgument):
+            if param.metavar is None:
+                param.metavar = _argument_metavar(param.name or "value", annotation)
+            param.__class__ = _Argument
+        elif isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = "" if param.is_flag else _value_metavar(annotation)
+
+
 app = typer.Typer(
+    cls=SmsopsGroup,
     help="Bulk SMS campaigns for Japan.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -61,33 +152,86 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def command(fn: F) -> F:
-    """Turn smsops errors into one line on stderr and exit 1 (never a traceback)."""
+    """Turn every failure into one line on stderr and an exit code, never a traceback: a
+    refusal (:class:`SmsopsError`) exits 1. With ``--json``, stdout carries one JSON
+    document on every path, ``{"error": kind, "message": ...}``; usage errors (exit 2)
+    get theirs from :class:`SmsopsGroup`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+
+        def fail(document: dict[str, object], line: str, code: int = 1) -> typing.NoReturn:
+            if as_json:
+                print(json.dumps(document, ensure_ascii=False, default=str))
+            err.print(f"smsops: {line}", markup=False)
+            raise typer.Exit(code) from None
+
         try:
             return fn(*args, **kwargs)
         except SmsopsError as exc:
-            if kwargs.get("as_json"):
-                print(json.dumps(exc.to_dict(), ensure_ascii=False, default=str))
-            err.print(f"smsops: {exc.message}", markup=False)
-            raise typer.Exit(1) from None
+            fail(exc.to_dict(), exc.message)
         except KeyboardInterrupt:
-            err.print("smsops: interrupted")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
+            fail({"error": "interrupted", "message": "interrupted"}, "interrupted", 130)
+        except (typer.Exit, typer.Abort, SystemExit, UsageError):
             raise
+        except OverflowError as exc:  # a number past what a date or the store can hold
+            message = f"a value is out of range ({_first_line(exc)})"
+            fail({"error": "range", "message": message}, message)
         except Exception as exc:  # a bug or an environment problem: still one clear line
             if os.environ.get("SMSOPS_DEBUG"):
                 raise
-            err.print(
-                f"smsops: unexpected {type(exc).__name__}: {exc} "
-                "(set SMSOPS_DEBUG=1 for the traceback)",
-                markup=False,
+            message = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
+            fail(
+                {"error": "unexpected", "message": message},
+                f"{message} (set SMSOPS_DEBUG=1 for the traceback)",
             )
-            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _first_line(exc: BaseException) -> str:
+    """An outside error's message as one line, numbers masked (a database error quotes
+    its SQL and parameters on the lines after the first)."""
+    lines = str(exc).strip().splitlines()
+    return mask_text(lines[0] if lines else type(exc).__name__)
+
+
+# --- parameters every command reads the same way --------------------------------------
+
+MAX_ID = 2**31 - 1  # the store's ids are integers, 32-bit on PostgreSQL
+
+
+def parse_delivery_id(text: str) -> int:
+    """A delivery id as typed: a whole number the store can hold, else a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a delivery id (a number: see `smsops deliveries list`)"
+        ) from None
+    if not 1 <= value <= MAX_ID:
+        raise typer.BadParameter(f"{text} is not a delivery id (ids run from 1 to {MAX_ID:,})")
+    return value
+
+
+def parse_send_time(text: str) -> str:
+    """``--at`` as typed. An empty one — an unset shell variable — is a usage error, never
+    "now" (R12); the service reads the time itself (:func:`smsops.clock.parse_at`)."""
+    if not text.strip():
+        raise typer.BadParameter(
+            "the send time is empty (an unset variable?): give one such as "
+            "'2026-12-01 10:00', or leave --at out to send now"
+        )
+    return text
+
+
+DeliveryId = Annotated[
+    int,
+    typer.Argument(
+        metavar="ID", parser=parse_delivery_id, help="Delivery id (see `deliveries list`)."
+    ),
+]
 
 
 @contextmanager
@@ -103,6 +247,7 @@ def context(as_json: bool) -> Iterator[Context]:
         transient=True,
         disable=not show,
     ) as bar:
+        _live.append(bar)
         tasks: dict[str, TaskID] = {}
 
         def progress(done: int, total: int, what: str) -> None:
@@ -110,11 +255,38 @@ def context(as_json: bool) -> Iterator[Context]:
                 tasks[what] = bar.add_task(what, total=total)
             bar.update(tasks[what], completed=done, total=total)
 
-        ctx = Context.open(Settings(), progress=progress)
         try:
-            yield ctx
+            ctx = Context.open(Settings(), progress=progress)
+            try:
+                yield ctx
+            finally:
+                ctx.close()
         finally:
-            ctx.close()
+            _live.remove(bar)
+
+
+_live: list[Progress] = []  # the progress displays of the commands running
+
+
+@contextmanager
+def no_live_display() -> Iterator[None]:
+    """Stop the progress display while the body talks to the user, then resume it. A live
+    display hides the cursor and redraws its lines ten times a second, erasing whatever
+    is written under it — a question would be invisible (R13)."""
+    stopped = [bar for bar in _live if bar.live.is_started]
+    for bar in stopped:
+        bar.stop()
+    try:
+        yield
+    finally:
+        for bar in stopped:
+            bar.start()
+
+
+def confirm(question: str) -> bool:
+    """Ask a yes/no question on the terminal, with no live display drawing over it."""
+    with no_live_display():
+        return typer.confirm(question)
 
 
 def emit(as_json: bool, data: object, human: Callable[[], None]) -> None:

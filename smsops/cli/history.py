@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from smsops.cli.common import (
+    DeliveryId,
     JsonOpt,
     cell,
     command,
@@ -73,7 +74,7 @@ def deliveries_list(
 @deliveries_app.command("show")
 @command
 def deliveries_show(
-    delivery_id: int,
+    delivery_id: DeliveryId,
     limit: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from smsops import clock
 from smsops.cli.common import (
+    DeliveryId,
     JsonOpt,
     app,
     bulk_app,
@@ -19,7 +20,9 @@ from smsops.cli.common import (
     command,
     context,
     emit,
+    no_live_display,
     out,
+    parse_send_time,
     write_csv_files,
 )
 from smsops.domain.phones import mask_phones
@@ -29,11 +32,25 @@ from smsops.services import dispatch as dispatching
 
 # --- bulk -----------------------------------------------------------------------------
 
-Messages = Annotated[list[str], typer.Option("-m", "--message", help="Message text (1 or 2).")]
-At = Annotated[str | None, typer.Option("--at", help="Send time, ISO 8601; default now.")]
+Messages = Annotated[
+    list[str],
+    typer.Option("-m", "--message", metavar="TEXT", help="Message text (1 or 2; repeat -m)."),
+]
+At = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        metavar="DATETIME",
+        parser=parse_send_time,
+        help="Send time, ISO 8601 (2026-12-01 10:00), in the account's time zone unless it "
+        "has an offset. Leave it out to send now; an empty one is refused.",
+    ),
+]
 UsersFiles = Annotated[
     list[Path] | None,
-    typer.Option("--users", help="Select from this CSV instead of the stored users."),
+    typer.Option(
+        "--users", metavar="FILE", help="Select from this CSV instead of the stored users."
+    ),
 ]
 Query = Annotated[
     str | None,
@@ -154,12 +171,14 @@ def bulk_create(
                     "R13: a delivery is saved only once confirmed: review "
                     "`smsops bulk preview`, then add --yes"
                 )
-            show_preview(p)
-            if not typer.confirm(
-                "Save and send this delivery?"
-                if p.scheduled_at is None
-                else "Schedule this delivery?"
-            ):
+            with no_live_display():  # or the progress display erases the question
+                show_preview(p)
+                confirmed = typer.confirm(
+                    "Save and send this delivery?"
+                    if p.scheduled_at is None
+                    else "Schedule this delivery?"
+                )
+            if not confirmed:
                 raise SmsopsError("not confirmed; nothing was saved")
         created = dl.create_bulk(ctx, p)
         result = dispatching.send_if_due(ctx, created)
@@ -183,7 +202,11 @@ def print_result(result: dict[str, object]) -> None:
 
 @app.command("send")
 @command
-def send(phone: str, message: Messages, as_json: JsonOpt = False) -> None:
+def send(
+    phone: Annotated[str, typer.Argument(metavar="PHONE", help="A Japanese mobile number.")],
+    message: Messages,
+    as_json: JsonOpt = False,
+) -> None:
     """Send to one number now (individual send; never deduplicated)."""
     with context(as_json) as ctx:
         result = dispatching.send_if_due(ctx, dl.send_individual(ctx, phone, message))
@@ -193,18 +216,20 @@ def send(phone: str, message: Messages, as_json: JsonOpt = False) -> None:
 @app.command("resend")
 @command
 def resend(
-    delivery_id: int,
+    delivery_id: DeliveryId,
     individual: Annotated[
         bool, typer.Option("--individual", help="One individual send per failed number.")
     ] = False,
-    phone: Annotated[str | None, typer.Option(help="With --individual: only this number.")] = None,
+    phone: Annotated[
+        str | None, typer.Option(metavar="PHONE", help="With --individual: only this number.")
+    ] = None,
     at: At = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Send the failed (number, message) pairs of a delivery again (R15)."""
     with context(as_json) as ctx:
         if individual:
-            if at:
+            if at is not None:
                 raise SmsopsError("--at applies to a bulk resend; individual sends go now")
             results = [
                 {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
@@ -227,7 +252,7 @@ def resend(
 @app.command("dispatch")
 @command
 def dispatch_one(
-    delivery_id: int,
+    delivery_id: DeliveryId,
     join: Annotated[
         bool,
         typer.Option("--join", help="Help the dispatchers already sending it (parallel chunks)."),

@@ -14,6 +14,10 @@ from smsops.store.schema import account, ledger
 
 PLANS = ("free", "light", "standard", "premium")  # low to high
 BULK_PLAN = "standard"
+# The most a balance holds. Far above any campaign (two messages to everyone in Japan is
+# some 250 million), and it keeps every ledger amount inside the store's integer column
+# (32-bit on PostgreSQL) and every sum far from overflowing.
+MAX_BALANCE = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,14 @@ def set_account(
         return get_account(ctx, conn)
 
 
+def bulk_allowed(plan: str) -> bool:
+    """R1: may an account on ``plan`` send bulk SMS (Standard or above)?"""
+    return PLANS.index(plan) >= PLANS.index(BULK_PLAN)
+
+
 def require_bulk_plan(acct: Account) -> None:
     """R1: bulk SMS needs the Standard plan or above."""
-    if PLANS.index(acct.plan) < PLANS.index(BULK_PLAN):
+    if not bulk_allowed(acct.plan):
         raise PlanError(
             "R1",
             f"bulk SMS needs the {BULK_PLAN} plan or above; this account is on {acct.plan} "
@@ -83,12 +92,26 @@ def balance(ctx: Context, conn: Connection | None = None) -> int:
 
 
 def add_tickets(ctx: Context, count: int, note: str | None = None) -> int:
-    """Buy tickets (a purchase in the ledger); returns the new balance."""
+    """Buy tickets (a purchase in the ledger); returns the new balance, which may not pass
+    :data:`MAX_BALANCE`."""
     if count <= 0:
         raise InputError(
             "tickets add", [Problem(None, None, f"count must be positive, got {count}")]
         )
     with write(ctx.engine) as conn:
+        current = lock_balance(conn)
+        if count > MAX_BALANCE - current:
+            raise InputError(
+                "tickets add",
+                [
+                    Problem(
+                        None,
+                        None,
+                        f"a balance holds at most {MAX_BALANCE:,} tickets; adding {count:,} "
+                        f"to the {current:,} there would pass it",
+                    )
+                ],
+            )
         conn.execute(
             ledger.insert().values(at=clock.now(), kind="purchase", amount=count, note=note)
         )

@@ -107,7 +107,7 @@ def preview_bulk(
     acct = accounts.get_account(ctx)
     accounts.require_bulk_plan(acct)
     msgs = validate_messages(messages)
-    when = clock.parse_at(at, acct.timezone) if at else None
+    when = clock.send_time(at, acct.timezone)  # "" is refused, not "now" (R12)
     users = (
         read_users_csvs(list(users_files))
         if users_files
@@ -190,6 +190,18 @@ def create_bulk(ctx: Context, preview: Preview) -> Created:
     )
 
 
+@dataclass(frozen=True)
+class _Draft:
+    """One delivery to save: what :func:`_save_all` inserts."""
+
+    kind: str
+    texts: list[str]
+    pairs: pd.DataFrame  # seq, message_no, phone, user_id
+    recipients: int
+    when: datetime | None  # UTC; None = send now
+    resend_of: int | None
+
+
 def _save(
     ctx: Context,
     kind: str,
@@ -200,55 +212,74 @@ def _save(
     resend_of: int | None,
     tz: str,
 ) -> Created:
-    """Check tickets (R9) and insert the delivery and its items in one transaction. A
-    delivery to send now is sent by this process: a gateway it cannot use (say Kannel
-    without credentials) refuses it before anything is saved."""
-    if when is None:
+    """Check tickets (R9) and insert the delivery and its items in one transaction."""
+    return _save_all(ctx, [_Draft(kind, texts, pairs, recipients, when, resend_of)], tz)[0]
+
+
+def _save_all(ctx: Context, drafts: Sequence[_Draft], tz: str) -> list[Created]:
+    """Check tickets (R9) against what all the deliveries need together and insert them in
+    one transaction: all of them or, refused, none. A delivery to send now is sent by this
+    process: a gateway it cannot use (say Kannel without credentials) refuses it before
+    anything is saved."""
+    if any(d.when is None for d in drafts):
         ctx.gateway().close()
-    needed = len(pairs)
     now = clock.now()
+    created = []
     with write(ctx.engine) as conn:
-        accounts.check_tickets(needed, accounts.lock_balance(conn))
-        status = "scheduled" if when is not None else "queued"
-        delivery_id = conn.execute(  # type: ignore[index]
-            deliveries.insert().values(
-                kind=kind,
-                status=status,
-                messages=json.dumps(texts, ensure_ascii=False),
-                recipients=recipients,
-                resend_of=resend_of,
-                created_at=now,
-                scheduled_at=when,
-                allocated=False,
-            )
-        ).inserted_primary_key[0]
-        if when is None:
-            # This process sends it right away: register it as the delivery's dispatcher,
-            # so that dispatch-due leaves it alone unless this process dies first.
-            register(conn, delivery_id, now)
-        rows = list(
-            zip(
-                repeat(int(delivery_id), needed),
-                pairs["seq"].tolist(),
-                pairs["message_no"].tolist(),
-                pairs["phone"].tolist(),
-                pairs["user_id"].tolist(),
-                repeat("pending", needed),
-                repeat(False, needed),
-                strict=True,
-            )
+        accounts.check_tickets(sum(len(d.pairs) for d in drafts), accounts.lock_balance(conn))
+        for draft in drafts:
+            created.append(_insert(ctx, conn, draft, now, tz))
+    return created
+
+
+def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: str) -> Created:
+    pairs, when = draft.pairs, draft.when
+    needed = len(pairs)
+    status = "scheduled" if when is not None else "queued"
+    delivery_id = conn.execute(  # type: ignore[index]
+        deliveries.insert().values(
+            kind=draft.kind,
+            status=status,
+            messages=json.dumps(draft.texts, ensure_ascii=False),
+            recipients=draft.recipients,
+            resend_of=draft.resend_of,
+            created_at=now,
+            scheduled_at=when,
+            allocated=False,
         )
-        step = 200_000
-        for start in range(0, len(rows), step):
-            insert_rows(
-                conn,
-                items,
-                ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
-                rows[start : start + step],
-            )
-            ctx.progress(min(start + step, len(rows)), len(rows), "saving delivery")
+    ).inserted_primary_key[0]
+    if when is None:
+        # This process sends it right away: register it as the delivery's dispatcher,
+        # so that dispatch-due leaves it alone unless this process dies first.
+        register(conn, delivery_id, now)
+    rows = list(
+        zip(
+            repeat(int(delivery_id), needed),
+            pairs["seq"].tolist(),
+            pairs["message_no"].tolist(),
+            pairs["phone"].tolist(),
+            pairs["user_id"].tolist(),
+            repeat("pending", needed),
+            repeat(False, needed),
+            strict=True,
+        )
+    )
+    step = 200_000
+    for start in range(0, len(rows), step):
+        insert_rows(
+            conn,
+            items,
+            ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
+            rows[start : start + step],
+        )
+        ctx.progress(min(start + step, len(rows)), len(rows), "saving delivery")
     return Created(
-        int(delivery_id), status, recipients, len(texts), needed, clock.local_iso(when, tz)
+        int(delivery_id),
+        status,
+        draft.recipients,
+        len(draft.texts),
+        needed,
+        clock.local_iso(when, tz),
     )
 
 
@@ -464,11 +495,11 @@ def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Create
     it repairs; R1, R8–R13 and R16 apply again."""
     acct = accounts.get_account(ctx)
     accounts.require_bulk_plan(acct)
+    when = clock.send_time(at, acct.timezone)  # "" is refused, not "now" (R12)
     original = delivery_summary(ctx, delivery_id)
     pairs = failed_pairs(ctx, delivery_id)
     if pairs.empty:
         raise SmsopsError(f"delivery {delivery_id} has no failed messages to resend")
-    when = clock.parse_at(at, acct.timezone) if at else None
     return _save(
         ctx,
         "resend",
@@ -483,8 +514,16 @@ def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Create
 
 def resend_individual(ctx: Context, delivery_id: int, phone: str | None = None) -> list[Created]:
     """R15, one number at a time: an individual send per failed number (or just
-    ``phone``), each with that number's failed messages, linked to ``delivery_id``."""
+    ``phone``), each with that number's failed messages, linked to ``delivery_id``.
+
+    Repairing a bulk delivery this way is still bulk SMS: R1 applies (an individual
+    send's own failures may be resent on any plan), and R9 to the whole resend — every
+    number's send is saved in one transaction, or none is.
+    """
+    acct = accounts.get_account(ctx)
     original = delivery_summary(ctx, delivery_id)
+    if original["kind"] != "individual":
+        accounts.require_bulk_plan(acct)
     texts: list[str] = list(original["texts"])  # type: ignore[call-overload]
     pairs = failed_pairs(ctx, delivery_id)
     if phone is not None:
@@ -495,22 +534,22 @@ def resend_individual(ctx: Context, delivery_id: int, phone: str | None = None) 
             f"delivery {delivery_id} has no failed messages to resend"
             + (f" to {mask_phone(phone)}" if phone else "")
         )
-    created = []
-    for number, group in pairs.groupby("phone", sort=False):
-        created.append(_resend_one(ctx, str(number), group, texts, delivery_id))
-    return created
-
-
-def _resend_one(
-    ctx: Context, phone: str, group: pd.DataFrame, texts: list[str], delivery_id: int
-) -> Created:
-    tz = accounts.get_account(ctx).timezone
-    pairs = pd.DataFrame(
-        {
-            "seq": group["seq"],
-            "message_no": group["message_no"],
-            "phone": phone,
-            "user_id": group["user_id"],
-        }
-    )
-    return _save(ctx, "individual", texts, pairs, 1, None, delivery_id, tz)
+    drafts = [
+        _Draft(
+            "individual",
+            texts,
+            pd.DataFrame(
+                {
+                    "seq": group["seq"],
+                    "message_no": group["message_no"],
+                    "phone": str(number),
+                    "user_id": group["user_id"],
+                }
+            ),
+            1,
+            None,
+            delivery_id,
+        )
+        for number, group in pairs.groupby("phone", sort=False)
+    ]
+    return _save_all(ctx, drafts, acct.timezone)

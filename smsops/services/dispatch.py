@@ -30,7 +30,7 @@ from smsops import clock
 from smsops.domain.tickets import SENT, allocate_plan
 from smsops.errors import NotFoundError, StateError
 from smsops.gateways import Gateway, idempotency_keys
-from smsops.services.account import lock_balance
+from smsops.services.account import bulk_allowed, get_account, lock_balance
 from smsops.services.context import Context
 from smsops.services.deliveries import FINAL, Created, delivery_summary
 from smsops.services.liveness import live_dispatchers, process_id, register
@@ -40,6 +40,11 @@ from smsops.store.schema import deliveries, dispatchers, items, ledger, optouts
 
 # The gateway may or may not have sent it: never resent, its ticket stays spent.
 UNKNOWN = "outcome_unknown"
+# R1 at send time: the account went below Standard after a bulk delivery was saved (a
+# downgrade); its pairs are not sent, no ticket is spent, and a resend after an upgrade
+# repairs them.
+PLAN_BELOW_STANDARD = "plan_below_standard"
+BULK_KINDS = ("bulk", "resend")  # what R1 gates; individual sends go out on any plan
 
 
 @dataclass(frozen=True)
@@ -246,13 +251,27 @@ def _pending(delivery_id: int) -> Any:
 
 def _allocate(ctx: Context, delivery_id: int) -> None:
     """R10 at send time: opted-out numbers leave (R16), then the balance is spent over the
-    pairs in order (allocate_plan) and debited at once (R11); the rest are errors."""
+    pairs in order (allocate_plan) and debited at once (R11); the rest are errors. A bulk
+    delivery of an account no longer on Standard or above sends nothing (R1)."""
     with write(ctx.engine) as conn:
-        if conn.execute(
-            select(deliveries.c.allocated).where(deliveries.c.id == delivery_id).with_for_update()
-        ).scalar_one():
-            return
+        allocated, kind = conn.execute(
+            select(deliveries.c.allocated, deliveries.c.kind)
+            .where(deliveries.c.id == delivery_id)
+            .with_for_update()
+        ).one()
+        if allocated:
+            return  # started before: it finishes whatever the plan is now
         now = clock.now()
+        if kind in BULK_KINDS and not bulk_allowed(get_account(ctx, conn).plan):
+            conn.execute(
+                items.update()
+                .where(_pending(delivery_id))
+                .values(status="error", error=PLAN_BELOW_STANDARD, sent_at=now)
+            )
+            conn.execute(
+                deliveries.update().where(deliveries.c.id == delivery_id).values(allocated=True)
+            )
+            return
         conn.execute(
             items.update()
             .where(_pending(delivery_id), items.c.phone.in_(select(optouts.c.phone)))

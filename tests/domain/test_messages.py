@@ -71,3 +71,35 @@ def test_r7_a_lone_percent_sign_is_fine():
 def test_r6_broken_characters_are_refused_not_a_crash():
     with pytest.raises(MessageError, match="message 2 is not valid text"):
         validate_messages(["ok", "bad \udcff byte"])  # what a wrong-encoding argv gives
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "冬物セール https://ex.jp/s?c=%E5%86%AC",  # 冬, percent-encoded
+        "https://ex.jp/a%20b%20c",
+        "https://ex.jp/s?q=%e3%82%bb%e3%83%bc%e3%83%ab&x=%2F",  # lower case, and ASCII
+        "詳細 https://ex.jp/%7Buser%7D",  # an encoded {user} is no template
+        "ｈｔｔｐｓ://ex.jp/a％20b％20c",  # full width, as NFKC reads it
+    ],
+)
+def test_r7_percent_encoded_urls_are_not_tags(text):
+    validate_messages([text])
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [  # each escape comes first: it must not be taken for the tag
+        ("https://ex.jp/s?c=%E5%86%AC %name%様", "%name%"),
+        ("https://ex.jp/?c=%E5%86%AC&u=%user_id%", "%user_id%"),
+        ("https://ex.jp/a%20b%20c %date%にお届け", "%date%"),  # %da alone is no character
+        ("https://ex.jp/a%20b%20c/%address%", "%address%"),
+        ("https://ex.jp/%E5%86%AC%cafe%", "%cafe%"),  # 冬, then %ca: no character
+        ("https://ex.jp/a%20b%name%", "%name%"),  # the % closing a candidate opens the tag
+        ("https://ex.jp/?q=%20%name%", "%name%"),  # the 0 of %20 is no percentage
+    ],
+)
+def test_r7_tags_next_to_percent_escapes_are_still_refused(text, tag):
+    with pytest.raises(MessageError) as err:
+        validate_messages([text])
+    assert err.value.rule == "R7" and err.value.details["tag"] == tag
