@@ -152,11 +152,39 @@ def _v4_no_delivery_claims(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE deliveries DROP COLUMN heartbeat_at"))
 
 
+def _v5_optouts_read_as_r3(conn: Connection) -> None:
+    """Version 5: opt-outs typed in the ``0081-90-…`` form were stored as the 16-digit
+    non-number ``+810081…`` and blocked no one; store them as the mobile they name."""
+    import pandas as pd  # only here: opening a store must not import pandas
+
+    from smsops.domain.phones import classify_phones  # the reading of R3 at this version
+
+    rows = conn.execute(
+        text("SELECT phone FROM optouts WHERE phone LIKE :p"), {"p": "+810081%"}
+    ).scalars()
+    stored = pd.Series(list(rows), dtype=object)
+    if stored.empty:
+        return
+    read = classify_phones(stored.str[3:])  # the digits as they were typed: 0081…
+    known = set(conn.execute(text("SELECT phone FROM optouts")).scalars())
+    for old, new, mobile in zip(stored, read["e164"], read["mobile"], strict=True):
+        if not mobile:
+            continue  # not a mobile either way: it never matched anyone, and still won't
+        if new in known:
+            conn.execute(text("DELETE FROM optouts WHERE phone = :o"), {"o": old})
+        else:
+            conn.execute(
+                text("UPDATE optouts SET phone = :n WHERE phone = :o"), {"n": new, "o": old}
+            )
+            known.add(new)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
     _v3_parallel_dispatch,
     _v4_no_delivery_claims,
+    _v5_optouts_read_as_r3,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -97,3 +97,24 @@ def test_a_database_from_a_newer_smsops_is_refused(settings):
 def test_a_bad_database_url_is_one_clear_error():
     with pytest.raises(StoreError, match="not a database URL"):
         store.connect("not a url")
+
+
+def test_r16_version_4_optouts_in_the_0081_form_are_repaired_on_migration(settings):
+    """Before 0081… read as +81, `optout add 0081-90-1000-0002` stored '+8100819010000002',
+    which blocked no one; the migration stores the mobile it names (once)."""
+    url = settings.database_url
+    engine = create_engine(url)
+    with engine.begin() as conn:  # a database as version 4 left it
+        for step in MIGRATIONS[:4]:
+            step(conn)
+        conn.execute(meta.insert().values(key="schema_version", value="4"))
+        for phone in ("+8100819010000002", "+8100819010000003", "+819010000003", "+8100813"):
+            conn.exec_driver_sql(
+                "INSERT INTO optouts (phone, source, created_at) "
+                f"VALUES ('{phone}', 'cli', '2026-01-01 00:00:00')"
+            )
+    engine.dispose()
+    upgraded = store.connect(url)
+    with upgraded.connect() as conn:
+        phones = sorted(conn.exec_driver_sql("SELECT phone FROM optouts").scalars())
+    assert phones == ["+8100813", "+819010000002", "+819010000003"]
