@@ -1,30 +1,42 @@
-"""A small HTTP endpoint for what Kannel calls back with (stdlib server, a thread per
-request):
+"""A small HTTP endpoint for what Kannel calls back with (stdlib server, at most
+``max_handlers`` connections handled at once):
 
-- ``GET /dlr?key=…&status=%d&at=%T&ref=%F`` — a delivery report, the ``dlr-url`` the
-  kannel gateway asks for with each message;
-- ``GET /mo?from=%p&to=%P&text=%b&coding=%c&charset=%C`` — a reply, from a Kannel
+- ``GET /dlr?token=…&key=…&status=%d&at=%T&ref=%F`` — a delivery report, the ``dlr-url``
+  the kannel gateway asks for with each message;
+- ``GET /mo?token=…&from=%p&to=%P&text=%b&coding=%c&charset=%C`` — a reply, from a Kannel
   ``sms-service`` whose ``get-url`` is :func:`mo_get_url` (with ``max-messages = 0``: the
   service answers nothing back);
-- ``GET /health``.
+- ``GET /health`` (open: it tells nothing and changes nothing).
+
+``/dlr`` and ``/mo`` change what smsops sends (a STOP puts a number on the opt-out list),
+so each must carry ``SMSOPS_RECEIVER_TOKEN``; without it, or with another, the answer is
+403 and nothing changes. There is no tokenless mode, not even on loopback: any local
+process — or any web page the operator opens, through an ``<img src=…>`` — can reach
+127.0.0.1. Repeating a callback changes nothing (Kannel repeats one when its answer is
+lost, with ``http-request-retry``).
 
 Its log lines show masked numbers only; the request line (which holds the sender's
-number) is not logged.
+number, and the token) is not logged.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import FrameType
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from pydantic import SecretStr
 
 from smsops.domain.phones import mask_phone
 from smsops.errors import InputError, NotFoundError, SmsopsError
+from smsops.gateways.kannel import callback_token
 from smsops.services import inbound
 from smsops.services.context import Context
 
@@ -33,12 +45,25 @@ log = logging.getLogger(__name__)
 # Kannel's escapes for an sms-service get-url: sender, receiver, the message as it came
 # (URL-encoded bytes), its coding (2 = UCS-2) and charset.
 MO_QUERY = "from=%p&to=%P&text=%b&coding=%c&charset=%C"
+# Callbacks handled at once. Each needs a database connection (SQLAlchemy's default pool
+# holds 15 on PostgreSQL; SQLite writes one at a time anyway): more threads would only
+# wait on the store. Connections beyond them wait to be accepted, never get a thread.
+MAX_HANDLERS = 16
+# A connection silent this long is closed (Kannel keeps connections alive between
+# callbacks; a silent one would hold a handler for ever).
+IDLE_TIMEOUT = 10.0
+_CALLBACKS = ("/dlr", "/mo")  # the paths that need the token
 
 
-def mo_get_url(base: str) -> str:
+def mo_get_url(base: str, token: str | SecretStr) -> str:
     """The ``get-url`` of the Kannel sms-service that forwards replies to ``base``
-    (``http://host:port/mo``)."""
-    return f"{base}?{MO_QUERY}"
+    (``http://host:port/mo``), with the receiver's token.
+
+    >>> mo_get_url("http://127.0.0.1:13080/mo", "0123456789abcdef")
+    'http://127.0.0.1:13080/mo?token=0123456789abcdef&from=%p&to=%P&text=%b&coding=%c&charset=%C'
+    """
+    value = callback_token(token, wanted_by="the MO get-url")
+    return f"{base}{'&' if '?' in base else '?'}token={value}&{MO_QUERY}"
 
 
 def decode_text(raw: bytes, coding: str | None, charset: str | None) -> str:
@@ -55,22 +80,98 @@ def decode_text(raw: bytes, coding: str | None, charset: str | None) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-class ReceiverServer(ThreadingHTTPServer):
-    daemon_threads = True
+class ReceiverServer(HTTPServer):
+    """The HTTP server: a thread per connection, at most ``max_handlers`` of them; refuses
+    to start without ``SMSOPS_RECEIVER_TOKEN`` (a ConfigError, before it listens)."""
 
-    def __init__(self, ctx: Context, address: tuple[str, int]) -> None:
+    request_queue_size = 128  # connections waiting for a handler wait here, in the kernel
+
+    def __init__(
+        self,
+        ctx: Context,
+        address: tuple[str, int],
+        *,
+        max_handlers: int = MAX_HANDLERS,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        if max_handlers < 1:
+            raise ValueError("max_handlers must be at least 1")
+        self._token = callback_token(ctx.settings.receiver_token, wanted_by="the receiver").encode()
+        self.max_handlers = max_handlers
+        self.idle_timeout = idle_timeout
+        self._slots = threading.BoundedSemaphore(max_handlers)
+        self._waiting = threading.Event()  # an accepted connection waits for a handler
+        self._closing = threading.Event()
         super().__init__(address, _Handler)
         self.ctx = ctx
+        # the name of each handler thread: one server's are told from another's
+        self.handler_name = f"smsops-receiver-{self.server_address[1]}"
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    def authorized(self, given: str) -> bool:
+        """Does a request's ``token`` match? (in constant time: no timing oracle)"""
+        return hmac.compare_digest(given.encode("latin-1"), self._token)
+
+    @property
+    def crowded(self) -> bool:
+        """A connection is waiting for a handler: answered ones should make room."""
+        return self._waiting.is_set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to a thread of its own once fewer than ``max_handlers``
+        are busy; until then it waits here, and later ones in the listen backlog."""
+        if not self._slots.acquire(blocking=False):
+            self._waiting.set()
+            try:
+                while not self._slots.acquire(timeout=0.1):
+                    if self._closing.is_set():
+                        self.shutdown_request(request)
+                        return
+            finally:
+                self._waiting.clear()
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=self.handler_name,
+            daemon=True,  # an open connection never holds the process up
+        )
+        try:
+            thread.start()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Only the connection's own failures get here (a client hanging up mid-request;
+        # do_GET logs its errors itself): no news, where socketserver would print a
+        # traceback on stderr.
+        log.debug("receiver: connection from %s failed", client_address[0], exc_info=True)
+
+    def shutdown(self) -> None:
+        self._closing.set()
+        super().shutdown()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: ReceiverServer
     protocol_version = "HTTP/1.1"  # keep-alive: Kannel may call back many times a second
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.idle_timeout)  # a silent connection ends
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -79,6 +180,13 @@ class _Handler(BaseHTTPRequestHandler):
             k: v[-1]
             for k, v in parse_qs(url.query, keep_blank_values=True, encoding="latin-1").items()
         }
+        if url.path in _CALLBACKS and not self.server.authorized(params.pop("token", "")):
+            # Before anything is parsed: a caller without the token learns nothing.
+            log.warning(
+                "receiver: refused %s from %s (no or wrong token)", url.path, self.client_address[0]
+            )
+            self._answer(403, "forbidden")
+            return
         routes: dict[str, Callable[[dict[str, str]], tuple[int, str]]] = {
             "/dlr": self._dlr,
             "/mo": self._mo,
@@ -112,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             "dlr %s: %s%s",
             result.key,
             result.dlr_status,
-            "" if result.recorded else " (kept; a later interim report)",
+            "" if result.recorded else " (unchanged: a repeat, or interim after final)",
         )
         return 200, "ok"
 
@@ -135,6 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        if self.server.crowded:  # give the handler to a waiting connection
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -145,8 +255,18 @@ class _Handler(BaseHTTPRequestHandler):
 class Receiver:
     """The endpoint on a background thread (tests, or beside another long-running job)."""
 
-    def __init__(self, ctx: Context, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = ReceiverServer(ctx, (host, port))
+    def __init__(
+        self,
+        ctx: Context,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_handlers: int = MAX_HANDLERS,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.server = ReceiverServer(
+            ctx, (host, port), max_handlers=max_handlers, idle_timeout=idle_timeout
+        )
         self._thread = threading.Thread(
             target=self.server.serve_forever, name="smsops-receiver", daemon=True
         )

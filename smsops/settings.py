@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # where Kannel sends delivery reports: `smsops receiver`'s /dlr, e.g.
     # http://127.0.0.1:13080/dlr (None: no reports are asked for)
     kannel_dlr_url: str | None = None
+    # the shared secret every callback to `smsops receiver` (/dlr, /mo) carries as
+    # ?token=…; the receiver refuses to start without it
+    receiver_token: SecretStr | None = None
     # flows read files only under this folder (their parameters may come from anyone who
     # reaches the Prefect API); the CLI reads what its user can
     import_root: Path = Path("data")

@@ -79,7 +79,11 @@ def receiver(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 13080,
     as_json: JsonOpt = False,
 ) -> None:
-    """Receive Kannel's delivery reports (/dlr) and replies (/mo) until interrupted."""
+    """Receive Kannel's delivery reports (/dlr) and replies (/mo) until interrupted.
+
+    Every /dlr and /mo request must carry SMSOPS_RECEIVER_TOKEN as ?token=... (403
+    otherwise); without the variable the receiver does not start. /health is open.
+    """
     import logging
 
     from smsops import receiver as receiving
@@ -90,7 +94,13 @@ def receiver(
 
     def ready(url: str) -> None:
         urls = {"url": url, "dlr_url": f"{url}/dlr", "mo_url": f"{url}/mo"}
-        emit(as_json, urls, lambda: out.print(f"listening on {url} (/dlr, /mo); Ctrl-C stops"))
+        emit(
+            as_json,
+            urls,
+            lambda: out.print(
+                f"listening on {url} (/dlr, /mo with ?token=$SMSOPS_RECEIVER_TOKEN); Ctrl-C stops"
+            ),
+        )
         sys.stdout.flush()
 
     with context(True) as ctx:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -34,7 +35,7 @@ import httpx
 import pandas as pd
 from pydantic import SecretStr
 
-from smsops.errors import GatewayError
+from smsops.errors import ConfigError, GatewayError
 from smsops.gateways.pacing import RateLimiter, shared_limiter
 from smsops.settings import Settings
 
@@ -50,6 +51,10 @@ DLR_MASK = 1 | 2 | 16
 # Kannel's escapes in a dlr-url: %d the report type, %T its time (epoch s), %F the SMSC's id.
 DLR_QUERY = "status=%d&at=%T&ref=%F"
 _ERROR_WIDTH = 64  # delivery_items.error is VARCHAR(64)
+# SMSOPS_RECEIVER_TOKEN travels as is in Kannel's callback URLs (dlr-url, get-url): Kannel
+# reads '%' as an escape, so no percent-encoding — only characters a URL carries unescaped,
+# and enough of them that guessing is hopeless (token_urlsafe(32) gives 43).
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 T = TypeVar("T")
 Outcome = tuple[str, str | None]  # (status, error)
@@ -74,6 +79,25 @@ def rejected(reason: str) -> str:
     """``rejected: <Kannel's reason>``, one line, cut to fit the error column."""
     text = " ".join(reason.split()).rstrip(". ") or "no reason given"
     return f"rejected: {text}"[:_ERROR_WIDTH]
+
+
+def callback_token(token: SecretStr | str | None, *, wanted_by: str) -> str:
+    """The shared secret of ``smsops receiver``'s callbacks (``SMSOPS_RECEIVER_TOKEN``),
+    checked; a :class:`ConfigError` naming the variable — never its value — when it is
+    missing or could not travel in a Kannel URL."""
+    value = token.get_secret_value() if isinstance(token, SecretStr) else token
+    if not value:
+        raise ConfigError(
+            f"{wanted_by} needs SMSOPS_RECEIVER_TOKEN, the shared secret every callback to "
+            "smsops receiver carries (make one: python -c "
+            "'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if not _TOKEN.fullmatch(value):
+        raise ConfigError(
+            "SMSOPS_RECEIVER_TOKEN must be 16 to 256 of A-Z a-z 0-9 - _ . ~ "
+            "(it travels unescaped in Kannel's callback URLs)"
+        )
+    return value
 
 
 def _password_from_block(name: str | None) -> SecretStr | None:
@@ -117,6 +141,11 @@ class KannelGateway:
         base = dlr_url if dlr_url is not None else settings.kannel_dlr_url
         if base and "%" in base:
             raise GatewayError("the DLR URL must not contain '%' (Kannel reads it as an escape)")
+        token = ""
+        if base:
+            # The receiver refuses reports without its token: asking for them without it
+            # would only fill Kannel's retry queue with refusals.
+            token = callback_token(settings.receiver_token, wanted_by="SMSOPS_KANNEL_DLR_URL")
         if httpx.URL(settings.kannel_url).scheme not in ("http", "https"):
             raise GatewayError(f"SMSOPS_KANNEL_URL {settings.kannel_url!r} is not an http(s) URL")
         for what, value in (("USER", settings.kannel_user), ("FROM", settings.kannel_from)):
@@ -127,7 +156,9 @@ class KannelGateway:
         self.concurrency = max(1, concurrency)
         self.attempts = max(1, attempts)
         self.backoff = backoff
-        self._dlr_base = (base + ("&" if "?" in base else "?")) if base else None
+        self._dlr_base = (
+            f"{base}{'&' if '?' in base else '?'}token={token}&" if base else None
+        )  # a secret too: it travels in a header, never in a URL httpx logs
         self._secret = password
         self._sender = settings.kannel_from
         self._timeout = timeout

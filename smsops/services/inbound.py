@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, func, select
+from sqlalchemy.exc import IntegrityError
 
 from smsops import clock
 from smsops.errors import InputError, NotFoundError, Problem
@@ -33,7 +34,7 @@ _KEY = re.compile(r"smsops-(\d+)-(\d+)-(\d+)")
 class DlrResult:
     key: str
     dlr_status: str  # what the item now shows
-    recorded: bool  # False: a late interim report did not override a final one
+    recorded: bool  # False: nothing changed (a repeat, or an interim report after a final one)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -59,7 +60,9 @@ def record_dlr(
     """Record a delivery report on the message with idempotency key ``key``
     (``smsops-<delivery>-<seq>-<message_no>``). Reports may come before dispatch has
     recorded the send, and in any order: a final state is never replaced by an interim
-    one (``buffered`` after ``delivered``)."""
+    one (``buffered`` after ``delivered``). A report of the state the message already
+    shows changes nothing — not even its time: Kannel repeats a callback whose answer it
+    lost, and an SMSC may send a report twice."""
     match = _KEY.fullmatch(key)
     if match is None:
         raise InputError("dlr", [Problem(None, "key", f"{key!r} is not an smsops message key")])
@@ -72,7 +75,9 @@ def record_dlr(
         current = conn.execute(select(items.c.dlr_status).where(this)).one_or_none()
         if current is None:
             raise NotFoundError(f"no message {key}")
-        if current.dlr_status in FINAL_DLR and status not in FINAL_DLR:
+        if current.dlr_status == status or (
+            current.dlr_status in FINAL_DLR and status not in FINAL_DLR
+        ):
             return DlrResult(key, current.dlr_status, False)
         conn.execute(
             items.update()
@@ -116,11 +121,18 @@ def is_stop_request(text: str) -> bool:
 
 def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
     """A reply from ``sender``: a stop request adds the sender to the opt-out list (R16,
-    source ``reply``), so every later send skips it; any other reply is ignored."""
+    source ``reply``), so every later send skips it; any other reply is ignored. The
+    same reply twice, even at the same moment, lists the sender once."""
     if not is_stop_request(text):
         return ReplyResult("ignored", reason="not_a_stop_request")
     try:
-        added = people.optout_add(ctx, sender, source="reply")
+        try:
+            added = people.optout_add(ctx, sender, source="reply")
+        except IntegrityError:
+            # The same number went on the list between our look and our insert (Kannel
+            # retrying a reply whose first try is still running; PostgreSQL — SQLite
+            # writes one at a time): it is listed, which is all this reply asks.
+            added = people.optout_add(ctx, sender, source="reply")
     except InputError:
         return ReplyResult("ignored", reason="not_a_phone")
     return ReplyResult("opted_out" if added["added"] else "already_opted_out", str(added["phone"]))

@@ -3,7 +3,9 @@
 
 Two fake SMSCs: ``fake`` receives what smsops sends (its fakesmsc prints every message;
 :meth:`Kannel.received` reads them back, decoded) and ``fake-mo`` is where a short-lived
-fakesmsc injects a reply (:meth:`Kannel.send_mo`), which smsbox forwards to ``mo_url``.
+fakesmsc injects a reply (:meth:`Kannel.send_mo`), which smsbox forwards to ``mo_url``
+with the receiver's token. smsbox retries a callback that failed (``http-request-retry``
+times, ``http-queue-delay`` seconds apart; delivery reports too), as a deployment should.
 """
 
 from __future__ import annotations
@@ -105,11 +107,22 @@ class Kannel:
     """bearerbox + smsbox + fakesmsc; ``with Kannel(dir, mo_url=...) as k:`` starts and
     stops them. :meth:`kill` takes Kannel down mid-way, :meth:`start` brings it back."""
 
-    def __init__(self, workdir: Path, *, mo_url: str, log_level: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        mo_url: str,
+        token: str | None = None,
+        log_level: int = 1,
+        http_retries: int = 30,
+        http_retry_delay: int = 1,
+    ) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mo_url = mo_url
+        self.token = token or secrets.token_urlsafe(32)  # SMSOPS_RECEIVER_TOKEN's value
         self.log_level = log_level
+        self.http_retries, self.http_retry_delay = http_retries, http_retry_delay
         self.user = "smsops"
         self.password = secrets.token_urlsafe(16)
         self._admin_password = secrets.token_urlsafe(16)
@@ -164,6 +177,8 @@ global-sender = {SHORTCODE}
 log-file = "{d / "smsbox.log"}"
 log-level = {self.log_level}
 mo-recode = true
+http-request-retry = {self.http_retries}
+http-queue-delay = {self.http_retry_delay}
 
 group = sendsms-user
 username = {self.user}
@@ -175,7 +190,7 @@ group = sms-service
 keyword = default
 catch-all = true
 max-messages = 0
-get-url = "{mo_get_url(self.mo_url)}"
+get-url = "{mo_get_url(self.mo_url, self.token)}"
 """
 
     # --- processes -----------------------------------------------------------------
@@ -328,6 +343,13 @@ get-url = "{mo_get_url(self.mo_url)}"
             )
         finally:
             self._stop("mo")
+
+    def failed_callbacks(self) -> int:
+        """How many callbacks smsbox could not deliver so far (each one it will retry)."""
+        path = self.dir / "smsbox.log"
+        if not path.exists():
+            return 0
+        return path.read_text(encoding="utf-8", errors="replace").count("Couldn't ")
 
     def _mo_count(self) -> int:
         m = re.search(r"\[fake-mo\].*?rcvd: sms (\d+)", self._status())

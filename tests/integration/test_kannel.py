@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -30,12 +31,13 @@ from integration.kannel import (
     missing,
     wait_for,
 )
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from support import add_users, e164, mobile
 from typer.testing import CliRunner
 
 from smsops.cli import app
-from smsops.errors import GatewayError, InputError, NotFoundError
+from smsops.errors import ConfigError, GatewayError, InputError, NotFoundError
 from smsops.gateways import make_gateway
 from smsops.gateways.kannel import KannelGateway
 from smsops.gateways.pacing import RateLimiter
@@ -58,6 +60,7 @@ MSGS = [
     "冬のセール開始！🎍 ｶﾀｶﾅ ＡＢＣ 100% off + 送料無料",
     "詳細は https://example.jp/?a=1&b=2 で\n配信停止は「停止」と返信",
 ]
+TOKEN = secrets.token_urlsafe(32)  # SMSOPS_RECEIVER_TOKEN of this session's receivers
 
 
 # --- fixtures ------------------------------------------------------------------------
@@ -67,7 +70,8 @@ MSGS = [
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
     """One endpoint for the session; each test points it at its own store."""
     path = tmp_path_factory.mktemp("receiver") / "idle.db"
-    idle = Context.open(Settings(database_url=f"sqlite:///{path}"))
+    settings = Settings(database_url=f"sqlite:///{path}", receiver_token=TOKEN)  # type: ignore[arg-type]
+    idle = Context.open(settings)
     with Receiver(idle) as server:
         yield server
     idle.close()
@@ -77,7 +81,7 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
 def kannel(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Kannel]:
     if missing():
         pytest.skip("Kannel not installed")
-    with Kannel(tmp_path_factory.mktemp("kannel"), mo_url=f"{receiver.url}/mo") as k:
+    with Kannel(tmp_path_factory.mktemp("kannel"), mo_url=f"{receiver.url}/mo", token=TOKEN) as k:
         yield k
 
 
@@ -88,9 +92,14 @@ def kannel_settings(tmp_path: Path, kannel: Kannel, **kw: object) -> Settings:
         "kannel_url": kannel.sendsms_url,
         "kannel_user": kannel.user,
         "kannel_password": kannel.password,
+        "receiver_token": TOKEN,
         "chunk_size": 7,
     }
     return Settings(**{**values, **kw})  # type: ignore[arg-type]
+
+
+def receiver_settings(tmp_path: Path) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'smsops.db'}", receiver_token=TOKEN)  # type: ignore[arg-type]
 
 
 def gateway_factory(receiver: Receiver, **kw: object) -> Callable[[Settings], KannelGateway]:
@@ -242,22 +251,25 @@ def test_kannel_password_never_reaches_logs_urls_or_reprs(tmp_path, kannel, rece
         assert set(gateway.send(batch_of(3, delivery_id=999))["status"]) == {"sent"}
     finally:
         gateway.close()
-    secret = kannel.password
     assert "HTTP Request: POST" in caplog.text  # httpx did log each request…
-    assert secret not in caplog.text  # …without the password
-    assert all(secret not in url for _, url in transport.sent)
-    assert secret not in repr(gateway) + repr(settings) + str(settings)
+    for secret in (kannel.password, TOKEN):
+        assert secret not in caplog.text  # …without the password or the receiver's token
+        assert all(secret not in url for _, url in transport.sent)
+        assert secret not in repr(gateway) + repr(settings) + str(settings)
 
 
 @needs_kannel
 def test_receiver_refuses_bad_callbacks(receiver, kctx):
     get = lambda path: httpx.get(f"{receiver.url}{path}", timeout=5).status_code  # noqa: E731
     assert get("/health") == 200
-    assert get("/dlr?key=bogus&status=1") == 400
-    assert get("/dlr?key=smsops-1-1-1&status=x") == 400
-    assert get("/dlr?key=smsops-999-1-1&status=1") == 404
-    assert get("/mo?text=STOP") == 400
+    assert get(f"/dlr?token={TOKEN}&key=bogus&status=1") == 400
+    assert get(f"/dlr?token={TOKEN}&key=smsops-1-1-1&status=x") == 400
+    assert get(f"/dlr?token={TOKEN}&key=smsops-999-1-1&status=1") == 404
+    assert get(f"/mo?token={TOKEN}&text=STOP") == 400
     assert get("/elsewhere") == 404
+    # Without the token the answer is 403 before anything is read: it tells nothing.
+    assert get("/dlr?key=bogus&status=1") == 403
+    assert get("/mo?text=STOP") == 403
 
 
 # --- Kannel of its own: taken down half-way; the CLI -----------------------------------
@@ -290,8 +302,11 @@ class KillsKannelAfterFirstChunk:
 def test_r11_r15_kannel_down_midway_errors_are_refunded_and_resend_sends_exactly_those(
     tmp_path,
 ):
-    idle = Context.open(Settings(database_url=f"sqlite:///{tmp_path / 'smsops.db'}"))
-    with Receiver(idle) as receiver, Kannel(tmp_path / "kannel", mo_url=f"{receiver.url}/mo") as k:
+    idle = Context.open(receiver_settings(tmp_path))
+    with (
+        Receiver(idle) as receiver,
+        Kannel(tmp_path / "kannel", mo_url=f"{receiver.url}/mo", token=TOKEN) as k,
+    ):
         ctx = Context.open(
             kannel_settings(tmp_path, k, chunk_size=8),
             gateway_factory=lambda s: KillsKannelAfterFirstChunk(
@@ -343,13 +358,36 @@ def test_r11_r15_kannel_down_midway_errors_are_refunded_and_resend_sends_exactly
     idle.close()
 
 
-def smsops(*args: str, env: dict[str, str], code: int = 0) -> subprocess.CompletedProcess[str]:
+@needs_kannel
+def test_r16_stop_reply_sent_while_the_receiver_is_down_lands_once_when_it_is_back(tmp_path):
+    port = free_port()
+    ctx = Context.open(receiver_settings(tmp_path))
+    with Kannel(
+        tmp_path / "kannel", mo_url=f"http://127.0.0.1:{port}/mo", token=TOKEN, http_retry_delay=1
+    ) as k:
+        k.send_mo(e164(7), "停止")  # nobody listens on the get-url's port
+        wait_for("smsbox to fail the get-url once", lambda: k.failed_callbacks() >= 1, timeout=15)
+        assert people.load_optouts(ctx) == []
+        with Receiver(ctx, port=port):  # back, on the same port
+            wait_for("the retried reply", lambda: e164(7) in people.load_optouts(ctx), timeout=30)
+            failed = k.failed_callbacks()
+            time.sleep(3)  # Kannel's http-queue-delay is 1 s: a retry still queued comes by now
+        assert k.failed_callbacks() == failed  # once answered, not asked again
+    with read(ctx.engine) as conn:
+        rows = conn.execute(select(optouts.c.phone, optouts.c.source)).all()
+    assert rows == [(e164(7), "reply")]  # on the list exactly once
+    ctx.close()
+
+
+def smsops(
+    *args: str, env: dict[str, str], code: int = 0, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "smsops.cli", *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.returncode == code, (args, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
@@ -368,6 +406,7 @@ def test_cli_send_through_kannel_and_a_stop_reply_through_smsops_receiver(tmp_pa
             "SMSOPS_KANNEL_URL": k.sendsms_url,
             "SMSOPS_KANNEL_USER": k.user,
             "SMSOPS_KANNEL_PASSWORD": k.password,
+            "SMSOPS_RECEIVER_TOKEN": k.token,
         }
         reports = "kannel_dlr_url" in Settings.model_fields  # once Settings has the field
         if reports:
@@ -410,6 +449,7 @@ def test_cli_send_through_kannel_and_a_stop_reply_through_smsops_receiver(tmp_pa
     assert server.returncode == 0
     assert "reply from 090-****-0001: opted_out" in log
     assert "9010000001" not in log  # numbers in its log are masked
+    assert k.token not in log
 
 
 # --- no Kannel needed --------------------------------------------------------------------
@@ -423,11 +463,39 @@ def test_cli_receiver_on_a_busy_port_is_one_clear_line(tmp_path):
         result = CliRunner().invoke(
             app,
             ["receiver", "--port", str(port)],
-            env={"SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}"},
+            env={
+                "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
+                "SMSOPS_RECEIVER_TOKEN": TOKEN,
+            },
         )
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_cli_receiver_without_a_token_refuses_to_start_on_any_address(tmp_path, host):
+    port = free_port()
+    env = {**os.environ, "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}"}
+    env.pop("SMSOPS_RECEIVER_TOKEN", None)
+    # A subprocess with a deadline: a receiver that did start would serve for ever.
+    for token in (None, ""):
+        if token is not None:
+            env["SMSOPS_RECEIVER_TOKEN"] = token
+        refused = smsops(
+            "receiver", "--host", host, "--port", str(port), env=env, code=1, timeout=30
+        )
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and "the receiver needs SMSOPS_RECEIVER_TOKEN" in lines[0], lines
+        assert refused.stdout == ""
+
+
+def test_a_weak_or_unsafe_receiver_token_is_refused_without_showing_it(tmp_path):
+    for token in ("short", "a" * 15 + "%", "with space and more than 16"):
+        settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", receiver_token=token)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="SMSOPS_RECEIVER_TOKEN must be") as refused:
+            Receiver(Context.open(settings))
+        assert token not in str(refused.value)
 
 
 def scripted(answers: list[object]) -> tuple[httpx.MockTransport, list[httpx.Request]]:
@@ -493,7 +561,7 @@ def test_kannel_answers_are_mapped_and_only_safe_failures_retried(answers, statu
 
 def test_requests_carry_text_in_ucs2_terms_and_credentials_only_in_headers():
     transport, seen = scripted([202])
-    settings = offline_settings(kannel_from="SMSOPS")
+    settings = offline_settings(kannel_from="SMSOPS", receiver_token=TOKEN)
     gateway = KannelGateway(settings, dlr_url="http://127.0.0.1:13080/dlr", transport=transport)
     try:
         gateway.send(batch_of(1))
@@ -511,7 +579,7 @@ def test_requests_carry_text_in_ucs2_terms_and_credentials_only_in_headers():
     assert (h["x-kannel-username"], h["x-kannel-password"]) == ("smsops", "pw")
     assert h["x-kannel-dlr-mask"] == "19"
     assert h["x-kannel-dlr-url"] == (
-        "http://127.0.0.1:13080/dlr?key=smsops-1-1-1&status=%d&at=%T&ref=%F"
+        f"http://127.0.0.1:13080/dlr?token={TOKEN}&key=smsops-1-1-1&status=%d&at=%T&ref=%F"
     )
 
 
@@ -529,6 +597,18 @@ def test_kannel_gateway_is_what_smsops_gateway_kannel_names_and_checks_its_setti
             KannelGateway(offline_settings().model_copy(update=changes))
     with pytest.raises(GatewayError, match="must not contain '%'"):
         KannelGateway(offline_settings(), dlr_url="http://127.0.0.1/dlr?x=%41")
+
+
+def test_a_dlr_url_without_the_receiver_token_is_refused_when_the_gateway_is_built():
+    settings = offline_settings(kannel_dlr_url="http://127.0.0.1:13080/dlr")
+    with pytest.raises(ConfigError, match="SMSOPS_KANNEL_DLR_URL needs SMSOPS_RECEIVER_TOKEN"):
+        KannelGateway(settings)
+    with pytest.raises(ConfigError, match="SMSOPS_RECEIVER_TOKEN must be"):
+        KannelGateway(settings.model_copy(update={"receiver_token": SecretStr("x%41" * 8)}))
+    KannelGateway(offline_settings()).close()  # no reports asked for: no token needed
+    gateway = KannelGateway(settings.model_copy(update={"receiver_token": SecretStr(TOKEN)}))
+    assert TOKEN not in repr(gateway)
+    gateway.close()
 
 
 def test_an_unavailable_kannel_ends_the_batch_without_trying_every_message():
