@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import stat
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +67,22 @@ ALIASES = {
     ),
 }
 PHONE_HEADERS = ALIASES["phone"]  # the phone column of an opt-out list
-MAX_PHONE = 64
+# Limits: what is past them is a broken or hostile file, refused in one line naming where,
+# before it costs unbounded memory or time.
+# A whole file, in bytes (several files of one import together too), checked before a byte
+# is read: an import costs ~13-15 times the file's size in memory up to the store (1M users,
+# 87 MB: 1.3 GB; 2.9M users, 255 MB: 3.4 GB), so 256 MiB, about 3 million users, stays
+# under 4 GB.
+MAX_FILE = 256 << 20
+# Columns: no user table has a thousand attributes, and width costs more than bytes: the
+# parser and pandas pay per column (16,384 columns of 1,000 rows, a 31 MiB file: 5 s and
+# 1.1 GB) and the store writes every attribute's name again for each user.
+MAX_COLUMNS = 1_000
+MAX_NAME = 1_000  # characters of a column name (a survey's whole question fits)
+MAX_USER_ID = 128  # characters: the store's users.user_id is VARCHAR(128)
+MAX_PHONE = 64  # characters: the store's users.phone is VARCHAR(64)
 MAX_CELL = 1 << 20  # bytes (UTF-8): a bigger cell is no user attribute but a broken file
+_NUL = "holds a NUL byte, which no text has (a binary or damaged file?)"
 # The csv module reads the header line and checks quotes: let it read every cell pyarrow
 # accepts (its default limit, 128 KiB, would read a long memo as a quote left open).
 csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL))
@@ -122,9 +139,9 @@ class _Table:
         parts = [f"in {self.source}"] * self.named + [f"line {line}"] * (line is not None)
         return f"{text} ({', '.join(parts)})" if parts else text
 
-    def fail(self, text: str, column: str | None = None) -> _Table:
+    def fail(self, text: str, column: str | None = None, line: int | None = None) -> _Table:
         """Record a problem of the whole table, which then gives no frame."""
-        self.problems.append(Problem(None, column, self.where(text)))
+        self.problems.append(Problem(None, column, self.where(text, line)))
         self.frame = None
         return self
 
@@ -281,11 +298,104 @@ def _to_utf8(raw: bytes, encoding: str) -> bytes:
     )
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
+
+
+def _too_big(size: int | None) -> str:
+    """Why a file is not read; ``size`` None for a stream, known only to be past the limit."""
+    limit = _size(MAX_FILE)
+    if size is None:
+        why = f"file is larger than {limit}, the largest file smsops reads at once"
+    else:
+        why = f"file is {_size(size)} ({size:,} bytes); the largest file smsops reads at once"
+        why += f" is {limit}"
+    return f"{why}: split it and import the parts one by one"
+
+
+def _read(path: str | Path, limit: int = MAX_FILE) -> bytes:
+    """The file's bytes; ValueError past ``limit``, before reading when the size is known
+    and once past ``limit`` otherwise (a pipe, a device, a file still growing), so memory
+    stays bounded by the limit."""
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        regular = stat.S_ISREG(info.st_mode)
+        if regular and info.st_size > limit:
+            raise ValueError(_too_big(info.st_size))
+        # a file in one piece of its size (+1 byte, to see whether it grew); a stream in
+        # pieces, never asking for more than the limit allows
+        pieces = [f.read(info.st_size + 1)] if regular else []
+        total = sum(map(len, pieces))
+        while total <= limit and (piece := f.read(min(1 << 20, limit + 1 - total))):
+            pieces.append(piece)
+            total += len(piece)
+    if total > limit:
+        raise ValueError(_too_big(None))
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _short(value: object, width: int = 40) -> str:
+    """``repr(value)``, cut to about ``width`` characters: problems quote values, and one
+    line must stay one readable line whatever a cell holds."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 1]}…"
+
+
+def _names(names: Sequence[str], shown: int = 10) -> str:
+    """Header names for a message: the first ``shown``, each cut short."""
+    more = f", … ({len(names) - shown:,} more)" if len(names) > shown else ""
+    return ", ".join(_short(n) for n in names[:shown]) + more
+
+
+def _numbers(values: Sequence[int], shown: int = 5) -> str:
+    """``3, 4 and 7``; past ``shown`` numbers, ``3, 4, 7, … (12 in all)``."""
+    text = [f"{v:,}" for v in values[:shown]]
+    if len(values) > shown:
+        return f"{', '.join(text)}, … ({len(values):,} in all)"
+    return " and ".join([", ".join(text[:-1]), text[-1]]) if len(text) > 1 else text[0]
+
+
+def _check_header(t: _Table, first: str) -> list[str]:
+    """The names of the header line ``first``; none, with the problem recorded, when it is
+    not a header smsops reads (NUL bytes, no names, too many or too long names)."""
+    line = t.skipped + 1
+    # count the fields before splitting: a one-line file of "a,a,a,…" would otherwise
+    # become hundreds of millions of strings (quoted delimiters do not count)
+    fields = re.sub(r'"[^"]*"', "", first).count(t.delimiter) + 1
+    if fields > MAX_COLUMNS:
+        t.fail(
+            f"the header has {fields:,} columns; the most smsops reads is {MAX_COLUMNS:,}: "
+            "delete the columns the users table does not need",
+            line=line,
+        )
+        return []
+    try:
+        names = next(csv.reader([first], delimiter=t.delimiter))
+    except csv.Error as exc:
+        t.fail(f"cannot read the header line: {exc}", line=line)
+        return []
+    nul = [i + 1 for i, name in enumerate(names) if "\x00" in name]
+    if nul:
+        t.fail(f"header column{'s' * (len(nul) > 1)} {_numbers(nul)} {_NUL}", line=line)
+    if not nul and (long := [i + 1 for i, n in enumerate(names) if len(n) > MAX_NAME]):
+        most = max(len(name) for name in names)
+        t.fail(
+            f"header column{'s' * (len(long) > 1)} {_numbers(long)} "
+            f"{'is a name of' if len(long) == 1 else 'are names of up to'} {most:,} characters; "
+            f"the longest smsops reads is {MAX_NAME:,} (is the first line a header?)",
+            line=line,
+        )
+    if not t.problems and not any(name.replace("\ufeff", "").strip() for name in names):
+        boms = ", only byte order marks (U+FEFF: one added on every save?)"
+        t.fail("the header line has no column names" + boms * ("\ufeff" in first), line=line)
+    return [] if t.problems else names
+
+
 def _open(path: str | Path, encoding: str, named: bool) -> _Table:
     """Read and decode a file and split its first line into header names."""
     t = _Table(str(path), named)
     try:
-        data = _to_utf8(Path(path).read_bytes(), encoding)
+        data = _to_utf8(_read(path), encoding)
     except OSError as exc:
         missing = isinstance(exc, FileNotFoundError)
         return t.fail("file not found" if missing else f"cannot read the file: {exc.strerror}")
@@ -302,11 +412,7 @@ def _open(path: str | Path, encoding: str, named: bool) -> _Table:
     first = t.data[: t.data.find(b"\n")].decode().rstrip("\r")
     if "\t" in first and "," not in first:
         t.delimiter = "\t"
-    try:
-        names = next(csv.reader([first], delimiter=t.delimiter))
-    except csv.Error as exc:
-        return t.fail(f"cannot read the header line: {exc}")
-    t.header = [name.replace("\ufeff", "").strip() for name in names]
+    t.header = [name.replace("\ufeff", "").strip() for name in _check_header(t, first)]
     return t
 
 
@@ -418,19 +524,48 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
             name,
             [f"is larger than 1 MiB ({n:,} bytes): a quote left open?" for n in cells[big]],
         )
+    # NUL in a cell: binary or damaged, never what someone typed
+    nul = _nul_lines(t, names, broken, bad) if b"\x00" in t.data else {}
+    t.problems += [
+        Problem(row, names[at], t.where(_NUL, line)) for (row, at), line in nul.items() if at >= 0
+    ]
     t.problems += [
         Problem(
             int(row),
             None,
             t.where(
-                f"has {r.actual_columns} field"
-                f"{'s' * (r.actual_columns != 1)}, expected {r.expected_columns}",
-                line,
+                f"{_NUL + ', and ' if (row, -1) in nul else ''}has "
+                f"{r.actual_columns:,} field{'s' * (r.actual_columns != 1)}, expected "
+                f"{r.expected_columns}",
+                nul.get((row, -1), line),
             ),
         )
         for row, r, line in zip(broken, bad, t.line_of(broken), strict=True)
     ]
     return t
+
+
+def _nul_lines(
+    t: _Table, names: list[str], broken: np.ndarray, bad: list[pv.InvalidRow]
+) -> dict[tuple[int, int], int | None]:
+    """The cells holding NUL bytes, as (data row, column position; -1 for a row the parser
+    could not split), each with the physical line of its first NUL: cells are in file
+    order, so the k-th one holds the NULs after those of the k-1 before it. That line is
+    known even where quoted line breaks hide the line a row starts on."""
+    assert t.frame is not None
+    cells = []
+    for at, name in enumerate(names):
+        counts = t.frame[name].str.count("\x00").fillna(0).to_numpy(np.int64)
+        cells += [(int(t.rows[i]), at, int(counts[i])) for i in np.flatnonzero(counts)]
+    cells += [(int(row), -1, r.text.count("\x00")) for row, r in zip(broken, bad, strict=True)]
+    cells = sorted(cell for cell in cells if cell[2])
+    buf = np.frombuffer(t.data, np.uint8)
+    zeros = np.flatnonzero(buf == 0)
+    if sum(n for *_, n in cells) != zeros.size:  # cannot happen; name rows, not lines
+        return {(row, at): None for row, at, _ in cells}
+    first = np.cumsum([0] + [n for *_, n in cells])[:-1]
+    lines = np.searchsorted(np.flatnonzero(buf == 10), zeros[first]) + 1 + t.skipped
+    return {(row, at): int(line) for (row, at, _), line in zip(cells, lines, strict=True)}
 
 
 def _check_phones(t: _Table, column: str) -> None:
@@ -460,12 +595,11 @@ def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
     t.phone_column = names[phones[0]] if phones else None
     t.other_phones = [names[i] for i in phones[1:]]
     names = _canonical(names)
-    for name in sorted({n for n in names if names.count(n) > 1}):
+    for name in sorted(n for n, count in Counter(names).items() if count > 1):
         t.fail("column name appears more than once in the header", name)
     for name in REQUIRED:
         if t.header and name not in names:
-            found = ", ".join(repr(n) for n in names)
-            t.fail(f"required column {name!r} is missing (found: {found})", name)
+            t.fail(f"required column {name!r} is missing (found: {_names(names)})", name)
     frame = None if t.problems else _parse(t, names, has_header=True).frame
     if frame is None:
         return t
@@ -475,6 +609,11 @@ def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
     uid = t.frame["user_id"] = t.frame["user_id"].str.strip()
     blank = uid.eq("").fillna(True).to_numpy(dtype=bool)
     t.flag(blank, "user_id", "is empty (required)")
+    t.flag(
+        uid.str.len().gt(MAX_USER_ID).fillna(False),
+        "user_id",
+        f"is longer than {MAX_USER_ID} characters, the longest id the store keeps",
+    )
     # the header again, as when files were pasted together
     header = dict(zip(names, t.header, strict=True))
     again = (uid.eq(header["user_id"]) & t.frame["phone"].str.strip().eq(header["phone"])).fillna(
@@ -491,7 +630,7 @@ def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
             repeat,
             "user_id",
             [
-                f"{u!r} repeats row {r} (user_id must be unique)"
+                f"{_short(u)} repeats row {r} (user_id must be unique)"
                 for u, r in zip(uid[repeat], first_rows, strict=True)
             ],
         )
@@ -511,7 +650,7 @@ def _cross_file_repeats(tables: list[_Table]) -> None:
             hit,
             "user_id",
             [
-                f"{u!r} is already in {s} row {r}"
+                f"{_short(u)} is already in {s} row {r}"
                 for u, s, r in zip(uid[hit], origin["source"], origin["row"], strict=True)
             ],
         )
@@ -534,6 +673,14 @@ def read_users_csvs(paths: Sequence[str | Path], encoding: str = "auto") -> pd.D
     """Read users CSVs into one frame in file and row order (R5, R10), all or nothing."""
     if not paths:
         raise InputError("users CSV", [Problem(None, None, "no file given")])
+    # one import holds every file at once: the size limit is for them together
+    sizes = [os.stat(p).st_size if os.path.isfile(p) else 0 for p in paths]
+    if len(paths) > 1 and sum(sizes) > MAX_FILE:
+        together = (
+            f"the files are together {_size(sum(sizes))} ({sum(sizes):,} bytes); one import "
+            f"reads at most {_size(MAX_FILE)}: import them in several runs"
+        )
+        raise InputError(", ".join(map(str, paths)), [Problem(None, None, together)])
     tables = [_users_table(p, encoding, named=len(paths) > 1) for p in paths]
     if len(tables) > 1:
         _cross_file_repeats(tables)
