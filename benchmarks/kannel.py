@@ -90,10 +90,10 @@ class Timed:
     def __init__(self, inner: KannelGateway) -> None:
         self.inner, self.seconds = inner, 0.0
 
-    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def send(self, batch: pd.DataFrame, hand_off=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
         start = time.perf_counter()
         try:
-            return self.inner.send(batch)
+            return self.inner.send(batch, hand_off)
         finally:
             self.seconds += time.perf_counter() - start
 

@@ -38,70 +38,76 @@ def _as_owner(cmd: list[str]) -> list[str]:
     return cmd
 
 
+class PostgresServer:
+    """One throwaway server: ``start()`` (again after ``stop()``), ``stop(mode)``,
+    ``url`` (admin), ``close()`` removes it."""
+
+    def __init__(self) -> None:
+        bindir = pg_bin()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL binaries not found: apt-get install postgresql")
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="smsops-pg-"))
+        self.data, sock = self.root / "data", self.root / "sock"
+        sock.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(sock, "postgres")
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+        subprocess.run(
+            _as_owner(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        self.opts = (
+            f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            # a zone other than UTC: shows any naive-datetime mix-up in the store
+            "-c timezone=Asia/Tokyo"
+        )
+
+    def _ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run(
+            _as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), *args]),
+            check=check,
+            capture_output=True,
+        )
+
+    def start(self) -> PostgresServer:
+        self._ctl("-o", self.opts, "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode: str = "immediate") -> None:
+        """``immediate``: the server dies at once, as in a crash (no checkpoint)."""
+        self._ctl("-m", mode, "-w", "stop", check=False)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a server; yield an admin URL (``postgresql+psycopg://postgres@127.0.0.1:PORT``)."""
-    bindir = pg_bin()
-    if bindir is None:
-        raise RuntimeError("PostgreSQL binaries not found: apt-get install postgresql")
-    root = Path(tempfile.mkdtemp(prefix="smsops-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port = _free_port()
-    subprocess.run(
-        _as_owner(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    opts = (
-        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-        # a zone other than UTC: shows any naive-datetime mix-up in the store
-        "-c timezone=Asia/Tokyo"
-    )
-    subprocess.run(
-        _as_owner(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                opts,
-                "-l",
-                str(root / "server.log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
+    server = PostgresServer().start()
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+        yield server.url
     finally:
-        subprocess.run(
-            _as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        server.close()
 
 
 def create_database(admin_url: str, template: str | None = None) -> str:

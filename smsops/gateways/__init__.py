@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import pandas as pd
@@ -13,6 +14,16 @@ BATCH_COLUMNS = ["delivery_id", "seq", "message_no", "phone", "text", "idempoten
 RESULT_COLUMNS = ["idempotency_key", "status", "error", "gateway_ref"]  # status: sent | error
 
 
+# ``hand_off(upto, answered)``: a gateway calls it before it puts rows ``[0, upto)`` of a
+# batch on the wire, with the answers that came back since its last call as plain
+# ``(idempotency_key, status, error)`` rows (it runs every few messages: no frames). It
+# returns once both are durable, so after a crash only the rows handed off and not
+# answered are in doubt; it raises (a StateError) when the sender may no longer send —
+# then the gateway hands over nothing more and lets the error through.
+Answer = tuple[str, str, str | None]
+HandOff = Callable[[int, list[Answer]], None]
+
+
 class Gateway(Protocol):
     """Sends batches of messages. Each message carries an idempotency key
     (``smsops-<delivery>-<seq>-<message>``); a gateway that can must never send a key
@@ -20,9 +31,9 @@ class Gateway(Protocol):
 
     name: str
 
-    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Send every row of ``batch`` (BATCH_COLUMNS); answer one row per key
-        (RESULT_COLUMNS)."""
+    def send(self, batch: pd.DataFrame, hand_off: HandOff | None = None) -> pd.DataFrame:
+        """Send every row of ``batch`` (BATCH_COLUMNS) in order, calling ``hand_off``
+        before each group of rows goes out; answer one row per key (RESULT_COLUMNS)."""
         ...
 
     def accepted_keys(self, delivery_id: int) -> set[str] | None:

@@ -3,6 +3,12 @@
 For trying smsops out and for tests. Safe with several processes (an exclusive lock
 around each append) and after a crash (a torn last line is cut off when the file is next
 opened; :meth:`accepted_keys` tells a resuming dispatcher what was already written).
+Like a provider with idempotency keys (Stripe's model), it never writes a key twice: a
+message whose key another process already wrote gets that first result, so a sender that
+was frozen past its lease and wakes up cannot duplicate what its successor sent. A line
+counts only once it is wholly on disk: a short write or a full disk (``ENOSPC``, a
+file-size limit) cuts the group's partial lines off again and raises
+:class:`~smsops.errors.GatewayError`, so no message is recorded ``sent`` without its line.
 Under ``SMSOPS_RATE_LIMIT`` it keeps the cap as a real gateway would, so a rehearsal takes
 as long as the campaign will: lines are written as their turns come, a twentieth of a
 second's worth at a time.
@@ -10,16 +16,22 @@ second's worth at a time.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from smsops.errors import GatewayError
+from smsops.gateways import HandOff
 from smsops.gateways.pacing import shared_limiter
+
+_KEY = re.compile(rb'"idempotency_key":"([^"]+)"')
 
 
 class OutboxGateway:
@@ -32,21 +44,25 @@ class OutboxGateway:
         self._limiter = (
             shared_limiter(("outbox", str(self.path.resolve())), rate_limit) if rate_limit else None
         )
+        self._seen = 0  # bytes of the file this process has read or written
+        self._held: set[str] = set()  # keys found in the file (written by other processes)
 
     def __repr__(self) -> str:
         cap = f"{self._limiter.rate:g}/s" if self._limiter else "none"
         return f"OutboxGateway(path={str(self.path)!r}, rate_limit={cap})"
 
-    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
-        if self._limiter is None or batch.empty:
-            self._append(batch)
-        else:
-            step = max(1, math.ceil(self._limiter.rate / 20))
-            for start in range(0, len(batch), step):
-                group = batch.iloc[start : start + step]
+    def send(self, batch: pd.DataFrame, hand_off: HandOff | None = None) -> pd.DataFrame:
+        """Append each message as one line; under a rate cap, a twentieth of a second's
+        worth at a time, each group announced to ``hand_off`` before it is written."""
+        step = len(batch) if self._limiter is None else max(1, math.ceil(self._limiter.rate / 20))
+        for start in range(0, len(batch), max(step, 1)):
+            group = batch.iloc[start : start + step]
+            if hand_off is not None:  # the answers are in the result: nothing to report yet
+                hand_off(start + len(group), [])
+            if self._limiter is not None:
                 for _ in range(len(group)):
                     self._limiter.wait()
-                self._append(group)
+            self._append(group)
         return pd.DataFrame(
             {
                 "idempotency_key": batch["idempotency_key"].to_numpy(),
@@ -57,23 +73,48 @@ class OutboxGateway:
         )
 
     def _append(self, batch: pd.DataFrame) -> None:
-        accepted_at = datetime.now(UTC).isoformat()
-        lines = pd.DataFrame(
-            {
-                "delivery_id": batch["delivery_id"].astype("int64"),
-                "phone": batch["phone"].astype(str),
-                "message_no": batch["message_no"].astype("int64"),
-                "text": batch["text"].astype(str),
-                "idempotency_key": batch["idempotency_key"].astype(str),
-                "accepted_at": accepted_at,
-            }
-        ).to_json(orient="records", lines=True, force_ascii=False)
-        payload = lines.encode("utf-8")
-        if payload and not payload.endswith(b"\n"):
-            payload += b"\n"
         with self._locked():
-            os.write(self._fd, payload)
+            self._catch_up()
+            fresh = batch[~batch["idempotency_key"].astype(str).isin(self._held)]
+            if fresh.empty:
+                return
+            self._write(_lines(fresh))
+            self._seen = os.fstat(self._fd).st_size
+
+    def _catch_up(self) -> None:
+        """Learn the keys other processes wrote since this one last looked."""
+        size = os.fstat(self._fd).st_size
+        if size < self._seen:  # the file was cut back or replaced: read it all again
+            self._seen, self._held = 0, set()
+        while self._seen < size:
+            data = os.pread(self._fd, min(size - self._seen, 1 << 24), self._seen)
+            end = data.rfind(b"\n") + 1 if len(data) < size - self._seen else len(data)
+            self._held.update(k.decode() for k in _KEY.findall(data[:end]))
+            self._seen += end or len(data)
+
+    def _write(self, payload: bytes) -> None:
+        """All of ``payload`` on disk (written and fsynced), or none of it and one clear
+        GatewayError: a short write is continued, and a failed one cut back off."""
+        before = os.fstat(self._fd).st_size
+        view = memoryview(payload)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
             os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, before)
+                os.fsync(self._fd)
+            except OSError:
+                pass  # the next lock cuts a torn line off in any case
+            reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EFBIG) else exc
+            raise GatewayError(
+                f"outbox {self.path}: {reason} ({exc.strerror or exc}); the messages not "
+                "yet written stay pending: free space, then run `smsops dispatch-due`"
+            ) from None
 
     def accepted_keys(self, delivery_id: int) -> set[str]:
         with self._locked(), open(self.path, encoding="utf-8") as fh:
@@ -93,6 +134,22 @@ class OutboxGateway:
 
     def _locked(self) -> _Lock:
         return _Lock(self._fd)
+
+
+def _lines(batch: pd.DataFrame) -> bytes:
+    """One JSON line per message (the outbox line of DESIGN.md)."""
+    text = pd.DataFrame(
+        {
+            "delivery_id": batch["delivery_id"].astype("int64"),
+            "phone": batch["phone"].astype(str),
+            "message_no": batch["message_no"].astype("int64"),
+            "text": batch["text"].astype(str),
+            "idempotency_key": batch["idempotency_key"].astype(str),
+            "accepted_at": datetime.now(UTC).isoformat(),
+        }
+    ).to_json(orient="records", lines=True, force_ascii=False)
+    payload = text.encode("utf-8")
+    return payload if payload.endswith(b"\n") or not payload else payload + b"\n"
 
 
 class _Lock:

@@ -34,7 +34,7 @@ class Context:
 
     @cached_property
     def engine(self) -> Engine:
-        return store.connect(self.settings.database_url)
+        return store.connect(self.settings.database_url, self.settings.busy_timeout)
 
     def gateway(self) -> Gateway:
         return self.gateway_factory(self.settings)

@@ -251,7 +251,7 @@ def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: st
     if when is None:
         # This process sends it right away: register it as the delivery's dispatcher,
         # so that dispatch-due leaves it alone unless this process dies first.
-        register(conn, delivery_id, now)
+        register(conn, delivery_id)
     rows = list(
         zip(
             repeat(int(delivery_id), needed),

@@ -3,11 +3,20 @@ chunk by chunk through the gateway, record every result.
 
 Crash safety. Each process that sends (a *dispatcher*, ``host:pid:start``) registers
 itself with a heartbeat. It takes a chunk by marking its items ``sending`` with itself
-as owner (one statement; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), hands the chunk to
-the gateway, then records ``sent`` or ``error`` (refunded) in one transaction. A
-dispatcher that dies leaves ``sending`` items; whoever continues asks the gateway which
-of their idempotency keys it accepted, so nothing is sent twice and nothing is lost.
-Tickets are debited once, when the delivery is allocated.
+as owner (one statement; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL). Before the gateway
+puts a group of them on the wire it records how far it has got (``handed_seq``,
+``handed_message_no`` of its dispatcher row) together with the answers that came back so
+far, in one small transaction (the gateway's ``hand_off``). A dispatcher that dies leaves
+``sending`` items; whoever continues asks the gateway which of their idempotency keys it
+accepted — and when the gateway cannot tell (Kannel), only the items up to the dead one's
+mark are in doubt (``outcome_unknown``, never resent): a few in flight, never a chunk.
+The rest go out again. Tickets are debited once, when the delivery is allocated.
+
+Fencing. A dispatcher's lease is judged by the database's clock. Its heartbeat, each
+chunk it takes and each hand-off renew the lease only while it has not expired, and a
+successor that takes over a dead dispatcher's items deletes its row in the same
+transaction: a sender frozen past its lease (SIGSTOP, a VM pause, a clock jump) finds its
+claim gone when it wakes and hands over nothing more.
 
 Parallelism. Several dispatchers may work on one large delivery (``join=True``): each
 claims different chunks. ``dispatch-due`` never joins a delivery a live dispatcher is
@@ -17,10 +26,12 @@ sending; it only resumes abandoned ones.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import pandas as pd
@@ -28,15 +39,17 @@ from sqlalchemy import and_, func, or_, select, text, tuple_
 
 from smsops import clock
 from smsops.domain.tickets import SENT, allocate_plan
-from smsops.errors import NotFoundError, StateError
-from smsops.gateways import Gateway, idempotency_keys
+from smsops.errors import GatewayError, NotFoundError, SmsopsError, StateError
+from smsops.gateways import Answer, Gateway, HandOff, idempotency_keys
 from smsops.services.account import bulk_allowed, get_account, lock_balance
 from smsops.services.context import Context
 from smsops.services.deliveries import FINAL, Created, delivery_summary
-from smsops.services.liveness import live_dispatchers, process_id, register
+from smsops.services.liveness import db_now, live_dispatchers, process_id, register
 from smsops.store import read, write
-from smsops.store.bulk import execute_many, fetch_frame
+from smsops.store.bulk import execute_many, execute_one, fetch_frame
 from smsops.store.schema import deliveries, dispatchers, items, ledger, optouts
+
+log = logging.getLogger(__name__)
 
 # The gateway may or may not have sent it: never resent, its ticket stays spent.
 UNKNOWN = "outcome_unknown"
@@ -182,14 +195,37 @@ def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
 
     First settles items that this dispatcher (a failed attempt, e.g. a retried task) or a
     dead one handed to the gateway without recording the outcome, so a retry never sends
-    a message twice.
+    a message twice. A gateway that fails as a whole (a full disk) or a claim lost to a
+    successor stops the send: what was not handed over stays pending for dispatch-due.
     """
     _reconcile(ctx, gateway, session.delivery_id, session.owner)
     chunk = _take_chunk(ctx, session)
     if chunk.empty:
         return 0
-    _send(ctx, gateway, session, chunk)
+    try:
+        _send(ctx, gateway, session, chunk)
+    except GatewayError:
+        _let_go(ctx, gateway, session)
+        raise
+    except StateError:  # the claim passed to another dispatcher: its items are not ours
+        _unregister(ctx, session)
+        raise
     return len(chunk)
+
+
+def _let_go(ctx: Context, gateway: Gateway, session: Session) -> None:
+    """After the gateway failed as a whole: settle what it took (when it can tell), put
+    the rest back, and leave the delivery so that dispatch-due resumes it at once."""
+    try:
+        _reconcile(ctx, gateway, session.delivery_id, session.owner, own=True)
+        _unregister(ctx, session)
+    except SmsopsError as exc:  # the store is gone too: the next resume settles it all
+        log.warning("could not let go of delivery %s: %s", session.delivery_id, exc)
+
+
+def _unregister(ctx: Context, session: Session) -> None:
+    with write(ctx.engine) as conn:
+        conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
 
 
 def finish(ctx: Context, session: Session) -> DispatchResult:
@@ -226,7 +262,7 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
         if others and not join:
             raise StateError(f"delivery {delivery_id} is being sent by {others[0]}")
         resumed = row.status == "sending" and not others
-        register(conn, delivery_id, now)
+        register(conn, delivery_id)
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == delivery_id)
@@ -236,13 +272,49 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
 
 
 def _heartbeat(ctx: Context, session: Session, stop: threading.Event) -> None:
+    """Renew the lease a quarter of it at a time. A failed renewal (the database is
+    away for a moment) is tried again at the next beat; a lease that has expired is never
+    renewed — it may already be another's — so the hand-offs find it gone and stop."""
     while not stop.wait(ctx.settings.lease_seconds / 4):
-        with write(ctx.engine) as conn:
-            conn.execute(
-                dispatchers.update()
-                .where(dispatchers.c.owner == session.owner)
-                .values(heartbeat_at=clock.now())
-            )
+        try:
+            if not _renew(ctx, session):
+                return
+        except SmsopsError as exc:
+            log.warning("heartbeat of %s failed, trying again: %s", session.owner, exc)
+
+
+def _renew(ctx: Context, session: Session) -> bool:
+    """Extend this dispatcher's lease if it has not expired, by the database's clock;
+    False when it has (or the row is gone: fenced)."""
+    with write(ctx.engine) as conn:
+        return _renew_in(conn, ctx, session)
+
+
+def _renew_in(
+    conn: Any, ctx: Context, session: Session, *, marks: tuple[int, int] | bool | None = False
+) -> bool:
+    """:func:`_renew` inside a transaction; ``marks``: the hand-off mark to record (None
+    clears it, False leaves it). Plain SQL: it runs every few messages."""
+    now = db_now(conn)
+    expired = now - timedelta(seconds=ctx.settings.lease_seconds)
+    where = (session.owner, session.delivery_id, expired)
+    condition = " WHERE owner = ? AND delivery_id = ? AND heartbeat_at > ?"
+    row: tuple[object, ...]
+    if marks is False:
+        sql, row = "UPDATE dispatchers SET heartbeat_at = ?", (now, *where)
+    else:
+        seq, number = marks if isinstance(marks, tuple) else (None, None)
+        sql = "UPDATE dispatchers SET heartbeat_at = ?, handed_seq = ?, handed_message_no = ?"
+        row = (now, seq, number, *where)
+    return execute_one(conn, sql + condition, row) == 1
+
+
+def _lost(session: Session) -> StateError:
+    return StateError(
+        f"dispatcher {session.owner} lost its claim on delivery {session.delivery_id} "
+        "(its lease passed, e.g. the process was paused): it stopped sending; "
+        "`smsops dispatch-due` finishes the delivery"
+    )
 
 
 def _pending(delivery_id: int) -> Any:
@@ -314,11 +386,15 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
         )
 
 
-def _reconcile(ctx: Context, gateway: Gateway, delivery_id: int, me: str) -> None:
+def _reconcile(
+    ctx: Context, gateway: Gateway, delivery_id: int, me: str, *, own: bool = False
+) -> None:
     """Settle items handed to the gateway whose outcome was not recorded — ours from a
-    failed attempt, or a dead dispatcher's: sent if the gateway has their key, else
-    pending again; if the gateway cannot tell, ``outcome_unknown`` errors rather than
-    risk a second send."""
+    failed attempt (``own``: only ours), or a dead dispatcher's: sent if the gateway has
+    their key, else pending again. When the gateway cannot tell, the items up to the
+    owner's hand-off mark are ``outcome_unknown`` errors rather than risk a second send,
+    and the rest (never handed over) are pending. A dead dispatcher's row is deleted in
+    the same transaction: if it wakes up, it finds its claim gone (fencing)."""
     lease = ctx.settings.lease_seconds
     with read(ctx.engine) as conn:
         rows = conn.execute(
@@ -329,30 +405,65 @@ def _reconcile(ctx: Context, gateway: Gateway, delivery_id: int, me: str) -> Non
         if not rows:
             return
         live = set(live_dispatchers(conn, delivery_id, lease)) - {me}
-    stale = [(r.seq, r.message_no) for r in rows if r.owner not in live]
-    if not stale:
-        return
+        stale_owners = {r.owner for r in rows if r.owner not in live and (r.owner == me or not own)}
+        if not stale_owners:
+            return
+        marks = {
+            m.owner: m
+            for m in conn.execute(
+                select(
+                    dispatchers.c.owner,
+                    dispatchers.c.heartbeat_at,
+                    dispatchers.c.handed_seq,
+                    dispatchers.c.handed_message_no,
+                ).where(dispatchers.c.owner.in_(stale_owners))
+            )
+        }
+    stale = pd.DataFrame(
+        [(r.seq, r.message_no, r.owner) for r in rows if r.owner in stale_owners],
+        columns=["seq", "message_no", "owner"],
+    )
     accepted = gateway.accepted_keys(delivery_id)
-    frame = pd.DataFrame(stale, columns=["seq", "message_no"])
-    keys = idempotency_keys(delivery_id, frame["seq"], frame["message_no"])
-    now = clock.now()
-    done: list[tuple[str, str | None, object, int, int, int]]
     if accepted is None:
-        done = [("error", UNKNOWN, now, delivery_id, s, m) for s, m in stale]
+        handed = [_handed(marks.get(o), s, m) for s, m, o in stale.itertuples(index=False)]
+        stale["status"] = ["error" if h else "pending" for h in handed]
+        stale["error"] = [UNKNOWN if h else None for h in handed]
     else:
-        hit = keys.isin(accepted).to_numpy()
-        done = [
-            ("sent" if h else "pending", None, now if h else None, delivery_id, s, m)
-            for h, (s, m) in zip(hit, stale, strict=True)
-        ]
+        keys = idempotency_keys(delivery_id, stale["seq"], stale["message_no"])
+        stale["status"] = ["sent" if hit else "pending" for hit in keys.isin(accepted)]
+        stale["error"] = None
+    now = clock.now()
     with write(ctx.engine) as conn:
+        for owner, mark in marks.items():
+            if owner == me:
+                continue
+            gone = conn.execute(  # fence the dead one, unless it renewed since we looked
+                dispatchers.delete().where(
+                    dispatchers.c.owner == owner, dispatchers.c.heartbeat_at == mark.heartbeat_at
+                )
+            ).rowcount
+            if not gone:
+                stale = stale[stale["owner"] != owner]  # alive after all: its items are its own
         execute_many(
             conn,
             "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, "
             "owner = NULL WHERE delivery_id = ? AND seq = ? AND message_no = ? "
-            "AND status = 'sending'",
-            done,
+            "AND status = 'sending' AND owner = ?",
+            [
+                (st, err, now if st != "pending" else None, delivery_id, int(sq), int(m), o)
+                for sq, m, o, st, err in stale.itertuples(index=False)
+            ],
         )
+
+
+def _handed(mark: Any, seq: int, message_no: int) -> bool:
+    """Was this item (perhaps) put on the wire by the dispatcher whose row is ``mark``?
+    Without a row (an older smsops, or deleted) it may have been."""
+    if mark is None:
+        return True
+    if mark.handed_seq is None:
+        return False
+    return (seq, message_no) <= (mark.handed_seq, mark.handed_message_no)
 
 
 def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
@@ -360,13 +471,9 @@ def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
     statement; concurrent dispatchers skip each other's rows) and return them."""
     d, me = session.delivery_id, session.owner
     with write(ctx.engine) as conn:
-        owner = conn.execute(
-            select(dispatchers.c.owner).where(
-                dispatchers.c.owner == me, dispatchers.c.delivery_id == d
-            )
-        ).scalar()
-        if owner is None:
-            raise StateError(f"dispatcher {me} is no longer registered on delivery {d}")
+        # the claim still holds (renewed, and nothing of the new chunk handed over yet)
+        if not _renew_in(conn, ctx, session, marks=None):
+            raise _lost(session)
         if conn.dialect.name == "postgresql":
             # The queue idiom: lock the next rows, skipping other workers' ones, and
             # update them by physical address (a TID scan, not a join over the delivery).
@@ -402,9 +509,6 @@ def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
             .order_by(items.c.seq, items.c.message_no),
             ["seq", "message_no", "phone"],
         )
-        conn.execute(
-            dispatchers.update().where(dispatchers.c.owner == me).values(heartbeat_at=clock.now())
-        )
     return chunk
 
 
@@ -432,55 +536,128 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
             "idempotency_key": idempotency_keys(d, chunk["seq"], chunk["message_no"]),
         }
     )
-    results = gateway.send(batch)
-    _record(ctx, session, batch, results)
-
-
-def _record(ctx: Context, session: Session, batch: pd.DataFrame, results: pd.DataFrame) -> None:
-    """One transaction: errors (refunded) first, then the rest of our chunk is sent."""
-    d = session.delivery_id
-    merged = batch.merge(results, on="idempotency_key", how="left")
-    failed = merged[merged["status"] != "sent"]
-    now = clock.now()
+    pairs = list(zip(batch["seq"].astype(int), batch["message_no"].astype(int), strict=True))
+    where = dict(zip(batch["idempotency_key"].astype(str), pairs, strict=True))
+    settled: set[str] = set()
+    results = gateway.send(batch, _hand_off(ctx, session, pairs, where, settled))
+    failed = results[(results["status"] != "sent") & ~results["idempotency_key"].isin(settled)]
+    answers = list(
+        zip(
+            failed["idempotency_key"].tolist(),
+            failed["status"].tolist(),
+            [e if isinstance(e, str) else None for e in failed["error"].tolist()],
+            strict=True,
+        )
+    )
     with write(ctx.engine) as conn:
-        if len(failed):
-            execute_many(
-                conn,
-                "UPDATE delivery_items SET status = 'error', error = ?, sent_at = ?, "
-                "owner = NULL WHERE delivery_id = ? AND seq = ? AND message_no = ?",
-                list(
-                    zip(
-                        failed["error"].fillna("gateway_error").astype(str),
-                        [now] * len(failed),
-                        [d] * len(failed),
-                        failed["seq"].astype(int),
-                        failed["message_no"].astype(int),
-                        strict=True,
-                    )
-                ),
-            )
-            # A lost answer (outcome_unknown) may have gone out: its ticket stays spent,
-            # as in _reconcile; everything the gateway refused is refunded.
-            refunded = int((failed["error"] != UNKNOWN).sum())
-            if refunded:
-                conn.execute(
-                    ledger.insert().values(
-                        at=now,
-                        kind="refund",
-                        amount=refunded,
-                        delivery_id=d,
-                        note="messages the gateway did not accept",
-                    )
-                )
-        conn.execute(
+        claimed = _renew_in(conn, ctx, session)
+        _settle(conn, session, _located(answers, where), claimed=claimed)
+        conn.execute(  # every other item of ours in the chunk was sent
             items.update()
             .where(
                 items.c.delivery_id == d,
                 items.c.status == "sending",
                 items.c.owner == session.owner,
             )
-            .values(status="sent", sent_at=now, owner=None)
+            .values(status="sent", sent_at=clock.now(), owner=None)
         )
+        _finish_chunk(conn, session)
+
+
+Located = tuple[int, int, str, str | None]  # seq, message_no, status, error
+
+
+def _located(answers: list[Answer], where: dict[str, tuple[int, int]]) -> list[Located]:
+    """The gateway's answers by item, with a failure's reason never empty."""
+    return [
+        (*where[key], status, None if status == "sent" else (error or "gateway_error"))
+        for key, status, error in answers
+    ]
+
+
+def _hand_off(
+    ctx: Context,
+    session: Session,
+    pairs: list[tuple[int, int]],
+    where: dict[str, tuple[int, int]],
+    settled: set[str],
+) -> HandOff:
+    """What the gateway calls before each group goes on the wire: in one transaction,
+    check that the claim still holds, move this dispatcher's hand-off mark to the last
+    row of the group, and record the answers received so far. Kept lean: it runs every
+    few messages."""
+
+    def hand_off(upto: int, answered: list[Answer]) -> None:
+        seq, message_no = pairs[upto - 1]
+        with write(ctx.engine) as conn:
+            if not _renew_in(conn, ctx, session, marks=(seq, message_no)):
+                raise _lost(session)
+            if answered:
+                _settle(conn, session, _located(answered, where), claimed=True)
+        settled.update(key for key, _, _ in answered)
+
+    return hand_off
+
+
+def _settle(conn: Any, session: Session, answers: list[Located], *, claimed: bool) -> None:
+    """Record the gateway's answers for those of our items still ``sending`` (a successor
+    that took them over has settled them already): sends, and errors — refunded, except an
+    outcome_unknown, which may have gone out. ``claimed``: this transaction renewed our
+    lease, so no successor has taken anything of ours (taking over deletes our row)."""
+    if not answers:
+        return
+    d, now = session.delivery_id, clock.now()
+    if claimed:
+        done = answers
+    else:
+        mine = _still_mine(conn, session, [(s, m) for s, m, _, _ in answers])
+        done = [a for a in answers if (a[0], a[1]) in mine]
+    execute_many(
+        conn,
+        "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, owner = NULL "
+        "WHERE delivery_id = ? AND seq = ? AND message_no = ?",
+        [(st, err, now, d, s, m) for s, m, st, err in done],
+    )
+    refunded = sum(st != "sent" and err != UNKNOWN for _, _, st, err in done)
+    if refunded:
+        conn.execute(
+            ledger.insert().values(
+                at=now,
+                kind="refund",
+                amount=refunded,
+                delivery_id=d,
+                note="messages the gateway did not accept",
+            )
+        )
+
+
+def _still_mine(conn: Any, session: Session, pairs: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which of ``pairs`` (seq, message_no) are items of ours still ``sending``, locked."""
+    found: set[tuple[int, int]] = set()
+    for start in range(0, len(pairs), 500):
+        found.update(
+            (r.seq, r.message_no)
+            for r in conn.execute(
+                select(items.c.seq, items.c.message_no)
+                .where(
+                    items.c.delivery_id == session.delivery_id,
+                    items.c.status == "sending",
+                    items.c.owner == session.owner,
+                    tuple_(items.c.seq, items.c.message_no).in_(pairs[start : start + 500]),
+                )
+                .with_for_update()
+            )
+        )
+    return found
+
+
+def _finish_chunk(conn: Any, session: Session) -> None:
+    """The chunk is settled: nothing of ours is on the wire any more."""
+    conn.execute(
+        dispatchers.update()
+        .where(dispatchers.c.owner == session.owner)
+        .values(handed_seq=None, handed_message_no=None)
+    )
 
 
 def _finish(ctx: Context, session: Session) -> str:

@@ -7,7 +7,7 @@ import socket
 from datetime import datetime, timedelta
 from functools import cache
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from smsops import clock
 from smsops.store.schema import dispatchers
@@ -24,7 +24,16 @@ def process_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{start}"
 
 
-def _alive(owner: str | None, heartbeat: datetime | None, lease: float) -> bool:
+def db_now(conn: Connection) -> datetime:
+    """The database's clock: leases are judged by one clock for every host (PostgreSQL's;
+    an SQLite file has no server, and every process using it runs on its host)."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(select(func.clock_timestamp())).scalar_one()
+        return clock.from_store(value) or clock.now()
+    return clock.now()
+
+
+def _alive(owner: str | None, heartbeat: datetime | None, lease: float, now: datetime) -> bool:
     """Is this dispatcher still at work? Its heartbeat must be younger than the lease (a
     process that stopped sending but lives on, say a notebook kernel, lets go), and on
     this host the kernel must also know the process (not a zombie): a killed dispatcher is
@@ -32,7 +41,7 @@ def _alive(owner: str | None, heartbeat: datetime | None, lease: float) -> bool:
     if not owner:
         return False
     beat = clock.from_store(heartbeat)
-    if beat is None or clock.now() - beat >= timedelta(seconds=lease):
+    if beat is None or now - beat >= timedelta(seconds=lease):
         return False
     host, pid, start = [*owner.split(":"), "", "", ""][:3]
     if host != socket.gethostname():
@@ -51,11 +60,14 @@ def live_dispatchers(conn: Connection, delivery_id: int, lease: float) -> list[s
             dispatchers.c.delivery_id == delivery_id
         )
     ).all()
-    return [r.owner for r in rows if _alive(r.owner, r.heartbeat_at, lease)]
+    now = db_now(conn)
+    return [r.owner for r in rows if _alive(r.owner, r.heartbeat_at, lease, now)]
 
 
-def register(conn: Connection, delivery_id: int, now: datetime) -> None:
+def register(conn: Connection, delivery_id: int) -> None:
     """Record this process as working on ``delivery_id`` (one delivery at a time)."""
     me = process_id()
     conn.execute(dispatchers.delete().where(dispatchers.c.owner == me))
-    conn.execute(dispatchers.insert().values(owner=me, delivery_id=delivery_id, heartbeat_at=now))
+    conn.execute(
+        dispatchers.insert().values(owner=me, delivery_id=delivery_id, heartbeat_at=db_now(conn))
+    )

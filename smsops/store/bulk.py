@@ -48,6 +48,16 @@ def execute_many(conn: Connection, sql_qmark: str, rows: Sequence[tuple]) -> Non
     conn.exec_driver_sql(sql, list(rows) if not isinstance(rows, list) else rows)
 
 
+def execute_one(conn: Connection, sql_qmark: str, row: tuple) -> int:
+    """Execute one statement written with ``?`` placeholders on any driver, bypassing
+    SQLAlchemy's statement machinery (for the few small statements run many times a
+    second); return the number of rows it changed."""
+    if conn.dialect.name == "sqlite":
+        row = _naive_datetimes([row])[0]
+    sql = sql_qmark if conn.dialect.paramstyle == "qmark" else sql_qmark.replace("?", "%s")
+    return int(conn.exec_driver_sql(sql, row).rowcount)
+
+
 def _naive_datetimes(rows: Sequence[tuple]) -> Sequence[tuple]:
     """Aware datetimes as the naive UTC text SQLAlchemy writes to SQLite. Only the columns
     that hold datetimes (seen in the first row) are touched, and each distinct value is

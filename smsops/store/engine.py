@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from smsops.clock import now
 from smsops.errors import SmsopsError
@@ -20,14 +20,15 @@ class StoreError(SmsopsError):
     code = "store"
 
 
-def connect(url: str) -> Engine:
-    """Open (and create or migrate) the store at ``url``."""
+def connect(url: str, busy_timeout: float = 60.0) -> Engine:
+    """Open (and create or migrate) the store at ``url``. On SQLite, a writer waits up to
+    ``busy_timeout`` seconds for another process's write lock, then gives up."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise StoreError(f"SMSOPS_DATABASE_URL {url!r} is not a database URL") from None
     if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite(url, parsed.database)
+        engine = _sqlite(url, parsed.database, busy_timeout)
     else:
         engine = create_engine(url, pool_pre_ping=True)
     try:
@@ -36,16 +37,15 @@ def connect(url: str) -> Engine:
             ensure_account(conn, now())
     except RuntimeError as exc:  # a schema this smsops cannot handle
         raise StoreError(str(exc)) from None
-    except OperationalError as exc:
-        where = parsed.render_as_string()  # hides the password
-        raise StoreError(f"cannot open the database {where}: {exc.orig}") from None
+    except StoreUnavailable as exc:
+        raise StoreError(f"cannot open the database: {exc.message}") from None
     return engine
 
 
-def _sqlite(url: str, database: str | None) -> Engine:
+def _sqlite(url: str, database: str | None, busy_timeout: float) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
+    engine = create_engine(url, connect_args={"timeout": busy_timeout})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -55,7 +55,7 @@ def _sqlite(url: str, database: str | None) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -74,12 +74,39 @@ def _sqlite(url: str, database: str | None) -> Engine:
 @contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
     """One writing transaction: committed on success, rolled back on any error."""
-    with engine.begin() as conn:
+    with unavailable_as_store_error(engine), engine.begin() as conn:
         yield conn
 
 
 @contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     """One reading transaction (a consistent snapshot; takes no write lock)."""
-    with engine.connect().execution_options(smsops_read=True) as conn, conn.begin():
+    with (
+        unavailable_as_store_error(engine),
+        engine.connect().execution_options(smsops_read=True) as conn,
+        conn.begin(),
+    ):
         yield conn
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or is locked past the busy timeout: nothing of the
+    transaction was recorded, and the work can be resumed once it is back."""
+
+
+@contextmanager
+def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
+    """Translate a lost or locked database into one clear :class:`StoreUnavailable` at the
+    store's boundary (as httpx's ``map_exceptions`` does for its transports)."""
+    try:
+        yield
+    except OperationalError as exc:
+        where = engine.url.render_as_string()  # hides the password
+        orig = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        what = "is locked by another process" if "locked" in orig else "is unavailable"
+        raise StoreUnavailable(f"the database {where} {what}: {orig}") from None
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        where = engine.url.render_as_string()
+        raise StoreUnavailable(f"lost the connection to the database {where}") from None

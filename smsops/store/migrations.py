@@ -179,12 +179,20 @@ def _v5_optouts_read_as_r3(conn: Connection) -> None:
             known.add(new)
 
 
+def _v6_hand_off_marks(conn: Connection) -> None:
+    """Version 6: each dispatcher records how far into its chunk it has handed messages
+    to the gateway, so a crash leaves only those in doubt, never the whole chunk."""
+    conn.execute(text("ALTER TABLE dispatchers ADD COLUMN handed_seq INTEGER"))
+    conn.execute(text("ALTER TABLE dispatchers ADD COLUMN handed_message_no INTEGER"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
     _v3_parallel_dispatch,
     _v4_no_delivery_claims,
     _v5_optouts_read_as_r3,
+    _v6_hand_off_marks,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -112,6 +112,10 @@ dispatchers = Table(
     Column("owner", String(128), primary_key=True),  # host:pid:start
     Column("delivery_id", Integer, ForeignKey("deliveries.id"), nullable=False),
     Column("heartbeat_at", DateTime, nullable=False),
+    # the last (seq, message_no) of its current chunk it may have put on the wire: after
+    # a crash, its items up to here are in doubt, the rest were never handed over
+    Column("handed_seq", Integer),
+    Column("handed_message_no", Integer),
     Index("ix_dispatchers_delivery", "delivery_id"),
 )
 

@@ -129,8 +129,8 @@ class AcceptThenTimeout(OutboxGateway):
 
     failed = False
 
-    def send(self, batch):
-        result = super().send(batch)
+    def send(self, batch, hand_off=None):
+        result = super().send(batch, hand_off)
         if not AcceptThenTimeout.failed:
             AcceptThenTimeout.failed = True
             raise TimeoutError("gateway answer lost")

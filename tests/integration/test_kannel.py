@@ -283,8 +283,8 @@ class KillsKannelAfterFirstChunk:
     def __init__(self, inner: KannelGateway, kannel: Kannel) -> None:
         self.inner, self.kannel, self.calls = inner, kannel, 0
 
-    def send(self, batch: pd.DataFrame) -> pd.DataFrame:
-        results = self.inner.send(batch)
+    def send(self, batch: pd.DataFrame, hand_off=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        results = self.inner.send(batch, hand_off)
         self.calls += 1
         if self.calls == 1:
             self.kannel.wait_received(len(batch))
