@@ -4,13 +4,15 @@ chunk by chunk through the gateway, record every result.
 Crash safety. Each process that sends (a *dispatcher*, ``host:pid:start``) registers
 itself with a heartbeat. It takes a chunk by marking its items ``sending`` with itself
 as owner (one statement; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL). Before the gateway
-puts a group of them on the wire it records how far it has got (``handed_seq``,
-``handed_message_no`` of its dispatcher row) together with the answers that came back so
-far, in one small transaction (the gateway's ``hand_off``). A dispatcher that dies leaves
-``sending`` items; whoever continues asks the gateway which of their idempotency keys it
-accepted — and when the gateway cannot tell (Kannel), only the items up to the dead one's
-mark are in doubt (``outcome_unknown``, never resent): a few in flight, never a chunk.
-The rest go out again. Tickets are debited once, when the delivery is allocated.
+puts a group of them on the wire, one small transaction (the gateway's ``hand_off``)
+moves two marks on the dispatcher's row: *handed*, the last item that may be on the wire,
+and *answered*, the end of the run of items whose answers have all come back; failures
+and answers out of order are recorded on their items then. At the end of the chunk the
+rest of its items are marked sent in one statement. Whoever resumes a dead dispatcher
+asks the gateway which idempotency keys it accepted; when it cannot tell (Kannel), items
+up to *answered* were sent, items after *handed* never left (pending again), and only
+those between — the few in flight — are ``outcome_unknown`` (ticket spent, never resent).
+Tickets are debited once, when the delivery is allocated.
 
 Fencing. A dispatcher's lease is judged by the database's clock. Its heartbeat, each
 chunk it takes and each hand-off renew the lease only while it has not expired, and a
@@ -290,11 +292,14 @@ def _renew(ctx: Context, session: Session) -> bool:
         return _renew_in(conn, ctx, session)
 
 
+Mark = tuple[int, int] | None  # (seq, message_no) in the current chunk, or none yet
+
+
 def _renew_in(
-    conn: Any, ctx: Context, session: Session, *, marks: tuple[int, int] | bool | None = False
+    conn: Any, ctx: Context, session: Session, *, marks: tuple[Mark, Mark] | bool = False
 ) -> bool:
-    """:func:`_renew` inside a transaction; ``marks``: the hand-off mark to record (None
-    clears it, False leaves it). Plain SQL: it runs every few messages."""
+    """:func:`_renew` inside a transaction; ``marks``: the (handed, answered) marks to
+    record (True clears them, False leaves them). Plain SQL: it runs every few messages."""
     now = db_now(conn)
     expired = now - timedelta(seconds=ctx.settings.lease_seconds)
     where = (session.owner, session.delivery_id, expired)
@@ -303,9 +308,12 @@ def _renew_in(
     if marks is False:
         sql, row = "UPDATE dispatchers SET heartbeat_at = ?", (now, *where)
     else:
-        seq, number = marks if isinstance(marks, tuple) else (None, None)
-        sql = "UPDATE dispatchers SET heartbeat_at = ?, handed_seq = ?, handed_message_no = ?"
-        row = (now, seq, number, *where)
+        handed, answered = marks if isinstance(marks, tuple) else (None, None)
+        sql = (
+            "UPDATE dispatchers SET heartbeat_at = ?, handed_seq = ?, handed_message_no = ?, "
+            "answered_seq = ?, answered_message_no = ?"
+        )
+        row = (now, *(handed or (None, None)), *(answered or (None, None)), *where)
     return execute_one(conn, sql + condition, row) == 1
 
 
@@ -416,6 +424,8 @@ def _reconcile(
                     dispatchers.c.heartbeat_at,
                     dispatchers.c.handed_seq,
                     dispatchers.c.handed_message_no,
+                    dispatchers.c.answered_seq,
+                    dispatchers.c.answered_message_no,
                 ).where(dispatchers.c.owner.in_(stale_owners))
             )
         }
@@ -425,9 +435,9 @@ def _reconcile(
     )
     accepted = gateway.accepted_keys(delivery_id)
     if accepted is None:
-        handed = [_handed(marks.get(o), s, m) for s, m, o in stale.itertuples(index=False)]
-        stale["status"] = ["error" if h else "pending" for h in handed]
-        stale["error"] = [UNKNOWN if h else None for h in handed]
+        fates = [_fate(marks.get(o), s, m) for s, m, o in stale.itertuples(index=False)]
+        stale["status"] = ["error" if f == UNKNOWN else f for f in fates]
+        stale["error"] = [UNKNOWN if f == UNKNOWN else None for f in fates]
     else:
         keys = idempotency_keys(delivery_id, stale["seq"], stale["message_no"])
         stale["status"] = ["sent" if hit else "pending" for hit in keys.isin(accepted)]
@@ -456,14 +466,19 @@ def _reconcile(
         )
 
 
-def _handed(mark: Any, seq: int, message_no: int) -> bool:
-    """Was this item (perhaps) put on the wire by the dispatcher whose row is ``mark``?
-    Without a row (an older smsops, or deleted) it may have been."""
+def _fate(mark: Any, seq: int, message_no: int) -> str:
+    """What became of an item left ``sending`` by the dispatcher whose row is ``mark``,
+    when the gateway cannot tell: ``sent`` (its answer came back: at or before the
+    answered mark), ``pending`` (never handed over: after the handed mark), else
+    ``outcome_unknown``. Without a row (an older smsops, or deleted) it may have gone."""
     if mark is None:
-        return True
-    if mark.handed_seq is None:
-        return False
-    return (seq, message_no) <= (mark.handed_seq, mark.handed_message_no)
+        return UNKNOWN
+    item = (seq, message_no)
+    if mark.answered_seq is not None and item <= (mark.answered_seq, mark.answered_message_no):
+        return "sent"
+    if mark.handed_seq is None or item > (mark.handed_seq, mark.handed_message_no):
+        return "pending"
+    return UNKNOWN
 
 
 def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
@@ -472,7 +487,7 @@ def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
     d, me = session.delivery_id, session.owner
     with write(ctx.engine) as conn:
         # the claim still holds (renewed, and nothing of the new chunk handed over yet)
-        if not _renew_in(conn, ctx, session, marks=None):
+        if not _renew_in(conn, ctx, session, marks=True):
             raise _lost(session)
         if conn.dialect.name == "postgresql":
             # The queue idiom: lock the next rows, skipping other workers' ones, and
@@ -538,9 +553,9 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
     )
     pairs = list(zip(batch["seq"].astype(int), batch["message_no"].astype(int), strict=True))
     where = dict(zip(batch["idempotency_key"].astype(str), pairs, strict=True))
-    settled: set[str] = set()
-    results = gateway.send(batch, _hand_off(ctx, session, pairs, where, settled))
-    failed = results[(results["status"] != "sent") & ~results["idempotency_key"].isin(settled)]
+    recorded: set[str] = set()  # answers the hand-offs recorded one by one already
+    results = gateway.send(batch, _hand_off(ctx, session, pairs, where, recorded))
+    failed = results[(results["status"] != "sent") & ~results["idempotency_key"].isin(recorded)]
     answers = list(
         zip(
             failed["idempotency_key"].tolist(),
@@ -580,21 +595,34 @@ def _hand_off(
     session: Session,
     pairs: list[tuple[int, int]],
     where: dict[str, tuple[int, int]],
-    settled: set[str],
+    recorded: set[str],
 ) -> HandOff:
-    """What the gateway calls before each group goes on the wire: in one transaction,
-    check that the claim still holds, move this dispatcher's hand-off mark to the last
-    row of the group, and record the answers received so far. Kept lean: it runs every
-    few messages."""
+    """What the gateway calls before each group goes on the wire. One small transaction
+    (it runs every few messages): check the claim still holds, move the *handed* mark to
+    the last item of the group and the *answered* mark to the end of the run of items
+    whose answers have all come back, and record the answers that do not extend that run
+    one by one — failures, and answers that came back out of order (a few: the requests
+    in flight). So only the items in flight or about to go are ever in doubt, and most
+    items are written once more only, at the end of the chunk (those of ours still
+    ``sending`` were sent)."""
+    position = {key: i for i, key in enumerate(where)}
+    back = bytearray(len(pairs))  # 1: its answer came back
+    run = 0  # items 0..run-1 all answered
 
     def hand_off(upto: int, answered: list[Answer]) -> None:
-        seq, message_no = pairs[upto - 1]
+        nonlocal run
+        for answer in answered:
+            back[position[answer[0]]] = 1
+        while run < len(back) and back[run]:
+            run += 1
+        one_by_one = [a for a in answered if a[1] != "sent" or position[a[0]] >= run]
+        marks = (pairs[upto - 1], pairs[run - 1] if run else None)
         with write(ctx.engine) as conn:
-            if not _renew_in(conn, ctx, session, marks=(seq, message_no)):
+            if not _renew_in(conn, ctx, session, marks=marks):
                 raise _lost(session)
-            if answered:
-                _settle(conn, session, _located(answered, where), claimed=True)
-        settled.update(key for key, _, _ in answered)
+            if one_by_one:
+                _settle(conn, session, _located(one_by_one, where), claimed=True)
+        recorded.update(key for key, _, _ in one_by_one)
 
     return hand_off
 
@@ -656,7 +684,9 @@ def _finish_chunk(conn: Any, session: Session) -> None:
     conn.execute(
         dispatchers.update()
         .where(dispatchers.c.owner == session.owner)
-        .values(handed_seq=None, handed_message_no=None)
+        .values(
+            handed_seq=None, handed_message_no=None, answered_seq=None, answered_message_no=None
+        )
     )
 
 

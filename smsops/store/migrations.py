@@ -181,9 +181,10 @@ def _v5_optouts_read_as_r3(conn: Connection) -> None:
 
 def _v6_hand_off_marks(conn: Connection) -> None:
     """Version 6: each dispatcher records how far into its chunk it has handed messages
-    to the gateway, so a crash leaves only those in doubt, never the whole chunk."""
-    conn.execute(text("ALTER TABLE dispatchers ADD COLUMN handed_seq INTEGER"))
-    conn.execute(text("ALTER TABLE dispatchers ADD COLUMN handed_message_no INTEGER"))
+    to the gateway, and up to where every answer has come back, so a crash leaves only
+    the messages between the two in doubt, never the whole chunk."""
+    for column in ("handed_seq", "handed_message_no", "answered_seq", "answered_message_no"):
+        conn.execute(text(f"ALTER TABLE dispatchers ADD COLUMN {column} INTEGER"))
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [

@@ -112,10 +112,14 @@ dispatchers = Table(
     Column("owner", String(128), primary_key=True),  # host:pid:start
     Column("delivery_id", Integer, ForeignKey("deliveries.id"), nullable=False),
     Column("heartbeat_at", DateTime, nullable=False),
-    # the last (seq, message_no) of its current chunk it may have put on the wire: after
-    # a crash, its items up to here are in doubt, the rest were never handed over
+    # the last (seq, message_no) of its current chunk it may have put on the wire, and
+    # the last up to which every answer came back (failures recorded on the items): after
+    # a crash its items up to `answered` were sent, those after `handed` never left, and
+    # only those between are in doubt
     Column("handed_seq", Integer),
     Column("handed_message_no", Integer),
+    Column("answered_seq", Integer),
+    Column("answered_message_no", Integer),
     Index("ix_dispatchers_delivery", "delivery_id"),
 )
 
