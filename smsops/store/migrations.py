@@ -187,6 +187,13 @@ def _v6_hand_off_marks(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE dispatchers ADD COLUMN {column} INTEGER"))
 
 
+def _v7_paused_deliveries(conn: Connection) -> None:
+    """Version 7: a delivery whose gateway is down pauses (status ``paused``) with the
+    reason shown and the time dispatch-due tries it again."""
+    conn.execute(text("ALTER TABLE deliveries ADD COLUMN paused_reason VARCHAR(256)"))
+    conn.execute(text(f"ALTER TABLE deliveries ADD COLUMN resume_at {_timestamp(conn)}"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
@@ -194,6 +201,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v4_no_delivery_claims,
     _v5_optouts_read_as_r3,
     _v6_hand_off_marks,
+    _v7_paused_deliveries,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -77,6 +77,9 @@ deliveries = Table(
     Column("started_at", DateTime),
     Column("finished_at", DateTime),
     Column("allocated", Boolean, nullable=False, default=False),  # R10 done at send time
+    # status `paused` (the gateway was down): why, and when dispatch-due tries again
+    Column("paused_reason", String(256)),
+    Column("resume_at", DateTime),
     Index("ix_deliveries_due", "status", "scheduled_at"),
 )
 
