@@ -9,15 +9,29 @@ parameters, so no credential ever shows in the Prefect UI.
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.context import FlowRunContext
+from prefect.states import Cancelled, Completed, State
 from prefect.tasks import exponential_backoff
+from pydantic import SecretStr
 
-from smsops.errors import InputError, PathError, Problem, StateError
+from smsops.errors import InputError, PathError, Problem, SmsopsError, StateError
 from smsops.logs import install_masking, mask_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
@@ -27,16 +41,32 @@ from smsops.services.context import Context
 from smsops.services.import_root import confine
 from smsops.settings import Settings
 
+_contexts: dict[str, Context] = {}
+
 
 def _context() -> Context:
-    """The Context for the settings of this process (cached per distinct settings)."""
-    return _context_for(Settings().model_dump_json())
+    """The Context for the settings of this process, one per distinct settings.
+
+    Built from the Settings object itself, never from a dump of it: a JSON dump masks
+    every SecretStr ("**********"), and a Context rebuilt from it would send that to
+    Kannel as the password."""
+    settings = Settings()
+    key = _fingerprint(settings)
+    if key not in _contexts:
+        install_masking()
+        _contexts[key] = Context.open(settings)
+    return _contexts[key]
 
 
-@cache
-def _context_for(settings_json: str) -> Context:
-    install_masking()
-    return Context.open(Settings.model_validate_json(settings_json))
+def _fingerprint(settings: Settings) -> str:
+    """A digest of every setting, secret values included (a changed password is other
+    settings), that keeps no secret in memory as the key."""
+
+    def reveal(value: object) -> object:
+        return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+    dumped = json.dumps(settings.model_dump(), sort_keys=True, default=reveal)
+    return hashlib.sha256(dumped.encode("utf-8")).hexdigest()
 
 
 def _markdown_table(rows: dict[str, Any]) -> str:
@@ -156,9 +186,10 @@ def create_bulk(
     users_files: list[str] | None = None,
     query: str | None = None,
     confirm: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[dict[str, Any]]:
     """Preview, and only with ``confirm=True`` save the delivery; send it now unless
-    ``at`` is given (then ``dispatch-due`` sends it at its time)."""
+    ``at`` is given (then ``dispatch-due`` sends it at its time). The run fails when the
+    delivery does, and its state message says how a partial send went."""
     ctx = _context()
     preview = dl.preview_bulk(ctx, messages, at=at, users_files=_confined(users_files), query=query)
     _confirmation_artifacts(preview)
@@ -166,13 +197,33 @@ def create_bulk(
         get_run_logger().info("not confirmed: nothing saved (run again with confirm=true)")
         return {**preview.to_dict(), "delivery_id": None}
     created = dl.create_bulk(ctx, preview)
-    result = created.to_dict()
-    if created.status == "queued":  # no send time: now, as a subflow (R12)
-        result.update(dispatch_delivery(created.delivery_id))
-    return result
+    if created.status != "queued":
+        return created.to_dict()
+    return _sent_now(created.to_dict(), created.delivery_id)  # R12: now, as a subflow
+
+
+def _sent_now(result: dict[str, Any], delivery_id: int) -> State[dict[str, Any]]:
+    """Dispatch ``delivery_id`` as a subflow and end the calling flow as it ended: its
+    DeliveryFailed is raised again, its state message kept."""
+    state = dispatch_delivery(delivery_id, return_state=True)
+    sent = cast(dict[str, Any], state.result())  # raises DeliveryFailed when it failed
+    return Completed(message=state.message, data={**result, **sent})
 
 
 # --- dispatch -----------------------------------------------------------------------
+
+
+class DeliveryFailed(SmsopsError):
+    """Not one message of the delivery went out: its flow run fails, naming the reasons."""
+
+    code = "delivery_failed"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_delivery_failed, (self.message, self.details))
+
+
+def _delivery_failed(message: str, details: dict[str, Any]) -> DeliveryFailed:
+    return DeliveryFailed(message, **details)
 
 
 @task(cache_policy=NO_CACHE)
@@ -209,70 +260,149 @@ def wrap_up(session: dispatching.Session) -> dict[str, Any]:
     return dispatching.finish(_context(), session).to_dict()
 
 
+def errors_by_reason(ctx: Context, delivery_id: int) -> dict[str, int]:
+    """How many (number, message) pairs of the delivery failed, per error reason, most
+    first (a gateway's reason text is masked: it may quote a number)."""
+    failed = dl.delivery_items(ctx, delivery_id, failed_only=True)
+    counts = failed["error"].fillna("unknown").astype(str).map(mask_text).value_counts()
+    return {
+        str(reason): int(n) for reason, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+    }
+
+
+def _outcome(result: dict[str, Any], reasons: dict[str, int]) -> str:
+    """One line for the run's state: ``delivery 7 partially_sent: sent 15, errors 5
+    (insufficient_tickets: 5)``."""
+    why = ", ".join(f"{reason}: {n}" for reason, n in reasons.items())
+    return (
+        f"delivery {result['delivery_id']} {result['status']}: sent {result['sent']}, "
+        f"errors {result['errors']}" + (f" ({why})" if why else "")
+    )
+
+
+def _summary_artifact(ctx: Context, delivery_id: int, status: str, reasons: dict[str, int]) -> None:
+    summary = dl.delivery_summary(ctx, delivery_id)
+    keys = (
+        "kind",
+        "recipients",
+        "messages",
+        "sent",
+        "errors",
+        "tickets_used",
+        "scheduled_at",
+        "finished_at",
+    )
+    errors = ""
+    if reasons:
+        errors = "\n\n### Errors by reason\n\n| reason | count |\n| --- | --- |\n" + "\n".join(
+            f"| {reason.replace('|', '/')} | {n} |" for reason, n in reasons.items()
+        )
+    create_markdown_artifact(
+        key=f"delivery-{delivery_id}-summary",
+        markdown=(
+            f"## Delivery {delivery_id}: {status}\n\n"
+            + _markdown_table(
+                {k: "—" if summary[k] is None else summary[k] for k in keys}
+                | ({"scheduled_at": "now"} if summary["scheduled_at"] is None else {})
+            )
+            + errors
+            + f"\n\nBalance after: {accounts.balance(ctx)} tickets\n"
+        ),
+    )
+
+
 @flow(name="dispatch-delivery")
 def dispatch_delivery(
     delivery_id: int, skip_if_taken: bool = False, join: bool = False
-) -> dict[str, Any]:
+) -> State[dict[str, Any]]:
     """Send one delivery chunk by chunk, then publish its summary. With ``join``, work
-    beside the workers already sending it (each takes different chunks)."""
+    beside the workers already sending it (each takes different chunks).
+
+    The run tells the truth: a ``failed`` delivery fails it (DeliveryFailed, reasons in
+    the state message); a ``partially_sent`` one completes with a message that says so."""
     ctx = _context()
     session = claim(delivery_id, skip_if_taken, join)
     if isinstance(session, str):
         get_run_logger().info("skipped delivery %s: %s", delivery_id, session)
-        return {"delivery_id": delivery_id, "skipped": session}
+        skipped = {"delivery_id": delivery_id, "skipped": session}
+        return Completed(message=f"skipped delivery {delivery_id}: {session}", data=skipped)
     with dispatching.keep_alive(ctx, session):
         while send_chunk(session):
             pass
     result = wrap_up(session)
-    summary = dl.delivery_summary(ctx, delivery_id)
-    create_markdown_artifact(
-        key=f"delivery-{delivery_id}-summary",
-        markdown=(
-            f"## Delivery {delivery_id}: {result['status']}\n\n"
-            + _markdown_table(
-                {
-                    k: "—" if summary[k] is None else summary[k]
-                    for k in (
-                        "kind",
-                        "recipients",
-                        "messages",
-                        "sent",
-                        "errors",
-                        "tickets_used",
-                        "scheduled_at",
-                        "finished_at",
-                    )
-                }
-                | ({"scheduled_at": "now"} if summary["scheduled_at"] is None else {})
-            )
-            + f"\n\nBalance after: {accounts.balance(ctx)} tickets\n"
-        ),
-    )
-    get_run_logger().info(
-        "delivery %s %s: sent %s, errors %s",
-        delivery_id,
-        result["status"],
-        result["sent"],
-        result["errors"],
-    )
-    return result
+    reasons = errors_by_reason(ctx, delivery_id) if result["errors"] else {}
+    _summary_artifact(ctx, delivery_id, result["status"], reasons)
+    outcome = _outcome(result, reasons)
+    if result["status"] == "failed":
+        get_run_logger().error("%s", outcome)
+        raise DeliveryFailed(outcome, **result, errors_by_reason=reasons)
+    get_run_logger().info("%s", outcome)
+    return Completed(message=outcome, data=result)
 
 
 @flow(name="dispatch-due")
-def dispatch_due() -> list[dict[str, Any]]:
-    """Send every delivery whose time has come; resume any whose process died."""
-    results = [
-        dispatch_delivery(delivery_id, skip_if_taken=True)
+def dispatch_due() -> State[list[dict[str, Any]]]:
+    """Send every delivery whose time has come; resume any whose process died.
+
+    Run by a deployment, it first cancels the other overdue runs of that deployment
+    (a backlog left while nothing served it): this run does their work. The run fails
+    when a delivery it sent failed; the others are sent all the same."""
+    _collapse_overdue_runs()
+    states = [
+        (delivery_id, dispatch_delivery(delivery_id, skip_if_taken=True, return_state=True))
         for delivery_id in dispatching.due_ids(_context())
     ]
-    return [r for r in results if "skipped" not in r]
+    results = [s.result(raise_on_failure=False) for _, s in states]
+    done = [r for r in results if isinstance(r, dict) and "skipped" not in r]
+    failed = [s.message or f"delivery {d} failed" for d, s in states if s.is_failed()]
+    notes = [s.message for _, s in states if s.message and "partially_sent" in s.message]
+    if failed:
+        message = "; ".join(m.split(": ", 1)[-1] if "DeliveryFailed" in m else m for m in failed)
+        raise DeliveryFailed(message, deliveries=done)
+    return Completed(message="; ".join(notes) or f"{len(done)} deliveries sent", data=done)
+
+
+def _collapse_overdue_runs() -> int:
+    """Cancel the other runs of this flow run's deployment whose time has already come:
+    after an outage Prefect keeps one late run per missed interval, and one run sending
+    every due delivery does all of their work. Returns how many were cancelled."""
+    run_ctx = FlowRunContext.get()
+    run = run_ctx.flow_run if run_ctx else None
+    if run is None or run.deployment_id is None:
+        return 0
+    overdue = FlowRunFilter(
+        id=FlowRunFilterId(not_any_=[run.id]),
+        deployment_id=FlowRunFilterDeploymentId(any_=[run.deployment_id]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+        expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
+    )
+    cancelled = 0
+    tried: set[Any] = set()
+    with get_client(sync_client=True) as client:
+        # a page at a time (the API gives at most 200): cancelled runs leave the filter
+        while late := [
+            r
+            for r in client.read_flow_runs(flow_run_filter=overdue, limit=200)
+            if r.id not in tried
+        ]:
+            tried.update(r.id for r in late)
+            for other in late:
+                client.set_flow_run_state(
+                    other.id, Cancelled(message=f"collapsed into run {run.name}"), force=True
+                )
+            cancelled += len(late)
+    if cancelled:
+        get_run_logger().info("collapsed %d overdue runs into this one", cancelled)
+    return cancelled
 
 
 @flow(name="resend-failures")
-def resend_failures(delivery_id: int, at: str | None = None) -> dict[str, Any]:
+def resend_failures(
+    delivery_id: int, at: str | None = None
+) -> dict[str, Any] | State[dict[str, Any]]:
     """R15: a new delivery of exactly the failed pairs of ``delivery_id``."""
     created = dl.resend_bulk(_context(), delivery_id, at=at)
     result = {**created.to_dict(), "resend_of": delivery_id}
-    if created.status == "queued":
-        result.update(dispatch_delivery(created.delivery_id))
-    return result
+    if created.status != "queued":
+        return result
+    return _sent_now(result, created.delivery_id)

@@ -87,6 +87,55 @@ def local_prefect_server(home: Path, timeout: float = 90) -> Iterator[str]:
         log.close()
 
 
+# Flow runs at once per deployment. Each sending deployment has its own slots, so a
+# backlog of scheduled runs never takes the slots a create-bulk needs; runs beyond a limit
+# wait for a slot (Prefect's ENQUEUE) — except dispatch-due, where a second run while one
+# is sending would only find nothing left to do: it is cancelled (CANCEL_NEW).
+LIMITS: dict[str, int] = {
+    "dispatch-due": 1,
+    "create-bulk": 2,
+    "dispatch-delivery": 2,
+    "resend-failures": 1,
+    "import-users": 1,
+    "preview-bulk": 2,
+}
+
+
+def deployments(interval: float) -> list[Any]:
+    """Every smsops flow as a deployment to serve, "dispatch-due" every ``interval``
+    seconds. (Typed Any: ``to_deployment`` is typed sync-or-async.)"""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows import campaigns
+
+    def limit(name: str) -> ConcurrencyLimitConfig:
+        strategy = (
+            ConcurrencyLimitStrategy.CANCEL_NEW
+            if name == "dispatch-due"
+            else ConcurrencyLimitStrategy.ENQUEUE
+        )
+        return ConcurrencyLimitConfig(limit=LIMITS[name], collision_strategy=strategy)
+
+    return [
+        campaigns.dispatch_due.to_deployment(
+            name="dispatch-due",
+            interval=timedelta(seconds=interval),
+            description="Send scheduled deliveries at their time; resume interrupted ones.",
+            concurrency_limit=limit("dispatch-due"),
+        ),
+        *(
+            f.to_deployment(name=f.name, concurrency_limit=limit(f.name))
+            for f in (
+                campaigns.import_users,
+                campaigns.preview_bulk,
+                campaigns.create_bulk,
+                campaigns.dispatch_delivery,
+                campaigns.resend_failures,
+            )
+        ),
+    ]
+
+
 def serve(
     interval: float = 10.0,
     home: Path | None = None,
@@ -108,27 +157,14 @@ def serve(
             temporary_settings,
         )
 
-        from flows import campaigns
-
         poll = max(1, min(5, int(interval)))
         with temporary_settings(
             updates={PREFECT_API_URL: url, PREFECT_RUNNER_POLL_FREQUENCY: poll}
         ):
-            deployments: list[Any] = [  # to_deployment is typed sync-or-async
-                campaigns.dispatch_due.to_deployment(
-                    name="dispatch-due",
-                    interval=timedelta(seconds=interval),
-                    description="Send scheduled deliveries at their time; resume interrupted ones.",
-                ),
-                campaigns.import_users.to_deployment(name="import-users"),
-                campaigns.create_bulk.to_deployment(name="create-bulk"),
-                campaigns.dispatch_delivery.to_deployment(name="dispatch-delivery"),
-                campaigns.resend_failures.to_deployment(name="resend-failures"),
-            ]
+            served = deployments(interval)
             if ready is not None:
-                ready(url, [d.name for d in deployments])
-            prefect_serve(
-                *deployments,
-                pause_on_shutdown=False,
-                limit=2,  # flow runs at once: no pile-up behind a long delivery
-            )
+                ready(url, [d.name for d in served])
+            # No process-wide limit: the deployments' own limits bound the runs, and a
+            # shared one would let overdue dispatch-due runs (taken oldest first) fill it
+            # ahead of a create-bulk.
+            prefect_serve(*served, pause_on_shutdown=False)

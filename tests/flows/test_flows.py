@@ -244,3 +244,136 @@ def test_threat_prefect_api_artifact_shows_no_file_content_but_the_masked_cell(e
         import_users([str(bad)])
     shown = Artifact.get("import-rejected-rows").data
     assert "'u1' repeats row 1" in shown and "secret" not in shown and mobile(2) not in shown
+
+
+# --- issue 17: secrets reach the flow; Prefect tells the truth ------------------------
+
+
+def test_flow_context_keeps_secret_values_and_follows_a_changed_password(env, monkeypatch):
+    from flows import campaigns
+
+    monkeypatch.setenv("SMSOPS_KANNEL_PASSWORD", "first-s3cret")
+    monkeypatch.setenv("SMSOPS_RECEIVER_TOKEN", "t" * 32)
+    first = campaigns._context()
+    assert first.settings.kannel_password.get_secret_value() == "first-s3cret"
+    assert first.settings.receiver_token.get_secret_value() == "t" * 32
+    assert campaigns._context() is first  # cached per distinct settings
+    monkeypatch.setenv("SMSOPS_KANNEL_PASSWORD", "second-s3cret")
+    second = campaigns._context()
+    assert second is not first
+    assert second.settings.kannel_password.get_secret_value() == "second-s3cret"
+    assert not any("s3cret" in key for key in campaigns._contexts)  # keys are digests
+
+
+def queued_bulk(ctx: Context, phones: list[str], messages: list[str]) -> int:
+    """A confirmed bulk delivery to ``phones``, queued, not yet sent."""
+    dl.people.upsert_users(
+        ctx, pd.DataFrame({"user_id": [f"u{i}" for i in range(len(phones))], "phone": phones})
+    )
+    accounts.add_tickets(ctx, len(phones) * len(messages))
+    return dl.create_bulk(ctx, dl.preview_bulk(ctx, messages)).delivery_id
+
+
+def test_partially_sent_delivery_says_so_in_its_run_state_and_counts_errors_by_reason(env):
+    from flows.campaigns import dispatch_delivery
+
+    ctx = Context.open(env)
+    delivery_id = queued_bulk(ctx, [mobile(1), mobile(2), mobile(3)], ["a", "b"])
+    from smsops.services.dispatch import dispatch
+
+    dispatch(ctx, dl.send_individual(ctx, mobile(9), ["x"]).delivery_id)  # R10: 1 short
+    state = dispatch_delivery(delivery_id, return_state=True)
+    assert state.is_completed()
+    assert state.message == (
+        f"delivery {delivery_id} partially_sent: sent 5, errors 1 (insufficient_tickets: 1)"
+    )
+    assert state.result()["status"] == "partially_sent"
+    summary = markdown(f"delivery-{delivery_id}-summary")
+    assert "### Errors by reason" in summary and "| insufficient_tickets | 1 |" in summary
+
+
+def test_failed_delivery_fails_its_flow_run_and_dispatch_due_still_sends_the_others(env):
+    from flows.campaigns import DeliveryFailed, dispatch_delivery, dispatch_due
+
+    ctx = Context.open(env)
+    doomed = queued_bulk(ctx, [mobile(1), mobile(2)], ["a"])
+    accounts.add_tickets(ctx, 4)
+    doomed_too = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["b"])).delivery_id
+    doomed_three = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["c"])).delivery_id
+    accounts.set_account(ctx, plan="light")  # R1 again at send time: nothing goes out
+    state = dispatch_delivery(doomed, return_state=True)
+    assert state.is_failed()
+    assert f"delivery {doomed} failed: sent 0, errors 2 (plan_below_standard: 2)" in state.message
+    with pytest.raises(DeliveryFailed, match="plan_below_standard: 2"):
+        state.result()
+    assert "| plan_below_standard | 2 |" in markdown(f"delivery-{doomed}-summary")
+
+    due = dispatch_due(return_state=True)
+    assert due.is_failed()  # and the first failure did not stop it sending the next one
+    for delivery_id in (doomed_too, doomed_three):
+        assert f"delivery {delivery_id} failed: sent 0, errors 2" in due.message
+    statuses = {d["id"]: d["status"] for d in dl.list_deliveries(ctx)}
+    assert statuses[doomed_too] == statuses[doomed_three] == "failed"
+
+
+def test_overdue_dispatch_due_runs_collapse_into_one(env):
+    """Nothing served dispatch-due for a while: Prefect kept one late run per missed
+    interval. The first to run does the work of all of them and cancels the rest; runs
+    whose time has not come stay scheduled."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    from flows.campaigns import dispatch_due
+    from flows.serve import deployments
+
+    [deployment] = [d for d in deployments(10) if d.name == "dispatch-due"]
+    deployment.schedules = []  # only the runs made below
+    deployment_id = deployment.apply()
+    now = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        runs = [
+            client.create_flow_run_from_deployment(
+                deployment_id, state=Scheduled(scheduled_time=now + timedelta(seconds=s))
+            )
+            for s in (-50, -40, -30, -20, -10, 600)
+        ]
+        run_flow(dispatch_due, flow_run=client.read_flow_run(runs[0].id))
+        states = [client.read_flow_run(r.id).state for r in runs]
+    assert states[0].is_completed()
+    assert [s.type.value for s in states[1:]] == ["CANCELLED"] * 4 + ["SCHEDULED"]
+    assert all(f"collapsed into run {runs[0].name}" in s.message for s in states[1:5])
+
+
+def test_every_flow_is_served_with_its_own_concurrency():
+    """preview-bulk is served too; dispatch-due runs one at a time and a second one is
+    cancelled, not queued; each sending deployment has slots of its own."""
+    import yaml
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    from flows.serve import deployments
+
+    served = {d.name: d.concurrency_options for d in deployments(10)}
+    limits = {d.name: d.concurrency_limit for d in deployments(10)}
+    assert set(served) == {
+        "dispatch-due",
+        "import-users",
+        "preview-bulk",
+        "create-bulk",
+        "dispatch-delivery",
+        "resend-failures",
+    }
+    assert limits["dispatch-due"] == 1
+    assert served["dispatch-due"].collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    for name in ("create-bulk", "dispatch-delivery", "resend-failures"):
+        assert limits[name] >= 1
+        assert served[name].collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
+    project = Path(__file__).parents[2] / "prefect.yaml"
+    declared = {d["name"]: d for d in yaml.safe_load(project.read_text())["deployments"]}
+    assert set(declared) == set(served)
+    for name, d in declared.items():
+        assert d["concurrency_limit"]["limit"] == limits[name]
+        expected = served[name].collision_strategy.value
+        assert d["concurrency_limit"]["collision_strategy"] == expected

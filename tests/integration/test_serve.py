@@ -64,7 +64,15 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
         # --json: stdout is one JSON document; Prefect's own output went to stderr.
         started = json.loads((tmp_path / "serve.json").read_text())
         assert started["api_url"].startswith("http://127.0.0.1:")
-        assert "dispatch-due" in started["deployments"] and started["interval"] == 5
+        assert started["interval"] == 5
+        assert set(started["deployments"]) == {  # every flow, preview-bulk included
+            "dispatch-due",
+            "import-users",
+            "preview-bulk",
+            "create-bulk",
+            "dispatch-delivery",
+            "resend-failures",
+        }
 
         at = datetime.now(UTC) + timedelta(seconds=10)
         created = smsops(
