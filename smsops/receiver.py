@@ -1,8 +1,12 @@
 """A small HTTP endpoint for what Kannel calls back with (stdlib server, at most
 ``max_handlers`` connections handled at once):
 
-- ``GET /dlr?token=…&key=…&status=%d&at=%T&ref=%F`` — a delivery report, the ``dlr-url``
-  the kannel gateway asks for with each message;
+- ``GET /dlr?token=…&inst=…&key=…&status=%d&at=%T&ref=%F`` — a delivery report, the
+  ``dlr-url`` the kannel gateway asks for with each message. ``inst`` is the sending
+  database's installation id: a report for another installation is refused (409), and
+  so is one whose ``ref`` is not the SMSC id already recorded for the message; an
+  unknown report type (``status=-1``, a bit smsops does not know) is refused (400). Each
+  refusal is logged;
 - ``GET /mo?token=…&from=%p&to=%P&text=%b&coding=%c&charset=%C`` — a reply, from a Kannel
   ``sms-service`` whose ``get-url`` is :func:`mo_get_url` (with ``max-messages = 0``: the
   service answers nothing back);
@@ -37,6 +41,7 @@ from pydantic import SecretStr
 from smsops.domain.phones import mask_phone
 from smsops.errors import InputError, NotFoundError, SmsopsError
 from smsops.gateways.kannel import callback_token
+from smsops.logs import mask_text
 from smsops.services import inbound
 from smsops.services.context import Context
 
@@ -200,6 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = route(params)
         except (InputError, ValueError, KeyError) as exc:
             status, body = 400, f"bad request: {exc}"
+            log.warning("receiver: refused %s: %s", url.path, mask_text(str(exc))[:200])
+        except inbound.ReportRefused as exc:
+            status, body = 409, exc.message
+            log.warning("receiver: refused %s: %s", url.path, mask_text(exc.message)[:200])
         except NotFoundError as exc:
             status, body = 404, exc.message
         except Exception:  # keep serving; the traceback names no phone number
@@ -215,6 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
             int(params["status"]),
             at=datetime.fromtimestamp(int(at), UTC) if at.isdigit() else None,
             ref=params.get("ref") or None,
+            # absent from reports asked for before smsops carried it (Kannel may still
+            # hold some): those cannot be told apart, and are taken as before
+            installation=params.get("inst") or None,
         )
         log.debug(
             "dlr %s: %s%s",

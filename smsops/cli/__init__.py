@@ -6,6 +6,7 @@ on stderr and exits 1; usage errors exit 2.
 # ruff: noqa: I001 - the modules register their commands in this order (``--help``)
 
 from smsops.cli import admin, sending, history, running  # noqa: F401
+from smsops.cli import replies  # noqa: F401
 from smsops.cli.common import app, main
 
 __all__ = ["app", "main"]

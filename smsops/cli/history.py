@@ -21,6 +21,7 @@ from smsops.cli.common import (
     write_csv_stdout,
 )
 from smsops.domain.phones import mask_phones
+from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 
 # --- history --------------------------------------------------------------------------
@@ -81,12 +82,11 @@ def deliveries_show(
     with context(as_json) as ctx:
         summary = dl.delivery_summary(ctx, delivery_id)
         frame = dl.delivery_items(ctx, delivery_id)
+        tz = accounts.get_account(ctx).timezone
     if as_json:
-        records = (
-            frame[["seq", "phone", "message_no", "status", "error"]]
-            .astype(object)
-            .where(frame[["seq", "phone", "message_no", "status", "error"]].notna(), None)
-        )
+        keys = ["seq", "phone", "message_no", "status", "error", "dlr_status", "dlr_at"]
+        shown = frame.assign(dlr_at=dl.iso_times(frame["dlr_at"], tz))[keys]
+        records = shown.astype(object).where(shown.notna(), None)
         print(
             json.dumps(
                 {"delivery": summary, "items": records.to_dict("records")},

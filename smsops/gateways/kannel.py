@@ -47,12 +47,15 @@ log = logging.getLogger(__name__)
 SENT, ERROR = "sent", "error"
 UNAVAILABLE = "gateway_unavailable"
 UNKNOWN = "outcome_unknown"
-# Delivery reports asked for: delivered (1), undeliverable (2), rejected by the SMSC (16) —
-# the final states only; "buffered" (4) and "accepted by the SMSC" (8) would double the
-# callbacks without changing what history shows.
-DLR_MASK = 1 | 2 | 16
+# Delivery reports asked for: delivered (1), undeliverable (2), rejected by the SMSC (16)
+# — the final states — and accepted by the SMSC (8), which settles a message whose answer
+# was lost (outcome_unknown) as sent; "buffered" (4) would change nothing history shows.
+DLR_MASK = 1 | 2 | 8 | 16
 # Kannel's escapes in a dlr-url: %d the report type, %T its time (epoch s), %F the SMSC's id.
 DLR_QUERY = "status=%d&at=%T&ref=%F"
+# Each dlr-url carries the sending database's installation id as ``inst=…``: reports for
+# two databases behind one receiver never land in the wrong one (the receiver refuses).
+_INSTALLATION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ERROR_WIDTH = 64  # delivery_items.error is VARCHAR(64)
 # SMSOPS_RECEIVER_TOKEN travels as is in Kannel's callback URLs (dlr-url, get-url): Kannel
 # reads '%' as an escape, so no percent-encoding — only characters a URL carries unescaped,
@@ -131,6 +134,7 @@ class KannelGateway:
         settings: Settings,
         *,
         dlr_url: str | None = None,
+        installation: str | None = None,
         concurrency: int = 4,
         attempts: int = 4,
         backoff: float = 0.25,
@@ -165,6 +169,10 @@ class KannelGateway:
         self._dlr_base = (
             f"{base}{'&' if '?' in base else '?'}token={token}&" if base else None
         )  # a secret too: it travels in a header, never in a URL httpx logs
+        if installation is not None and not _INSTALLATION.fullmatch(installation):
+            raise GatewayError("an installation id is 1 to 64 of A-Z a-z 0-9 _ -")
+        self._installation = installation
+        self._database_url = settings.database_url
         self._secret = password
         self._sender = settings.kannel_from
         self._timeout = timeout
@@ -185,6 +193,7 @@ class KannelGateway:
     # --- the Gateway protocol ------------------------------------------------------
 
     def send(self, batch: pd.DataFrame, hand_off: HandOff | None = None) -> pd.DataFrame:
+        self._dlr_installation()
         keys = batch["idempotency_key"].astype(str).tolist()
         outcomes = (
             self._run(
@@ -199,6 +208,22 @@ class KannelGateway:
             else []
         )
         return _results(keys, outcomes)
+
+    def _dlr_installation(self) -> str | None:
+        """The installation id the dlr-url carries: given, or this database's (read once,
+        on the first send, so building a gateway stays offline)."""
+        if self._dlr_base is None or self._installation is not None:
+            return self._installation
+        from smsops import store
+        from smsops.store.schema import installation_id
+
+        engine = store.connect(self._database_url)
+        try:
+            with store.write(engine) as conn:
+                self._installation = installation_id(conn)
+        finally:
+            engine.dispose()
+        return self._installation
 
     def accepted_keys(self, delivery_id: int) -> set[str] | None:
         return None  # Kannel keeps no record a resuming dispatcher could ask
@@ -312,7 +337,9 @@ class KannelGateway:
     ) -> Outcome:
         headers = {"X-Kannel-To": phone}
         if self._dlr_base:
-            headers["X-Kannel-DLR-URL"] = f"{self._dlr_base}key={key}&{DLR_QUERY}"
+            headers["X-Kannel-DLR-URL"] = (
+                f"{self._dlr_base}inst={self._installation}&key={key}&{DLR_QUERY}"
+            )
         body = text.encode("utf-8")
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):

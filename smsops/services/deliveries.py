@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, and_, case, func, or_, select
 
 from smsops import clock
 from smsops.domain import query as selection_query
@@ -32,6 +32,7 @@ from smsops.logs import mask_text
 from smsops.services import account as accounts
 from smsops.services import people
 from smsops.services.context import Context
+from smsops.services.inbound import FAILED_DLR, SETTLING_DLR
 from smsops.services.liveness import register
 from smsops.store import read, write
 from smsops.store.bulk import fetch_frame, insert_rows
@@ -343,10 +344,24 @@ def _delivery(conn: Connection, delivery_id: int, lock: bool = False):  # type: 
 
 # --- history (R14) -------------------------------------------------------------------
 
+# Delivery reports change what every view shows (R14, R15): a final negative report makes
+# a pair the SMSC took an error (named for the report; its ticket stays spent), and a
+# delivered or SMSC-accepted one settles an outcome_unknown pair as sent. Read here, not
+# written over the item: a report may land before dispatch records the send.
+_UNKNOWN = and_(items.c.status == "error", items.c.error == "outcome_unknown")
+_REPORTED_FAILED = and_(
+    or_(items.c.status == "sent", _UNKNOWN), items.c.dlr_status.in_(sorted(FAILED_DLR))
+)
+_REPORTED_SENT = and_(_UNKNOWN, items.c.dlr_status.in_(sorted(SETTLING_DLR)))
+ITEM_STATUS = case((_REPORTED_FAILED, "error"), (_REPORTED_SENT, "sent"), else_=items.c.status)
+ITEM_ERROR = case(
+    (_REPORTED_FAILED, items.c.dlr_status), (_REPORTED_SENT, None), else_=items.c.error
+)
+
 
 def _counts(conn: Connection, ids: list[int] | None) -> dict[int, dict[str, int]]:
-    sent = func.sum(case((items.c.status == "sent", 1), else_=0))
-    errors = func.sum(case((items.c.status == "error", 1), else_=0))
+    sent = func.sum(case((ITEM_STATUS == "sent", 1), else_=0))
+    errors = func.sum(case((ITEM_STATUS == "error", 1), else_=0))
     stmt = select(items.c.delivery_id, sent, errors).group_by(items.c.delivery_id)
     if ids is not None:
         stmt = stmt.where(items.c.delivery_id.in_(ids))
@@ -364,10 +379,14 @@ def _counts(conn: Connection, ids: list[int] | None) -> dict[int, dict[str, int]
 
 
 def _summary(row, counts: dict[str, int], tz: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    status = row.status
+    if status in ("sent", "partially_sent", "failed"):  # as reports have since told
+        sent, errors = counts.get("sent", 0), counts.get("errors", 0)
+        status = "sent" if errors == 0 else ("failed" if sent == 0 else "partially_sent")
     return {
         "id": row.id,
         "kind": row.kind,
-        "status": row.status,
+        "status": status,
         "created_at": clock.local_iso(row.created_at, tz),
         "scheduled_at": clock.local_iso(row.scheduled_at, tz),
         "finished_at": clock.local_iso(row.finished_at, tz),
@@ -402,14 +421,16 @@ def delivery_summary(ctx: Context, delivery_id: int) -> dict[str, Any]:
 
 def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False) -> pd.DataFrame:
     """R14: every (number, message) of a delivery with its status and error reason.
-    ``sending`` (handed to the gateway, outcome not recorded yet) reads as pending."""
+    ``sending`` (handed to the gateway, outcome not recorded yet) reads as pending; a
+    final negative delivery report reads as an error named for it (``undeliverable``,
+    ``smsc_rejected``), a delivered one as settling ``outcome_unknown`` (sent)."""
     cols = [
         items.c.seq,
         items.c.phone,
         items.c.user_id,
         items.c.message_no,
-        items.c.status,
-        items.c.error,
+        ITEM_STATUS.label("status"),
+        ITEM_ERROR.label("error"),
         items.c.sent_at,
         items.c.dlr_status,
         items.c.dlr_at,
@@ -418,12 +439,22 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
         _delivery(conn, delivery_id)
         stmt = select(*cols).where(items.c.delivery_id == delivery_id)
         if failed_only:
-            stmt = stmt.where(items.c.status == "error")
+            stmt = stmt.where(ITEM_STATUS == "error")
         frame = fetch_frame(
             conn, stmt.order_by(items.c.seq, items.c.message_no), [c.name for c in cols]
         )
     frame["status"] = frame["status"].replace({"sending": "pending"})
     return frame
+
+
+def iso_times(values: pd.Series, tz: str) -> pd.Series:
+    """UTC times from the store as ISO 8601 in the account's zone (None where missing),
+    vectorized: ``2026-12-01T10:00:05+09:00``."""
+    local = pd.to_datetime(values, utc=True).dt.tz_convert(tz)
+    text = local.dt.strftime("%Y-%m-%dT%H:%M:%S%z").str.replace(
+        r"([+-]\d\d)(\d\d)$", r"\1:\2", regex=True
+    )
+    return text.astype(object).where(local.notna(), None)
 
 
 def waiting_demand(ctx: Context) -> pd.DataFrame:
@@ -465,7 +496,7 @@ def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
             conn,
             select(items.c.phone, items.c.message_no).where(
                 items.c.delivery_id.in_(repairs),
-                items.c.status.in_(("sent", "pending", "sending")),
+                ITEM_STATUS.in_(("sent", "pending", "sending")),
             ),
             ["phone", "message_no"],
         )

@@ -7,16 +7,20 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Literal
 
+import pandas as pd
 from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 
 from smsops import clock
-from smsops.errors import InputError, NotFoundError, Problem
+from smsops.domain.phones import classify_phones, mask_phone
+from smsops.errors import InputError, NotFoundError, Problem, SmsopsError
+from smsops.logs import mask_text
 from smsops.services import people
 from smsops.services.context import Context
-from smsops.store import write
-from smsops.store.schema import items
+from smsops.store import read, schema, write
+from smsops.store.schema import items, replies
 
 # Kannel's DLR types (the %d of a dlr-url) and what history calls them.
 DLR_STATUSES = {
@@ -26,15 +30,28 @@ DLR_STATUSES = {
     8: "smsc_accepted",
     16: "smsc_rejected",
 }
+_KNOWN_BITS = sum(DLR_STATUSES)
 FINAL_DLR = frozenset({"delivered", "undeliverable", "smsc_rejected"})
+# A final negative report: the pair is an error in every view and a resend repairs it
+# (R14, R15). Its ticket is not refunded: the SMSC took the message, so it was spent.
+FAILED_DLR = frozenset({"undeliverable", "smsc_rejected"})
+# The network has the message: an ``outcome_unknown`` pair was sent after all.
+SETTLING_DLR = frozenset({"delivered", "smsc_accepted"})
 _KEY = re.compile(r"smsops-(\d+)-(\d+)-(\d+)")
+
+
+class ReportRefused(SmsopsError):
+    """A delivery report that is not this installation's to record: another
+    installation's, or another message's (its ``ref`` is not the one recorded)."""
+
+    code = "dlr_refused"
 
 
 @dataclass(frozen=True)
 class DlrResult:
     key: str
     dlr_status: str  # what the item now shows
-    recorded: bool  # False: nothing changed (a repeat, or an interim report after a final one)
+    recorded: bool  # False: nothing changed (a repeat, an older or an interim report)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -42,11 +59,36 @@ class DlrResult:
 
 def dlr_status(code: int) -> str:
     """Kannel's report type → ``delivered`` | ``undeliverable`` | ``buffered`` |
-    ``smsc_accepted`` | ``smsc_rejected``; a final bit wins if several are set."""
+    ``smsc_accepted`` | ``smsc_rejected``; a final bit wins if several are set. A type
+    with a bit smsops does not know (or none, or a negative one) is refused."""
+    if code <= 0 or code & ~_KNOWN_BITS:
+        raise InputError("dlr", [Problem(None, "status", f"unknown report type {code!r}")])
     for bit in (1, 2, 16, 4, 8):
         if code & bit:
             return DLR_STATUSES[bit]
-    raise InputError("dlr", [Problem(None, "status", f"unknown report type {code!r}")])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def installation_id(ctx: Context) -> str:
+    """This installation's id (made on first use), which its delivery reports carry."""
+    with write(ctx.engine) as conn:
+        return schema.installation_id(conn)
+
+
+def _replaces(current: str | None, current_at: datetime | None, new: str, at: datetime) -> bool:
+    """Does a report of ``new`` at ``at`` replace what the message shows? Never a final
+    state by an interim one, nor any state by an older report; a final state replaces an
+    interim one whenever it comes."""
+    if current is None:
+        return True
+    if current == new:
+        return False  # a repeat (Kannel retrying, an SMSC reporting twice): even its time
+    if current in FINAL_DLR and new not in FINAL_DLR:
+        return False
+    if new in FINAL_DLR and current not in FINAL_DLR:
+        return True
+    before = clock.from_store(current_at)
+    return before is None or (at > before if current in FINAL_DLR else at >= before)
 
 
 def record_dlr(
@@ -56,13 +98,18 @@ def record_dlr(
     *,
     at: datetime | None = None,
     ref: str | None = None,
+    installation: str | None = None,
 ) -> DlrResult:
     """Record a delivery report on the message with idempotency key ``key``
     (``smsops-<delivery>-<seq>-<message_no>``). Reports may come before dispatch has
     recorded the send, and in any order: a final state is never replaced by an interim
-    one (``buffered`` after ``delivered``). A report of the state the message already
-    shows changes nothing — not even its time: Kannel repeats a callback whose answer it
-    lost, and an SMSC may send a report twice."""
+    one (``buffered`` after ``delivered``) nor by an older one (compared by ``at``). A
+    report of the state the message already shows changes nothing — not even its time:
+    Kannel repeats a callback whose answer it lost, and an SMSC may send a report twice.
+
+    Refused (:class:`ReportRefused`): a report for another ``installation`` (the id its
+    dlr-url carries), or whose ``ref`` is not the SMSC id already recorded for the
+    message. Refused (:class:`InputError`): a key or a report type smsops does not know."""
     match = _KEY.fullmatch(key)
     if match is None:
         raise InputError("dlr", [Problem(None, "key", f"{key!r} is not an smsops message key")])
@@ -71,20 +118,27 @@ def record_dlr(
     this = and_(
         items.c.delivery_id == delivery_id, items.c.seq == seq, items.c.message_no == message_no
     )
+    when = at or clock.now()
     with write(ctx.engine) as conn:
-        current = conn.execute(select(items.c.dlr_status).where(this)).one_or_none()
+        if installation is not None and installation != schema.installation_id(conn):
+            raise ReportRefused(f"report {key} is for another installation ({installation[:40]})")
+        current = conn.execute(
+            select(items.c.dlr_status, items.c.dlr_at, items.c.gateway_ref).where(this)
+        ).one_or_none()
         if current is None:
             raise NotFoundError(f"no message {key}")
-        if current.dlr_status == status or (
-            current.dlr_status in FINAL_DLR and status not in FINAL_DLR
-        ):
+        if current.dlr_status == status:  # a repeat changes nothing, whatever it names
+            return DlrResult(key, status, False)
+        if ref and current.gateway_ref and ref[:64] != current.gateway_ref:
+            raise ReportRefused(f"report {key} names another message (ref {ref[:64]!r})")
+        if not _replaces(current.dlr_status, current.dlr_at, status, when):
             return DlrResult(key, current.dlr_status, False)
         conn.execute(
             items.update()
             .where(this)
             .values(
                 dlr_status=status,
-                dlr_at=at or clock.now(),
+                dlr_at=when,
                 gateway_ref=func.coalesce(items.c.gateway_ref, ref[:64] if ref else None),
             )
         )
@@ -92,47 +146,255 @@ def record_dlr(
 
 
 # --- replies (R16) -------------------------------------------------------------------
+# Japan's Act on Specified Electronic Mail requires honouring any notice of refusal and
+# prescribes no keyword: a reply is read generously. One that is plainly a refusal, in
+# the forms people write, opts the sender out; one that only may be (a negation, a
+# question, a refusal word inside other words) is kept for a person to review. Every
+# reply is stored, whatever smsops did with it.
 
-STOP_WORDS = frozenset({"停止", "配信停止", "stop"})
-# Around a stop word, after NFKC: blanks and the punctuation people type with it.
-_AROUND = " \t\r\n.,!?。、…・「」『』()[]\"'"
+ReplyAction = Literal["opted_out", "review", "ignored"]
+# why: stop_request | already_opted_out (opted out) · negated | question | mentions_stop
+# (review) · not_a_stop_request | not_a_phone | empty (ignored)
+ReplyReason = Literal[
+    "stop_request",
+    "already_opted_out",
+    "negated",
+    "question",
+    "mentions_stop",
+    "not_a_stop_request",
+    "not_a_phone",
+    "empty",
+]
+
+# Words that refuse on their own (after NFKC and casefold: ｽﾄｯﾌﾟ is ストップ, ＳＴＯＰ stop).
+_JA_TERMS = "停止|中止|ストップ|すとっぷ|ていし|解除|かいじょ|拒否|きょひ|お断り|不要|退会|登録解除"
+# "don't send" and friends: a refusal in verb form.
+_JA_VERBS = (
+    "送らないで|送信しないで|配信しないで|連絡しないで|送ってこないで|メールしないで"
+    "|いらない|いりません|要らない|要りません|やめて|止めて|とめて"
+)
+_JA_OBJECT = "(?:配信|送信|受信|メール|メッセージ|ショートメール|ショートメッセージ|sms|連絡)"
+_JA_LEAD = (
+    "(?:すみません|すいません|恐れ入りますが|お手数ですが|申し訳ありませんが|申し訳ないですが"
+    "|でも|なので|ですので|もう|今後は?|以後|以降|今すぐ|すぐに?|至急|全て|すべて|"
+    + _JA_OBJECT
+    + "(?:の|を|は)?)*"
+)
+_JA_POLITE = (
+    "(?:(?:を|で|は)?(?:お願い(?:します|致します|いたします|したいです)?|おねがい(?:します)?"
+    "|希望(?:します|です)?)"
+    "|し(?:て(?:ください|下さい|くださいませ|くれ|ほしい|欲しい|もらえますか|もらえませんか"
+    "|いただけますか|いただけませんか|頂けますか|頂けませんか|くれますか|くれませんか)?"
+    "|ます|たい|たいです)"
+    "|です|ください|下さい|ね|よ|で|を)*"
+)
+_JA_REFUSAL = re.compile(
+    f"{_JA_LEAD}(?:{_JA_OBJECT}?(?:の|を)?(?:{_JA_TERMS})|{_JA_VERBS}){_JA_POLITE}"
+)
+_JA_MENTION = re.compile(f"{_JA_TERMS}|{_JA_VERBS}")
+# a refusal word followed by a negation: 停止しないで, 解除しません, 停止は不要
+_JA_NEGATED = re.compile(
+    f"(?:{_JA_TERMS})(?:を|は)?(?:しないで|しない|しません|しなくて|じゃない|ではない|不要|やめて)"
+)
+_JA_REQUEST = re.compile("(?:ますか|ませんか)$")  # 停止していただけますか: a request
+_EN_REFUSAL = frozenset({"stop", "unsubscribe", "unsub", "optout", "stopall", "quit", "cancel"})
+_EN_FILLER = frozenset(
+    {
+        "please",
+        "pls",
+        "plz",
+        "now",
+        "all",
+        "me",
+        "sms",
+        "texts",
+        "text",
+        "messages",
+        "message",
+        "sending",
+        "thanks",
+        "thank",
+        "you",
+        "opt",
+        "out",
+        "the",
+    }
+)
+_EN_NEGATION = frozenset({"not", "don't", "dont", "never", "no"})
+_SENTENCES = re.compile(r"[。.!\n]+")
+_QUESTION = re.compile("(?:か|の|かな|かしら|っけ)$")
 
 
 @dataclass(frozen=True)
 class ReplyResult:
-    action: str  # opted_out | already_opted_out | ignored
+    action: ReplyAction
     phone: str | None = None  # the sender in E.164, when it is a phone number
-    reason: str | None = None  # why a reply was ignored: not_a_stop_request | not_a_phone
+    reason: ReplyReason | None = None  # why
+    reply_id: int | None = None  # its row in the replies table
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
+def _compact(sentence: str) -> str:
+    """A sentence without blanks, punctuation, symbols or brackets: 「停止」 → 停止."""
+    return "".join(c for c in sentence if unicodedata.category(c)[0] not in "PZSC")
+
+
+def classify_reply(text: str) -> tuple[ReplyAction, ReplyReason]:
+    """What a reply asks, read generously (R16): ``("opted_out", "stop_request")`` for a
+    refusal in the forms people write, ``("review", why)`` for one that only may be, and
+    ``("ignored", "not_a_stop_request" | "empty")`` for the rest. The action is what
+    :func:`handle_reply` does when the sender is a phone number.
+
+    >>> [classify_reply(t)[0] for t in ("ｽﾄｯﾌﾟ", "配信を停止してください", "停止しないで")]
+    ['opted_out', 'opted_out', 'review']
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold().strip()
+    if not _compact(folded):
+        return "ignored", "empty"
+    mentions = negated = question = False
+    for raw in _SENTENCES.split(folded):
+        sentence = raw.strip()
+        compact = _compact(sentence)
+        if not compact:
+            continue
+        asks = "?" in sentence or bool(_QUESTION.search(compact))
+        words = re.findall(r"[a-z']+", sentence)
+        en = any(w in _EN_REFUSAL or w.startswith(("stop", "unsub")) for w in words) or {
+            "opt",
+            "out",
+        } <= set(words)
+        ja = bool(_JA_MENTION.search(compact))
+        if not (en or ja):
+            continue
+        mentions = True
+        if (ja and _JA_NEGATED.search(compact)) or (en and _EN_NEGATION & set(words)):
+            negated = True
+            continue
+        request = bool(_JA_REQUEST.search(compact))  # 停止していただけますか: not a question
+        if ja and (request or not asks) and _JA_REFUSAL.fullmatch(compact):
+            return "opted_out", "stop_request"
+        said = set(words)
+        if (
+            en
+            and not ja
+            and not asks
+            and said <= _EN_REFUSAL | _EN_FILLER
+            and (bool(_EN_REFUSAL & said) or {"opt", "out"} <= said)
+        ):
+            return "opted_out", "stop_request"
+        question = question or asks
+    if negated:
+        return "review", "negated"
+    if question:
+        return "review", "question"
+    if mentions:
+        return "review", "mentions_stop"
+    return "ignored", "not_a_stop_request"
+
+
 def is_stop_request(text: str) -> bool:
-    """Is a reply a request to stop? 停止, 配信停止 or STOP — full- or half-width, any
-    case, with blanks or punctuation around it — and nothing else.
+    """Is a reply plainly a request to stop (see :func:`classify_reply`)?
 
     >>> [is_stop_request(t) for t in ("　ＳＴＯＰ　", "配信停止。", "停止しないで")]
     [True, True, False]
     """
-    normalized = unicodedata.normalize("NFKC", text).strip(_AROUND).casefold()
-    return normalized in STOP_WORDS
+    return classify_reply(text)[0] == "opted_out"
 
 
 def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
-    """A reply from ``sender``: a stop request adds the sender to the opt-out list (R16,
-    source ``reply``), so every later send skips it; any other reply is ignored. The
-    same reply twice, even at the same moment, lists the sender once."""
-    if not is_stop_request(text):
-        return ReplyResult("ignored", reason="not_a_stop_request")
-    try:
+    """A reply from ``sender``, stored with what was done with it: a refusal adds the
+    sender to the opt-out list (R16, source ``reply``), so every later send skips it; one
+    that only may be a refusal is kept for review; any other is ignored. The same reply
+    twice, even at the same moment, lists the sender once."""
+    action, reason = classify_reply(text)
+    phone: str | None = None
+    if action == "opted_out":
         try:
-            added = people.optout_add(ctx, sender, source="reply")
-        except IntegrityError:
-            # The same number went on the list between our look and our insert (Kannel
-            # retrying a reply whose first try is still running; PostgreSQL — SQLite
-            # writes one at a time): it is listed, which is all this reply asks.
-            added = people.optout_add(ctx, sender, source="reply")
-    except InputError:
-        return ReplyResult("ignored", reason="not_a_phone")
-    return ReplyResult("opted_out" if added["added"] else "already_opted_out", str(added["phone"]))
+            try:
+                added = people.optout_add(ctx, sender, source="reply")
+            except IntegrityError:
+                # The same number went on the list between our look and our insert (Kannel
+                # retrying a reply whose first try is still running; PostgreSQL — SQLite
+                # writes one at a time): it is listed, which is all this reply asks.
+                added = people.optout_add(ctx, sender, source="reply")
+            phone = str(added["phone"])
+            reason = "stop_request" if added["added"] else "already_opted_out"
+        except InputError:
+            action, reason = "ignored", "not_a_phone"
+    if phone is None:
+        phone = _e164_or_none(sender)
+    with write(ctx.engine) as conn:
+        reply_id = conn.execute(  # type: ignore[index]
+            replies.insert().values(
+                received_at=clock.now(),
+                sender=(phone or sender)[:32],
+                text=text,
+                action=action,
+                reason=reason,
+            )
+        ).inserted_primary_key[0]
+    return ReplyResult(action, phone, reason, int(reply_id))
+
+
+def _e164_or_none(sender: str) -> str | None:
+    read = classify_phones(pd.Series([sender], dtype=object)).iloc[0]
+    return None if pd.isna(read["e164"]) else str(read["e164"])
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One stored reply, as ``smsops replies list`` shows it."""
+
+    id: int
+    received_at: str | None  # ISO 8601 in the account's zone
+    sender: str  # masked (090-****-5678) unless asked otherwise
+    text: str
+    action: str
+    reason: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def list_replies(
+    ctx: Context,
+    *,
+    action: str | None = None,
+    limit: int | None = None,
+    unmasked: bool = False,
+) -> list[Reply]:
+    """Every reply received, newest first (``action``: only those opted_out, review or
+    ignored); senders masked unless ``unmasked``."""
+    from smsops.services import account as accounts  # the account's zone, at the edge
+
+    tz = accounts.get_account(ctx).timezone
+    stmt = select(replies).order_by(replies.c.received_at.desc(), replies.c.id.desc())
+    if action is not None:
+        stmt = stmt.where(replies.c.action == action)
+    if limit:
+        stmt = stmt.limit(limit)
+    with read(ctx.engine) as conn:
+        rows = conn.execute(stmt).all()
+    return [
+        Reply(
+            r.id,
+            clock.local_iso(r.received_at, tz),
+            r.sender if unmasked else _mask_sender(r.sender),
+            r.text if unmasked else mask_text(r.text),
+            r.action,
+            r.reason,
+        )
+        for r in rows
+    ]
+
+
+def replies_frame(ctx: Context, *, action: str | None = None) -> pd.DataFrame:
+    """The replies as a frame (masked senders), for the report notebook or an artifact."""
+    rows = [r.to_dict() for r in list_replies(ctx, action=action)]
+    return pd.DataFrame(rows, columns=["id", "received_at", "sender", "text", "action", "reason"])
+
+
+def _mask_sender(sender: str) -> str:
+    return mask_phone(sender) if sender.startswith("+") else sender

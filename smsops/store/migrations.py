@@ -194,6 +194,19 @@ def _v7_paused_deliveries(conn: Connection) -> None:
     conn.execute(text(f"ALTER TABLE deliveries ADD COLUMN resume_at {_timestamp(conn)}"))
 
 
+def _v8_replies(conn: Connection) -> None:
+    """Version 8: every reply is kept, with what smsops did with it and why."""
+    serial = "SERIAL" if conn.dialect.name == "postgresql" else "INTEGER"
+    conn.execute(
+        text(
+            f"CREATE TABLE replies (id {serial} NOT NULL PRIMARY KEY, "
+            f"received_at {_timestamp(conn)} NOT NULL, sender VARCHAR(32) NOT NULL, "
+            "text TEXT NOT NULL, action VARCHAR(16) NOT NULL, reason VARCHAR(32))"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_replies_received ON replies (received_at)"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
@@ -202,6 +215,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_optouts_read_as_r3,
     _v6_hand_off_marks,
     _v7_paused_deliveries,
+    _v8_replies,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -3,6 +3,8 @@ migrations.py."""
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import (
     Boolean,
     Column,
@@ -139,6 +141,21 @@ ledger = Table(
 )
 
 
+# Every reply received (version 8), whatever smsops did with it (R16): a notice of
+# refusal must be honoured in whatever words it comes, so none is dropped unseen.
+replies = Table(
+    "replies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime, nullable=False),
+    Column("sender", String(32), nullable=False),  # E.164 when a phone number, else as sent
+    Column("text", Text, nullable=False),
+    Column("action", String(16), nullable=False),  # opted_out | review | ignored
+    Column("reason", String(32)),  # why (inbound.ReplyReason)
+    Index("ix_replies_received", "received_at"),
+)
+
+
 # Each step takes the database from version i to i+1. Version 1 is the tables above as
 # first released; later steps alter them (ALTER TABLE …) so existing databases keep
 # their data. Never edit a released step: append a new one.
@@ -155,6 +172,20 @@ def ensure_account(conn: Connection, now: object) -> None:
         )
 
 
+INSTALLATION_KEY = "installation_id"
+
+
+def installation_id(conn: Connection) -> str:
+    """This database's installation id (``smsops_meta``), made on first use: delivery
+    reports carry it, so two databases behind one receiver never take each other's."""
+    stmt = select(meta.c.value).where(meta.c.key == INSTALLATION_KEY)
+    value = conn.execute(stmt).scalar()
+    if value is None:
+        value = uuid.uuid4().hex
+        conn.execute(meta.insert().values(key=INSTALLATION_KEY, value=value))
+    return str(value)
+
+
 __all__ = [
     "account",
     "deliveries",
@@ -164,5 +195,6 @@ __all__ = [
     "meta",
     "metadata",
     "optouts",
+    "replies",
     "users",
 ]

@@ -1,0 +1,61 @@
+"""Replies received (R16): every one kept, refusals and the rest."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from smsops.cli.common import JsonOpt, app, cell, command, context, emit, out
+from smsops.services import inbound
+
+replies_app = typer.Typer(
+    help="Replies received: refusals (opted out), those to review, the rest.",
+    no_args_is_help=True,
+)
+app.add_typer(replies_app, name="replies")
+
+
+class Action(StrEnum):
+    opted_out = "opted_out"
+    review = "review"
+    ignored = "ignored"
+
+
+@replies_app.command("list")
+@command
+def replies_list(
+    action: Annotated[
+        Action | None, typer.Option(help="Only replies smsops handled this way.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the newest N.")] = None,
+    show_numbers: Annotated[
+        bool,
+        typer.Option("--show-numbers", help="Show senders' numbers in full (personal data)."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every reply received, newest first: when, sender (masked), text, and what smsops
+    did with it (opted_out, review, ignored) and why."""
+    with context(as_json) as ctx:
+        rows = inbound.list_replies(
+            ctx,
+            action=action.value if action else None,
+            limit=limit,
+            unmasked=show_numbers,
+        )
+
+    def human() -> None:
+        table = Table("id", "received", "sender", "text", "action", "why")
+        for r in rows:
+            table.add_row(
+                str(r.id), cell(r.received_at), r.sender, escape(r.text), r.action, cell(r.reason)
+            )
+        out.print(table)
+        review = sum(r.action == "review" for r in rows)
+        out.print(f"{len(rows):,} replies, {review:,} to review")
+
+    emit(as_json, {"replies": [r.to_dict() for r in rows]}, human)
