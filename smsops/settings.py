@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     chunk_size: int = Field(10_000, ge=1)
     # a sending process that has not shown life for this long is presumed dead
     lease_seconds: float = Field(60.0, gt=0)
+    # a delivery paused because its gateway was down is tried again after this long,
+    # doubling each time it pauses again (at most an hour)
+    pause_seconds: float = Field(30.0, gt=0)
     # SQLite: how long a writer waits for another process's lock before it gives up
     busy_timeout: float = Field(60.0, gt=0)
 

@@ -248,8 +248,10 @@ def test_deliveries_list_show_errors_cancel(cli):
     shown = as_json(cli("deliveries", "show", str(sent["delivery_id"]), "--json"))
     assert shown["delivery"]["status"] == "sent"
     assert shown["items"] == [
-        {"seq": 1, "phone": e164(1), "message_no": 1, "status": "sent", "error": None},
-        {"seq": 2, "phone": e164(2), "message_no": 1, "status": "sent", "error": None},
+        {"seq": 1, "phone": e164(1), "message_no": 1, "status": "sent", "error": None}
+        | {"dlr_status": None, "dlr_at": None},  # no delivery report asked for
+        {"seq": 2, "phone": e164(2), "message_no": 1, "status": "sent", "error": None}
+        | {"dlr_status": None, "dlr_at": None},
     ]
     pending = as_json(cli("deliveries", "show", str(later["delivery_id"]), "--json"))
     assert {i["status"] for i in pending["items"]} == {"pending"}

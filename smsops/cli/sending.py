@@ -197,6 +197,8 @@ def print_result(result: dict[str, object]) -> None:
             f"; sent {result['sent']:,}, errors {result['errors']:,}, "
             f"tickets used {result['tickets_used']:,}"
         )
+    if result.get("reason"):
+        text += f"; paused: {result['reason']}"
     out.print(text)
 
 

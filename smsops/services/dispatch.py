@@ -60,6 +60,10 @@ UNKNOWN = "outcome_unknown"
 # repairs them.
 PLAN_BELOW_STANDARD = "plan_below_standard"
 BULK_KINDS = ("bulk", "resend")  # what R1 gates; individual sends go out on any plan
+# The gateway could not be reached (after its own retries): the message never left, so
+# it stays pending with its ticket, and the delivery pauses until dispatch-due retries.
+UNAVAILABLE = "gateway_unavailable"
+LONGEST_PAUSE = 3600.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class DispatchResult:
     tickets_used: int
     resumed: bool
     handled: int = 0  # pairs this dispatcher itself handed to the gateway
+    reason: str | None = None  # why it is paused (the gateway was down), when it is
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -87,6 +92,7 @@ def due_ids(ctx: Context) -> list[int]:
             .where(
                 or_(
                     and_(deliveries.c.status == "scheduled", deliveries.c.scheduled_at <= now),
+                    and_(deliveries.c.status == "paused", deliveries.c.resume_at <= now),
                     deliveries.c.status.in_(("queued", "sending")),
                 )
             )
@@ -97,7 +103,9 @@ def due_ids(ctx: Context) -> list[int]:
         # A queued delivery's creator registers to send it at once, a sending one has its
         # dispatchers: either way it is ours only when none of them lives on.
         return [
-            r.id for r in rows if r.status == "scheduled" or not live_dispatchers(conn, r.id, lease)
+            r.id
+            for r in rows
+            if r.status in ("scheduled", "paused") or not live_dispatchers(conn, r.id, lease)
         ]
 
 
@@ -106,9 +114,12 @@ def dispatch_due(ctx: Context) -> list[DispatchResult]:
     done = []
     for delivery_id in due_ids(ctx):
         try:
-            done.append(dispatch(ctx, delivery_id))
+            result = dispatch(ctx, delivery_id)
         except StateError:
             continue  # another process took it between the listing and the claim
+        done.append(result)
+        if result.status == "paused":
+            break  # the gateway is down: no use knocking with every other delivery too
     return done
 
 
@@ -166,7 +177,7 @@ def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
         "sent": sent.sent,
         "errors": sent.errors,
         "tickets_used": sent.tickets_used,
-    }
+    } | ({"reason": sent.reason} if sent.reason else {})
 
 
 def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
@@ -205,14 +216,44 @@ def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
     if chunk.empty:
         return 0
     try:
-        _send(ctx, gateway, session, chunk)
+        unavailable = _send(ctx, gateway, session, chunk)
     except GatewayError:
         _let_go(ctx, gateway, session)
         raise
     except StateError:  # the claim passed to another dispatcher: its items are not ours
         _unregister(ctx, session)
         raise
+    if unavailable:
+        _pause(ctx, session, unavailable)
+        return 0  # nothing more now: dispatch-due resumes it
     return len(chunk)
+
+
+def _pause(ctx: Context, session: Session, unavailable: int) -> None:
+    """The gateway was down: the delivery pauses (its unsent pairs pending, their tickets
+    kept) and dispatch-due tries again after a pause that doubles each time."""
+    with write(ctx.engine) as conn:
+        pauses = conn.execute(
+            select(deliveries.c.pauses).where(deliveries.c.id == session.delivery_id)
+        ).scalar_one()
+        wait = min(ctx.settings.pause_seconds * 2 ** (pauses or 0), LONGEST_PAUSE)
+        now = clock.now()
+        reason = (
+            f"the gateway could not be reached ({unavailable:,} messages not handed over); "
+            f"trying again from {clock.local_iso(now + timedelta(seconds=wait), 'UTC')}"
+        )
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == session.delivery_id, deliveries.c.status == "sending")
+            .values(
+                status="paused",
+                paused_reason=reason[:256],
+                resume_at=now + timedelta(seconds=wait),
+                pauses=(pauses or 0) + 1,
+            )
+        )
+        conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
+    log.warning("delivery %s paused: %s", session.delivery_id, reason)
 
 
 def _let_go(ctx: Context, gateway: Gateway, session: Session) -> None:
@@ -234,6 +275,12 @@ def finish(ctx: Context, session: Session) -> DispatchResult:
     """Leave the delivery; the last dispatcher out records its final status."""
     status = _finish(ctx, session)
     s = delivery_summary(ctx, session.delivery_id)
+    reason = None
+    if status == "paused":
+        with read(ctx.engine) as conn:
+            reason = conn.execute(
+                select(deliveries.c.paused_reason).where(deliveries.c.id == session.delivery_id)
+            ).scalar_one()
     return DispatchResult(
         session.delivery_id,
         status,
@@ -241,6 +288,7 @@ def finish(ctx: Context, session: Session) -> DispatchResult:
         int(s["errors"]),
         int(s["tickets_used"]),
         session.resumed,
+        reason=reason,
     )
 
 
@@ -268,9 +316,14 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == delivery_id)
-            .values(status="sending", started_at=row.started_at or now)
+            .values(
+                status="sending",
+                started_at=row.started_at or now,
+                paused_reason=None,
+                resume_at=None,
+            )
         )
-    return resumed
+    return resumed or row.status == "paused"
 
 
 def _heartbeat(ctx: Context, session: Session, stop: threading.Event) -> None:
@@ -513,6 +566,28 @@ def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
                 .where(items.c.delivery_id == d, tuple_(items.c.seq, items.c.message_no).in_(nxt))
                 .values(status="sending", owner=me)
             )
+        # R16 during a send: a number that opted out since the delivery was allocated
+        # (a 停止 reply to its first chunks, say) gets nothing more; its ticket comes back
+        opted_out = conn.execute(
+            items.update()
+            .where(
+                items.c.delivery_id == d,
+                items.c.status == "sending",
+                items.c.owner == me,
+                items.c.phone.in_(select(optouts.c.phone)),
+            )
+            .values(status="error", error="opted_out", sent_at=clock.now(), owner=None)
+        ).rowcount
+        if opted_out:
+            conn.execute(
+                ledger.insert().values(
+                    at=clock.now(),
+                    kind="refund",
+                    amount=opted_out,
+                    delivery_id=d,
+                    note="opted out while the delivery was being sent (R16)",
+                )
+            )
         chunk = fetch_frame(
             conn,
             select(items.c.seq, items.c.message_no, items.c.phone)
@@ -538,7 +613,9 @@ def _texts(ctx: Context, delivery_id: int) -> list[str]:
         )
 
 
-def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame) -> None:
+def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame) -> int:
+    """Hand the chunk to the gateway and record every answer; return how many pairs the
+    gateway could not take because it was down (they are pending again)."""
     d = session.delivery_id
     texts = pd.Series(session.texts, dtype=object)
     batch = pd.DataFrame(
@@ -577,6 +654,7 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
             .values(status="sent", sent_at=clock.now(), owner=None)
         )
         _finish_chunk(conn, session)
+    return int((results["error"] == UNAVAILABLE).sum())
 
 
 Located = tuple[int, int, str, str | None]  # seq, message_no, status, error
@@ -640,6 +718,14 @@ def _settle(conn: Any, session: Session, answers: list[Located], *, claimed: boo
     else:
         mine = _still_mine(conn, session, [(s, m) for s, m, _, _ in answers])
         done = [a for a in answers if (a[0], a[1]) in mine]
+    back = [a for a in done if a[3] == UNAVAILABLE]  # never left: pending again, ticket kept
+    done = [a for a in done if a[3] != UNAVAILABLE]
+    execute_many(
+        conn,
+        "UPDATE delivery_items SET status = 'pending', owner = NULL "
+        "WHERE delivery_id = ? AND seq = ? AND message_no = ?",
+        [(d, s, m) for s, m, _, _ in back],
+    )
     execute_many(
         conn,
         "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, owner = NULL "
@@ -694,8 +780,12 @@ def _finish(ctx: Context, session: Session) -> str:
     """Unregister; if no one else is still sending and nothing is left, close it."""
     d = session.delivery_id
     with write(ctx.engine) as conn:
-        conn.execute(select(deliveries.c.id).where(deliveries.c.id == d).with_for_update()).one()
+        current = conn.execute(
+            select(deliveries.c.status).where(deliveries.c.id == d).with_for_update()
+        ).scalar_one()
         conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
+        if current == "paused":
+            return current
         counts: dict[str, int] = dict(
             conn.execute(  # type: ignore[arg-type]
                 select(items.c.status, func.count())
@@ -716,6 +806,6 @@ def _finish(ctx: Context, session: Session) -> str:
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == d, deliveries.c.status == "sending")
-            .values(status=status, finished_at=clock.now())
+            .values(status=status, finished_at=clock.now(), pauses=0)
         )
     return status

@@ -192,6 +192,7 @@ def _v7_paused_deliveries(conn: Connection) -> None:
     reason shown and the time dispatch-due tries it again."""
     conn.execute(text("ALTER TABLE deliveries ADD COLUMN paused_reason VARCHAR(256)"))
     conn.execute(text(f"ALTER TABLE deliveries ADD COLUMN resume_at {_timestamp(conn)}"))
+    conn.execute(text("ALTER TABLE deliveries ADD COLUMN pauses INTEGER NOT NULL DEFAULT 0"))
 
 
 def _v8_replies(conn: Connection) -> None:

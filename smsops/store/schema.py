@@ -82,6 +82,7 @@ deliveries = Table(
     # status `paused` (the gateway was down): why, and when dispatch-due tries again
     Column("paused_reason", String(256)),
     Column("resume_at", DateTime),
+    Column("pauses", Integer, nullable=False, default=0, server_default="0"),  # in a row
     Index("ix_deliveries_due", "status", "scheduled_at"),
 )
 

@@ -247,7 +247,11 @@ get-url = "{mo_get_url(self.mo_url, self.token)}"
         wait_for(
             "the fake SMSC", lambda: re.search(r"fake\[fake\].*\(online", self._status()), timeout
         )
-        self._spawn("smsbox", [SMSBOX, "-v", level, str(self.config)], "smsbox.out")
+        return self.start_smsbox(timeout)
+
+    def start_smsbox(self, timeout: float = 30) -> Kannel:
+        """Start smsbox (the HTTP front) and return when it takes sendsms requests."""
+        self._spawn("smsbox", [SMSBOX, "-v", str(self.log_level), str(self.config)], "smsbox.out")
 
         def ready() -> bool:
             self._alive("smsbox")
@@ -260,6 +264,11 @@ get-url = "{mo_get_url(self.mo_url, self.token)}"
 
         wait_for("smsbox", ready, timeout)
         return self
+
+    def stop_smsbox(self) -> None:
+        """smsbox goes away (a restart, an outage of the HTTP front): sendsms requests are
+        refused; bearerbox keeps what it queued and delivers it."""
+        self._stop("smsbox")
 
     def kill(self) -> None:
         """Kannel crashes: SIGKILL smsbox and bearerbox (fakesmsc follows)."""

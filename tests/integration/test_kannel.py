@@ -46,7 +46,7 @@ from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import people
 from smsops.services.context import Context
-from smsops.services.dispatch import dispatch
+from smsops.services.dispatch import dispatch, dispatch_due
 from smsops.services.inbound import handle_reply, is_stop_request, record_dlr
 from smsops.settings import Settings
 from smsops.store import read
@@ -299,16 +299,16 @@ class KillsKannelAfterFirstChunk:
 
 
 @needs_kannel
-def test_r11_r15_kannel_down_midway_errors_are_refunded_and_resend_sends_exactly_those(
-    tmp_path,
-):
+def test_r11_kannel_down_midway_pauses_and_the_rest_goes_out_once_it_is_back(tmp_path):
+    """An outage is a pause, not a failure (issue 17): the pairs Kannel never took stay
+    pending with their tickets, and the delivery goes on from there once Kannel is back."""
     idle = Context.open(receiver_settings(tmp_path))
     with (
         Receiver(idle) as receiver,
         Kannel(tmp_path / "kannel", mo_url=f"{receiver.url}/mo", token=TOKEN) as k,
     ):
         ctx = Context.open(
-            kannel_settings(tmp_path, k, chunk_size=8),
+            kannel_settings(tmp_path, k, chunk_size=8, pause_seconds=0.1),
             gateway_factory=lambda s: KillsKannelAfterFirstChunk(
                 KannelGateway(s, dlr_url=f"{receiver.url}/dlr", backoff=0.05), k
             ),
@@ -318,14 +318,14 @@ def test_r11_r15_kannel_down_midway_errors_are_refunded_and_resend_sends_exactly
         accounts.add_tickets(ctx, 30)
         first = dispatch(ctx, create(ctx).delivery_id)
 
-        # Recipients 1-4 (the first chunk) went out; 5-12 found Kannel down.
-        assert (first.status, first.sent, first.errors) == ("partially_sent", 8, 16)
+        # Recipients 1-4 (the first chunk) went out; 5-12 found Kannel down: paused.
+        assert (first.status, first.sent, first.errors) == ("paused", 8, 0)
+        assert first.reason is not None and "could not be reached" in first.reason
         detail = dl.delivery_items(ctx, first.delivery_id)
-        failed = detail[detail["status"] == "error"]
-        assert set(failed["error"]) == {"gateway_unavailable"}
-        assert sorted(set(failed["seq"])) == list(range(5, 13))
+        waiting = detail[detail["status"] == "pending"]
+        assert sorted(set(waiting["seq"])) == list(range(5, 13)) and len(waiting) == 16
         assert len(k.received()) == 8
-        # R11: 24 debited, the 16 Kannel never took refunded.
+        # R11: 24 debited once, none refunded: the 16 keep their tickets for the resume.
         with read(ctx.engine) as conn:
             moves = dict(
                 conn.execute(
@@ -334,16 +334,14 @@ def test_r11_r15_kannel_down_midway_errors_are_refunded_and_resend_sends_exactly
                     .group_by(ledger.c.kind)
                 ).all()
             )
-        assert moves == {"debit": -24, "refund": 16}
-        assert accounts.balance(ctx) == 30 - 8
+        assert moves == {"debit": -24}
 
-        # R15: Kannel is back; the resend sends exactly the 16 failed pairs.
+        # Kannel is back: dispatch-due (after the pause) sends exactly the 16 pairs left.
         k.start()
         ctx.gateway_factory = gateway_factory(receiver)
-        resend = dl.resend_bulk(ctx, first.delivery_id)
-        assert resend.tickets_needed == 16
-        second = dispatch(ctx, resend.delivery_id)
-        assert (second.status, second.sent) == ("sent", 16)
+        time.sleep(0.2)
+        (second,) = dispatch_due(ctx)
+        assert (second.delivery_id, second.status, second.sent) == (first.delivery_id, "sent", 24)
         got = k.wait_received(24)
         time.sleep(0.5)  # nothing more arrives
         assert len(k.received()) == 24
@@ -562,7 +560,9 @@ def test_kannel_answers_are_mapped_and_only_safe_failures_retried(answers, statu
 def test_requests_carry_text_in_ucs2_terms_and_credentials_only_in_headers():
     transport, seen = scripted([202])
     settings = offline_settings(kannel_from="SMSOPS", receiver_token=TOKEN)
-    gateway = KannelGateway(settings, dlr_url="http://127.0.0.1:13080/dlr", transport=transport)
+    gateway = KannelGateway(
+        settings, dlr_url="http://127.0.0.1:13080/dlr", transport=transport, installation="inst1"
+    )
     try:
         gateway.send(batch_of(1))
     finally:
@@ -577,9 +577,10 @@ def test_requests_carry_text_in_ucs2_terms_and_credentials_only_in_headers():
         "SMSOPS",
     )
     assert (h["x-kannel-username"], h["x-kannel-password"]) == ("smsops", "pw")
-    assert h["x-kannel-dlr-mask"] == "19"
+    assert h["x-kannel-dlr-mask"] == "27"  # delivered, undeliverable, SMSC accepted/rejected
     assert h["x-kannel-dlr-url"] == (
-        f"http://127.0.0.1:13080/dlr?token={TOKEN}&key=smsops-1-1-1&status=%d&at=%T&ref=%F"
+        f"http://127.0.0.1:13080/dlr?token={TOKEN}&inst=inst1&key=smsops-1-1-1"
+        "&status=%d&at=%T&ref=%F"
     )
 
 
@@ -657,19 +658,20 @@ def test_r16_stop_requests_are_recognized_in_any_width_and_case(text):
 
 
 @pytest.mark.parametrize(
-    "text", ["", "停止しないで", "STOP IT", "配信を停止", "ありがとう", "stopp"]
+    "text", ["", "停止しないで", "STOP IT", "ありがとう", "stopp"]
 )
 def test_r16_other_replies_are_not_stop_requests(text):
     assert not is_stop_request(text)
 
 
 def test_r16_stop_reply_adds_the_sender_once_and_other_replies_are_ignored(ctx):
-    assert handle_reply(ctx, "819012345678", "停止").to_dict() == {
+    first = handle_reply(ctx, "819012345678", "停止").to_dict()
+    assert {k: first[k] for k in ("action", "phone", "reason")} == {
         "action": "opted_out",
         "phone": "+819012345678",
-        "reason": None,
+        "reason": "stop_request",
     }
-    assert handle_reply(ctx, "+819012345678", "STOP").action == "already_opted_out"
+    assert handle_reply(ctx, "+819012345678", "STOP").reason == "already_opted_out"
     assert handle_reply(ctx, "+819087654321", "了解").reason == "not_a_stop_request"
     assert handle_reply(ctx, "SHOPNEWS", "STOP").reason == "not_a_phone"
     assert people.load_optouts(ctx) == ["+819012345678"]
