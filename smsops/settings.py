@@ -15,7 +15,11 @@ from smsops.errors import ConfigError
 class Settings(BaseSettings):
     """Everything configurable about one smsops installation."""
 
-    model_config = SettingsConfigDict(env_prefix="SMSOPS_", extra="ignore")
+    # the environment first, then a `.env` file in the working directory (where a deployment
+    # keeps its credentials beside the code, never in flow parameters)
+    model_config = SettingsConfigDict(
+        env_prefix="SMSOPS_", extra="ignore", env_file=".env", env_file_encoding="utf-8"
+    )
 
     def __init__(self, **values: Any) -> None:
         """Read the settings; a bad value is one clear line naming the variable."""
