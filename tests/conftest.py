@@ -54,3 +54,31 @@ def ctx(settings: Settings) -> Iterator[Context]:
     context = Context.open(settings)
     yield context
     context.close()
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """The ``smsops`` command line in this process, on a fresh SQLite store and outbox:
+    ``cli(*args, code=0)`` runs it, checks the exit code and that it printed no traceback
+    (nor an "unexpected" error, unless ``unexpected_ok``), and returns the result."""
+    from typer.testing import CliRunner
+
+    from smsops.cli import app
+
+    runner = CliRunner()
+    env = {
+        "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
+        "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
+        "SMSOPS_CHUNK_SIZE": "3",
+    }
+
+    def run(*args: str, code: int = 0, input: str | None = None, unexpected_ok: bool = False):
+        result = runner.invoke(app, list(args), env=env, input=input, prog_name="smsops")
+        assert result.exit_code == code, (args, result.output, result.exception)
+        assert "Traceback" not in result.output
+        assert unexpected_ok or "smsops: unexpected" not in result.output
+        return result
+
+    run.env = env  # type: ignore[attr-defined]
+    run.tmp = tmp_path  # type: ignore[attr-defined]
+    return run

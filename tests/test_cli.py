@@ -14,29 +14,8 @@ from pathlib import Path
 
 import pytest
 from support import e164, mobile
-from typer.testing import CliRunner
 
 from smsops.cli import app
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner()
-    env = {
-        "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
-        "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
-        "SMSOPS_CHUNK_SIZE": "3",
-    }
-
-    def run(*args: str, code: int = 0, input: str | None = None):
-        result = runner.invoke(app, list(args), env=env, input=input)
-        assert result.exit_code == code, (args, result.output, result.exception)
-        assert "Traceback" not in result.output
-        return result
-
-    run.env = env  # type: ignore[attr-defined]
-    run.tmp = tmp_path  # type: ignore[attr-defined]
-    return run
 
 
 def soon(seconds: float = 1.2) -> str:

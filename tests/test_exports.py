@@ -21,34 +21,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from support import RefusingOutbox, add_users, e164, mobile
-from typer.testing import CliRunner
 
 from smsops import classify_phones
-from smsops.cli import app
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services.context import Context
 from smsops.services.dispatch import dispatch
 from smsops.settings import Settings
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner()
-    env = {
-        "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
-        "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
-    }
-
-    def run(*args: str, code: int = 0):
-        result = runner.invoke(app, list(args), env=env)
-        assert result.exit_code == code, (args, result.output, result.exception)
-        assert "Traceback" not in result.output and "unexpected" not in result.output
-        return result
-
-    run.env = env  # type: ignore[attr-defined]
-    run.tmp = tmp_path  # type: ignore[attr-defined]
-    return run
 
 
 def users_csv(tmp: Path, phones: list[str]) -> Path:

@@ -13,29 +13,9 @@ from pathlib import Path
 
 import pytest
 from support import mobile
-from typer.testing import CliRunner
 
-from smsops.cli import app
 from smsops.errors import InputError
 from smsops.tables import read_users_csv
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner()
-    env = {
-        "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
-        "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
-    }
-
-    def run(*args: str, code: int = 0):
-        result = runner.invoke(app, list(args), env=env)
-        assert result.exit_code == code, (args, result.output, result.exception)
-        assert "Traceback" not in result.output and "unexpected" not in result.output
-        return result
-
-    run.tmp = tmp_path  # type: ignore[attr-defined]
-    return run
 
 
 def write(path: Path, data: bytes) -> Path:
