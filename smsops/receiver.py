@@ -1,8 +1,9 @@
 """A small HTTP endpoint for what Kannel calls back with (stdlib server, at most
 ``max_handlers`` connections handled at once):
 
-- ``GET /dlr?token=…&inst=…&key=…&status=%d&at=%T&ref=%F`` — a delivery report, the
-  ``dlr-url`` the kannel gateway asks for with each message. ``inst`` is the sending
+- ``GET /dlr?token=…&inst=…&key=…&status=%d&at=%T&ref=%F&reason=%A`` — a delivery
+  report, the ``dlr-url`` the kannel gateway asks for with each message (``reason``: the
+  SMSC's answer, kept with the report). ``inst`` is the sending
   database's installation id: a report for another installation is refused (409), and
   so is one whose ``ref`` is not the SMSC id already recorded for the message; an
   unknown report type (``status=-1``, a bit smsops does not know) is refused (400). Each
@@ -69,6 +70,18 @@ def mo_get_url(base: str, token: str | SecretStr) -> str:
     """
     value = callback_token(token, wanted_by="the MO get-url")
     return f"{base}{'&' if '?' in base else '?'}token={value}&{MO_QUERY}"
+
+
+def _utf8(value: str | None) -> str | None:
+    """A query value read as latin-1 (one character a byte) as the UTF-8 it most likely
+    is; as it came when it is not UTF-8."""
+    if not value:
+        return None
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def decode_text(raw: bytes, coding: str | None, charset: str | None) -> str:
@@ -227,6 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
             # absent from reports asked for before smsops carried it (Kannel may still
             # hold some): those cannot be told apart, and are taken as before
             installation=params.get("inst") or None,
+            reason=_utf8(params.get("reason")),  # absent from reports asked for before
         )
         log.debug(
             "dlr %s: %s%s",

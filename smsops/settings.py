@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # where Kannel sends delivery reports: `smsops receiver`'s /dlr, e.g.
     # http://127.0.0.1:13080/dlr (None: no reports are asked for)
     kannel_dlr_url: str | None = None
+    # how long the SMSC keeps trying a message (Kannel's X-Kannel-Validity, in minutes):
+    # one held for a switched-off phone is dropped rather than delivered at night
+    # (None: the SMSC's own default)
+    kannel_validity_minutes: int | None = Field(None, gt=0)
+    # requests to Kannel in flight at once (and connections kept open to it)
+    kannel_concurrency: int = Field(4, ge=1, le=64)
     # the shared secret every callback to `smsops receiver` (/dlr, /mo) carries as
     # ?token=…; the receiver refuses to start without it
     receiver_token: SecretStr | None = None

@@ -21,6 +21,11 @@ Kannel's answers:
 Kannel cannot say which messages it accepted before a crash: :meth:`accepted_keys` is None.
 So the sender's ``hand_off`` is told WINDOW messages at a time, before they go out, with
 the answers so far: a crash leaves at most WINDOW + ``concurrency`` messages in doubt.
+
+Operator options: ``SMSOPS_KANNEL_CONCURRENCY`` requests in flight (default 4, 1..64);
+``SMSOPS_KANNEL_VALIDITY_MINUTES`` sent as ``X-Kannel-Validity``, how long the SMSC keeps
+trying a message before it drops it. Each delivery report carries the SMSC's answer
+(``%A``), which history keeps as the carrier's reason.
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ UNKNOWN = "outcome_unknown"
 # — the final states — and accepted by the SMSC (8), which settles a message whose answer
 # was lost (outcome_unknown) as sent; "buffered" (4) would change nothing history shows.
 DLR_MASK = 1 | 2 | 8 | 16
-# Kannel's escapes in a dlr-url: %d the report type, %T its time (epoch s), %F the SMSC's id.
-DLR_QUERY = "status=%d&at=%T&ref=%F"
+# Kannel's escapes in a dlr-url: %d the report type, %T its time (epoch s), %F the SMSC's id,
+# %A the SMSC's answer with the report (an SMPP receipt's ``stat:UNDELIV err:001 …``, an
+# HTTP SMSC's reply, ``NACK/…`` when the SMSC refused the message): the carrier's reason.
+DLR_QUERY = "status=%d&at=%T&ref=%F&reason=%A"
 # Each dlr-url carries the sending database's installation id as ``inst=…``: reports for
 # two databases behind one receiver never land in the wrong one (the receiver refuses).
 _INSTALLATION = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -135,7 +142,7 @@ class KannelGateway:
         *,
         dlr_url: str | None = None,
         installation: str | None = None,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         attempts: int = 4,
         backoff: float = 0.25,
         timeout: float = 30.0,
@@ -163,7 +170,9 @@ class KannelGateway:
                 raise GatewayError(f"SMSOPS_KANNEL_{what} must be ASCII (it travels in a header)")
         self.url = settings.kannel_url
         self.user = settings.kannel_user
-        self.concurrency = max(1, concurrency)
+        # SMSOPS_KANNEL_CONCURRENCY unless the caller says otherwise (tests)
+        wanted = settings.kannel_concurrency if concurrency is None else concurrency
+        self.concurrency = max(1, wanted)
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self._dlr_base = (
@@ -175,6 +184,7 @@ class KannelGateway:
         self._database_url = settings.database_url
         self._secret = password
         self._sender = settings.kannel_from
+        self._validity = settings.kannel_validity_minutes
         self._timeout = timeout
         self._transport = transport
         self._limiter = (
@@ -188,7 +198,10 @@ class KannelGateway:
 
     def __repr__(self) -> str:
         cap = f"{self._limiter.rate:g}/s" if self._limiter else "none"
-        return f"KannelGateway(url={self.url!r}, user={self.user!r}, rate_limit={cap})"
+        return (
+            f"KannelGateway(url={self.url!r}, user={self.user!r}, rate_limit={cap}, "
+            f"concurrency={self.concurrency})"
+        )
 
     # --- the Gateway protocol ------------------------------------------------------
 
@@ -264,6 +277,9 @@ class KannelGateway:
             }
             if self._sender:
                 headers["X-Kannel-From"] = self._sender
+            if self._validity:
+                # minutes the SMSC keeps trying (a switched-off phone): then it drops it
+                headers["X-Kannel-Validity"] = str(self._validity)
             if self._dlr_base:
                 headers["X-Kannel-DLR-Mask"] = str(DLR_MASK)
             transport = self._transport or httpx.AsyncHTTPTransport(

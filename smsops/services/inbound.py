@@ -38,6 +38,11 @@ FAILED_DLR = frozenset({"undeliverable", "smsc_rejected"})
 # The network has the message: an ``outcome_unknown`` pair was sent after all.
 SETTLING_DLR = frozenset({"delivered", "smsc_accepted"})
 _KEY = re.compile(r"smsops-(\d+)-(\d+)-(\d+)")
+# An SMPP delivery receipt (``id:… sub:001 dlvrd:000 submit date:… done date:… stat:UNDELIV
+# err:001 text:…``): its state and error code are the carrier's reason; its ``text:`` (the
+# message's first characters) and the rest are not kept.
+_RECEIPT_FIELD = re.compile(r"\b(stat|err):(\S+)", re.IGNORECASE)
+_REASON_WIDTH = 64  # delivery_items.dlr_reason is VARCHAR(64)
 
 
 class ReportRefused(SmsopsError):
@@ -67,6 +72,26 @@ def dlr_status(code: int) -> str:
         if code & bit:
             return DLR_STATUSES[bit]
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def carrier_reason(reply: str | None) -> str | None:
+    """The SMSC's answer with a report (Kannel's ``%A``), as kept with it: an SMPP
+    receipt's state and error code, or any other answer on one line; cut to 64
+    characters, None when there is none.
+
+    >>> carrier_reason("id:7 sub:001 dlvrd:000 submit date:2612010100 stat:UNDELIV err:001 text:冬")
+    'stat:UNDELIV err:001'
+    >>> carrier_reason("NACK/0x00000045/Submit failed")
+    'NACK/0x00000045/Submit failed'
+    """
+    if not reply:
+        return None
+    fields = {k.lower(): v for k, v in _RECEIPT_FIELD.findall(reply)}
+    if fields:
+        text = " ".join(f"{k}:{fields[k]}" for k in ("stat", "err") if k in fields)
+    else:
+        text = " ".join(reply.split())
+    return text[:_REASON_WIDTH] or None
 
 
 def installation_id(ctx: Context) -> str:
@@ -99,6 +124,7 @@ def record_dlr(
     at: datetime | None = None,
     ref: str | None = None,
     installation: str | None = None,
+    reason: str | None = None,
 ) -> DlrResult:
     """Record a delivery report on the message with idempotency key ``key``
     (``smsops-<delivery>-<seq>-<message_no>``). Reports may come before dispatch has
@@ -109,7 +135,10 @@ def record_dlr(
 
     Refused (:class:`ReportRefused`): a report for another ``installation`` (the id its
     dlr-url carries), or whose ``ref`` is not the SMSC id already recorded for the
-    message. Refused (:class:`InputError`): a key or a report type smsops does not know."""
+    message. Refused (:class:`InputError`): a key or a report type smsops does not know.
+
+    ``reason`` is the SMSC's answer with the report (Kannel's ``%A``): kept with the state
+    it came with (see :func:`carrier_reason`), replaced only when the state is."""
     match = _KEY.fullmatch(key)
     if match is None:
         raise InputError("dlr", [Problem(None, "key", f"{key!r} is not an smsops message key")])
@@ -139,6 +168,7 @@ def record_dlr(
             .values(
                 dlr_status=status,
                 dlr_at=when,
+                dlr_reason=carrier_reason(reason),
                 gateway_ref=func.coalesce(items.c.gateway_ref, ref[:64] if ref else None),
             )
         )

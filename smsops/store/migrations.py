@@ -208,6 +208,12 @@ def _v8_replies(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_replies_received ON replies (received_at)"))
 
 
+def _v9_dlr_reasons(conn: Connection) -> None:
+    """Version 9: each delivery report keeps the SMSC's answer (the carrier's state and
+    error code), so an undeliverable message says why."""
+    conn.execute(text("ALTER TABLE delivery_items ADD COLUMN dlr_reason VARCHAR(64)"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
@@ -217,6 +223,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v6_hand_off_marks,
     _v7_paused_deliveries,
     _v8_replies,
+    _v9_dlr_reasons,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

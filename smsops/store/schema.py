@@ -104,6 +104,8 @@ items = Table(
     # delivery report from the network (schema version 2): delivered | undeliverable | …
     Column("dlr_status", String(16)),
     Column("dlr_at", DateTime),
+    # the SMSC's answer with that report (Kannel's %A; version 9): ``stat:UNDELIV err:001``
+    Column("dlr_reason", String(64)),
     # the dispatcher that handed it to the gateway while it is `sending` (version 3)
     Column("owner", String(128)),
     # serves "the next pending pairs in order" without rescanning sent ones
