@@ -36,7 +36,7 @@ from smsops.logs import install_masking, mask_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
-from smsops.services import people
+from smsops.services import inbound, people
 from smsops.services.context import Context
 from smsops.services.import_root import confine
 from smsops.settings import Settings
@@ -356,10 +356,43 @@ def dispatch_due() -> State[list[dict[str, Any]]]:
     done = [r for r in results if isinstance(r, dict) and "skipped" not in r]
     failed = [s.message or f"delivery {d} failed" for d, s in states if s.is_failed()]
     notes = [s.message for _, s in states if s.message and "partially_sent" in s.message]
+    _replies_artifact(_context())
     if failed:
         message = "; ".join(m.split(": ", 1)[-1] if "DeliveryFailed" in m else m for m in failed)
         raise DeliveryFailed(message, deliveries=done)
     return Completed(message="; ".join(notes) or f"{len(done)} deliveries sent", data=done)
+
+
+REVIEW_ROWS = 100  # the newest replies to review shown (all of them: smsops replies list)
+
+
+def _replies_artifact(ctx: Context) -> int:
+    """The ``replies-to-review`` table: replies that may be a refusal (R16) and wait for a
+    person, newest first, senders and texts masked. Published only when there are any;
+    returns how many there are."""
+    review = inbound.list_replies(ctx, action="review")
+    if review:
+        rows = [
+            {
+                "reply": r.id,
+                "received": r.received_at,
+                "sender": r.sender,
+                "text": r.text,
+                "why": r.reason,
+            }
+            for r in review[:REVIEW_ROWS]
+        ]
+        more = f"; the newest {REVIEW_ROWS} shown" if len(review) > REVIEW_ROWS else ""
+        create_table_artifact(
+            key="replies-to-review",
+            table=rows,
+            description=(
+                f"{len(review)} replies may be a refusal (R16){more}: read them, and "
+                "`smsops optout add NUMBER` the ones that are (`smsops replies list "
+                "--action review`)."
+            ),
+        )
+    return len(review)
 
 
 def _collapse_overdue_runs() -> int:

@@ -23,6 +23,7 @@ from smsops.reports.common import (
 )
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
+from smsops.services import inbound
 from smsops.services.context import Context
 from smsops.services.dispatch import send_if_due
 
@@ -204,6 +205,45 @@ class DeliveryReport:
         if self.summary is None or self.failed_pairs.empty:
             return None
         return self._masked(self.failed_pairs, ["user_id", "phone", "message_no", "error"], rows)
+
+    def _replies_since(self) -> tuple[pd.DataFrame, str]:
+        """The replies received since this delivery started (sent now: created; else its
+        scheduled time), senders and texts masked; all of them when there is no delivery."""
+        frame = inbound.replies_frame(self.ctx)
+        s = self.summary
+        start = None if s is None else (s["scheduled_at"] or s["created_at"])
+        if start is None or frame.empty:
+            return frame, "" if start is None else f" since {start}"
+        received = pd.to_datetime(frame["received_at"], utc=True)
+        return frame[received >= pd.Timestamp(start)], f" since {start}"
+
+    def replies_note(self) -> Note:
+        """How many replies came in since the delivery started, by what smsops did with
+        them (R16): opted out, to review, ignored."""
+        frame, since = self._replies_since()
+        if frame.empty:
+            return Note(f"**No replies**{since}.")
+        counts = frame["action"].value_counts()
+        review = int(counts.get("review", 0))
+        by = ", ".join(f"{int(counts.get(a, 0)):,} {a}" for a in ("opted_out", "review", "ignored"))
+        note = f"**{len(frame):,} replies**{since}: {by}."
+        if review:
+            shown = f"the first {ROWS:,} are" if review > ROWS else "they are"
+            note += f" {review:,} may be a refusal and need a person to read them; {shown} below"
+            note += " (all of them: `smsops replies list --action review`)."
+        return Note(note)
+
+    def replies(self, rows: int = ROWS) -> pd.DataFrame | None:
+        """The replies to review (a refusal or not? R16), newest first, senders masked."""
+        frame, _ = self._replies_since()
+        review = frame[frame["action"] == "review"].head(rows)
+        if review.empty:
+            return None
+        out = review.set_index("id")[["received_at", "sender", "text", "reason"]]
+        stamps = pd.to_datetime(out["received_at"], utc=True).dt.tz_convert(self.timezone)
+        out["received_at"] = stamps.dt.strftime("%Y-%m-%d %H:%M:%S")
+        out.index.name = "reply"
+        return out.rename(columns={"received_at": "received", "reason": "why"})
 
     def resend(self, confirm: bool) -> Note | pd.DataFrame:
         """With ``confirm``: a new delivery of exactly the failed pairs, linked to this one

@@ -377,3 +377,29 @@ def test_every_flow_is_served_with_its_own_concurrency():
         assert d["concurrency_limit"]["limit"] == limits[name]
         expected = served[name].collision_strategy.value
         assert d["concurrency_limit"]["collision_strategy"] == expected
+
+
+def test_r16_dispatch_due_publishes_the_replies_to_review_masked(env):
+    """Replies that may be a refusal wait for a person: dispatch-due lists them in the
+    ``replies-to-review`` artifact, senders and quoted numbers masked; the others are not
+    in it, and no artifact is published while there is nothing to review."""
+    from flows.campaigns import dispatch_due
+    from smsops.services import inbound
+
+    ctx = Context.open(env)
+    inbound.handle_reply(ctx, e164(1), "ありがとう")  # ignored
+    before = Artifact.get("replies-to-review")
+    dispatch_due()
+    assert Artifact.get("replies-to-review") == before  # nothing to review: none published
+    inbound.handle_reply(ctx, e164(2), "STOP")  # opted out
+    inbound.handle_reply(ctx, e164(3), f"停止しないで。{mobile(77)}にも送って")  # review
+    inbound.handle_reply(ctx, e164(4), "配信停止ですか？")  # review
+    dispatch_due()
+    artifact = Artifact.get("replies-to-review")
+    assert artifact is not None and "2 replies may be a refusal" in str(artifact.description)
+    rows = json.loads(artifact.data)
+    assert [r["sender"] for r in rows] == ["090-****-0004", "090-****-0003"]  # newest first
+    assert {r["why"] for r in rows} == {"negated", "question"}
+    assert e164(77) not in artifact.data and mobile(77) not in artifact.data
+    for i in (1, 2, 3, 4):
+        assert e164(i) not in artifact.data and mobile(i) not in artifact.data

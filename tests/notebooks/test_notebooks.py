@@ -300,3 +300,32 @@ def test_run_report_names_the_failing_cell(tmp_path):
     nbformat.write(nb, tmp_path / "bad.ipynb")
     with pytest.raises(reports.ReportError, match=r"bad\.ipynb stopped in cell 1: ZeroDivision"):
         reports.execute(tmp_path / "bad.ipynb", tmp_path / "bad.out.ipynb", cwd=tmp_path)
+
+
+# --- replies (issue 17) -------------------------------------------------------------------
+
+
+def test_r16_report_counts_replies_and_lists_those_to_review_masked_also_in_html(
+    env, ctx, tmp_path
+):
+    """Every reply since the delivery started, counted by what smsops did with it; the ones
+    a person must read listed with masked senders (and a number quoted in a text masked),
+    in the notebook and in its HTML export."""
+    from smsops.services import inbound
+
+    original = failed_delivery(env)
+    inbound.handle_reply(ctx, e164(1), "STOP")  # opted out
+    inbound.handle_reply(ctx, e164(5), f"停止しないで。妻の番号は{mobile(77)}です")  # review
+    inbound.handle_reply(ctx, e164(10), "配信停止ですか？")  # review (a question)
+    inbound.handle_reply(ctx, e164(2), "ありがとう")  # ignored
+    nb = run("delivery_report", tmp_path, delivery_id=original)
+    text = shown(nb)
+    assert "**4 replies** since" in text
+    assert "1 opted_out, 2 review, 1 ignored" in text
+    assert "smsops replies list --action review" in text
+    assert masked(5) in text and masked(10) in text and "配信停止ですか" in text
+    assert "ありがとう" not in text  # only the ones to review are listed
+    assert not UNMASKED.search(text)
+    html = reports.export_html(nb, "report")
+    assert "Replies" in html and masked(5) in html and masked(10) in html
+    assert not UNMASKED.search(html)
