@@ -31,7 +31,7 @@ from prefect.states import Cancelled, Completed, State
 from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
-from smsops.errors import InputError, PathError, Problem, SmsopsError, StateError
+from smsops.errors import DeliveryFailed, InputError, PathError, Problem, StateError
 from smsops.logs import install_masking, mask_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
@@ -211,19 +211,6 @@ def _sent_now(result: dict[str, Any], delivery_id: int) -> State[dict[str, Any]]
 
 
 # --- dispatch -----------------------------------------------------------------------
-
-
-class DeliveryFailed(SmsopsError):
-    """Not one message of the delivery went out: its flow run fails, naming the reasons."""
-
-    code = "delivery_failed"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_delivery_failed, (self.message, self.details))
-
-
-def _delivery_failed(message: str, details: dict[str, Any]) -> DeliveryFailed:
-    return DeliveryFailed(message, **details)
 
 
 @task(cache_policy=NO_CACHE)

@@ -117,6 +117,19 @@ class GatewayError(SmsopsError):
     code = "gateway"
 
 
+class DeliveryFailed(SmsopsError):
+    """Not one message of the delivery went out: its flow run fails, naming the reasons."""
+
+    code = "delivery_failed"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_delivery_failed, (self.message, self.details))
+
+
+def _delivery_failed(message: str, details: dict[str, object]) -> DeliveryFailed:
+    return DeliveryFailed(message, **details)
+
+
 class PathError(SmsopsError):
     """A flow was asked to read a file outside ``SMSOPS_IMPORT_ROOT``; nothing was read."""
 

@@ -293,7 +293,8 @@ def test_partially_sent_delivery_says_so_in_its_run_state_and_counts_errors_by_r
 
 
 def test_failed_delivery_fails_its_flow_run_and_dispatch_due_still_sends_the_others(env):
-    from flows.campaigns import DeliveryFailed, dispatch_delivery, dispatch_due
+    from flows.campaigns import dispatch_delivery, dispatch_due
+    from smsops.errors import DeliveryFailed
 
     ctx = Context.open(env)
     doomed = queued_bulk(ctx, [mobile(1), mobile(2)], ["a"])
