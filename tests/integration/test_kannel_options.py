@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from integration.kannel import Kannel, missing, wait_for
 from pydantic import SecretStr
 from sqlalchemy import and_, select
 from support import add_users, e164, mobile
@@ -211,3 +212,47 @@ def test_the_carriers_reason_is_cut_to_its_column_and_an_empty_one_is_none():
     assert carrier_reason("x" * 200) == "x" * 64
     assert carrier_reason("") is None and carrier_reason("   ") is None
     assert carrier_reason("STAT:DELIVRD ERR:000") == "stat:DELIVRD err:000"
+
+
+# --- a real Kannel -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(bool(missing()), reason="Kannel not installed (apt-get install kannel)")
+def test_a_real_kannel_takes_the_validity_and_sends_the_smscs_answer_with_each_report(tmp_path):
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'smsops.db'}",
+        gateway="kannel",
+        receiver_token=SecretStr(TOKEN),
+        kannel_validity_minutes=60,
+        kannel_concurrency=2,
+    )
+    ctx = Context.open(settings)
+    with (
+        Receiver(ctx) as receiver,
+        Kannel(tmp_path / "kannel", mo_url=f"{receiver.url}/mo", token=TOKEN) as kannel,
+    ):
+        ctx.close()
+        ctx = Context.open(
+            settings.model_copy(
+                update={
+                    "kannel_url": kannel.sendsms_url,
+                    "kannel_user": kannel.user,
+                    "kannel_password": SecretStr(kannel.password),
+                    "kannel_dlr_url": f"{receiver.url}/dlr",
+                }
+            )
+        )
+        receiver.server.ctx = ctx
+        add_users(ctx, [mobile(i) for i in range(1, 4)])
+        accounts.add_tickets(ctx, 3)
+        d = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["セールのお知らせ"])).delivery_id
+        assert dispatch(ctx, d).sent == 3  # Kannel took every message with its validity
+        wait_for(
+            "every delivery report",
+            lambda: [report_of(ctx, d, s)[0] for s in (1, 2, 3)] == ["delivered"] * 3,
+            timeout=15,
+        )
+        reasons = [report_of(ctx, d, s)[1] for s in (1, 2, 3)]
+    ctx.close()
+    # fakesmsc's "delivered" reports come with an empty %A: no reason, not an empty one
+    assert reasons == [None, None, None]
