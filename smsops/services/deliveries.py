@@ -434,6 +434,7 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
         items.c.sent_at,
         items.c.dlr_status,
         items.c.dlr_at,
+        items.c.dlr_reason,  # the SMSC's answer with the report (``stat:UNDELIV err:001``)
     ]
     with read(ctx.engine) as conn:
         _delivery(conn, delivery_id)

@@ -206,6 +206,11 @@ def test_a_report_with_the_carriers_reason_keeps_it_through_the_receiver(rctx):
     assert report_of(rctx, d, 2) == ("smsc_rejected", "NACK/0x00000045/Submit failed")
     assert report_of(rctx, d, 3) == ("delivered", None)
     assert report_of(rctx, d, 4) == ("undeliverable", "エラー 番号なし")
+    shown = dl.delivery_items(rctx, d)  # what notebooks and the errors list read
+    assert shown["dlr_reason"].tolist()[:2] == [
+        "stat:UNDELIV err:001",
+        "NACK/0x00000045/Submit failed",
+    ]
 
 
 def test_the_carriers_reason_is_cut_to_its_column_and_an_empty_one_is_none():
