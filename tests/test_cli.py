@@ -228,9 +228,9 @@ def test_deliveries_list_show_errors_cancel(cli):
     assert shown["delivery"]["status"] == "sent"
     assert shown["items"] == [
         {"seq": 1, "phone": e164(1), "message_no": 1, "status": "sent", "error": None}
-        | {"dlr_status": None, "dlr_at": None},  # no delivery report asked for
+        | {"dlr_status": None, "dlr_at": None, "dlr_reason": None},  # no report asked for
         {"seq": 2, "phone": e164(2), "message_no": 1, "status": "sent", "error": None}
-        | {"dlr_status": None, "dlr_at": None},
+        | {"dlr_status": None, "dlr_at": None, "dlr_reason": None},
     ]
     pending = as_json(cli("deliveries", "show", str(later["delivery_id"]), "--json"))
     assert {i["status"] for i in pending["items"]} == {"pending"}

@@ -84,7 +84,8 @@ def deliveries_show(
         frame = dl.delivery_items(ctx, delivery_id)
         tz = accounts.get_account(ctx).timezone
     if as_json:
-        keys = ["seq", "phone", "message_no", "status", "error", "dlr_status", "dlr_at"]
+        keys = ["seq", "phone", "message_no", "status", "error"]
+        keys += ["dlr_status", "dlr_at", "dlr_reason"]  # the delivery report, if any
         shown = frame.assign(dlr_at=dl.iso_times(frame["dlr_at"], tz))[keys]
         records = shown.astype(object).where(shown.notna(), None)
         print(

@@ -580,7 +580,7 @@ def test_requests_carry_text_in_ucs2_terms_and_credentials_only_in_headers():
     assert h["x-kannel-dlr-mask"] == "27"  # delivered, undeliverable, SMSC accepted/rejected
     assert h["x-kannel-dlr-url"] == (
         f"http://127.0.0.1:13080/dlr?token={TOKEN}&inst=inst1&key=smsops-1-1-1"
-        "&status=%d&at=%T&ref=%F"
+        "&status=%d&at=%T&ref=%F&reason=%A"
     )
 
 

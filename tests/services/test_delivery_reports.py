@@ -248,5 +248,5 @@ def test_r14_kannel_asks_for_smsc_accepted_reports_and_names_the_installation(tm
     assert int(request.headers["x-kannel-dlr-mask"]) & 8  # smsc_accepted settles unknowns
     assert request.headers["x-kannel-dlr-url"] == (
         f"http://127.0.0.1:13080/dlr?token={TOKEN}&inst={inst}"
-        "&key=smsops-1-1-1&status=%d&at=%T&ref=%F"
+        "&key=smsops-1-1-1&status=%d&at=%T&ref=%F&reason=%A"
     )
