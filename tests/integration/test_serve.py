@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from integration.serving import cli, served, site_env
 from support import mobile
 
 SMSOPS = str(Path(sys.executable).parent / "smsops")
@@ -20,24 +19,10 @@ SMSOPS = str(Path(sys.executable).parent / "smsops")
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SMSOPS_"))}
-    env.update(
-        {
-            "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
-            "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
-            "SMSOPS_CHUNK_SIZE": "50",
-            "PREFECT_HOME": str(tmp_path / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-        }
-    )
+    env = site_env(tmp_path, SMSOPS_CHUNK_SIZE="50")
 
     def smsops(*args: str) -> dict:
-        done = subprocess.run(
-            [SMSOPS, *args, "--json"], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        return cli(env, *args)
 
     users = tmp_path / "users.csv"
     users.write_text(
@@ -46,23 +31,9 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
     smsops("users", "import", str(users))
     smsops("tickets", "add", "400")
 
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
-    stdout = open(tmp_path / "serve.json", "w")  # noqa: SIM115 - closed below
-    serve = subprocess.Popen(
-        [SMSOPS, "serve", "--interval", "5", "--json"],
-        env=env,
-        stdout=stdout,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while "being served" not in (tmp_path / "serve.log").read_text(errors="replace"):
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "smsops serve did not start"
-            time.sleep(1)
+    with served(tmp_path, env, interval=5) as serve:
         # --json: stdout is one JSON document; Prefect's own output went to stderr.
-        started = json.loads((tmp_path / "serve.json").read_text())
+        started = serve.started
         assert started["api_url"].startswith("http://127.0.0.1:")
         assert started["interval"] == 5
         assert set(started["deployments"]) == {  # every flow, preview-bulk included
@@ -112,14 +83,6 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
         racer.communicate(timeout=120)
         time.sleep(6)  # one more scheduler round must not send anything again
         records = [json.loads(x) for x in outbox.read_text(encoding="utf-8").splitlines()]
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-        log.close()
-        stdout.close()
 
     keys = [r["idempotency_key"] for r in records]
     assert len(keys) == len(set(keys)) == expected  # exactly once, racer or not

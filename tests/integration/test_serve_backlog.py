@@ -4,16 +4,13 @@ one, and it does not starve a create-bulk started at the same time (issue 17, it
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from integration.serving import cli, served, site_env
 from support import mobile
 
 SMSOPS = str(Path(sys.executable).parent / "smsops")
@@ -25,58 +22,16 @@ BACKLOG = 30
 def test_serve_collapses_a_backlog_of_dispatch_due_runs_and_still_runs_create_bulk(
     tmp_path: Path,
 ):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SMSOPS_"))}
-    env.update(
-        {
-            "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'smsops.db'}",
-            "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
-            "SMSOPS_IMPORT_ROOT": str(tmp_path),
-            "PREFECT_HOME": str(tmp_path / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-        }
-    )
-
-    def smsops(*args: str) -> dict:
-        done = subprocess.run(
-            [SMSOPS, *args, "--json"], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
+    env = site_env(tmp_path, SMSOPS_IMPORT_ROOT=str(tmp_path))
     users = tmp_path / "users.csv"
     users.write_text(
         "user_id,phone\n" + "".join(f"u{i},{mobile(i)}\n" for i in range(20)), encoding="utf-8"
     )
-    smsops("users", "import", str(users))
-    smsops("tickets", "add", "20")
-
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
-    stdout = open(tmp_path / "serve.json", "w")  # noqa: SIM115 - closed below
+    cli(env, "users", "import", str(users))
+    cli(env, "tickets", "add", "20")
     # a long interval: the only dispatch-due runs are the schedule's first and the backlog
-    serve = subprocess.Popen(
-        [SMSOPS, "serve", "--interval", "3600", "--json"],
-        env=env,
-        stdout=stdout,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while "being served" not in (tmp_path / "serve.log").read_text(errors="replace"):
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "smsops serve did not start"
-            time.sleep(1)
-        api_url = json.loads((tmp_path / "serve.json").read_text())["api_url"]
-        states, took, bulk = asyncio.run(_backlog_then_create_bulk(api_url))
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-        log.close()
-        stdout.close()
+    with served(tmp_path, env, interval=3600) as serve:
+        states, took, bulk = asyncio.run(_backlog_then_create_bulk(serve.api_url))
 
     # create-bulk was not starved: it ran and sent while the backlog was being cleared
     assert bulk.is_completed(), bulk.message
