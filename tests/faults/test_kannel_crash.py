@@ -31,10 +31,7 @@ def test_a_sender_killed_mid_send_through_kannel_leaves_only_the_in_flight_in_do
             store,
             USERS,
             USERS,
-            gateway="kannel",
-            kannel_url=k.sendsms_url,
-            kannel_user=k.user,
-            kannel_password=k.password,
+            **k.site_settings(),
             rate_limit=1500,
         )
         phones = set(write_users(tmp_path / "again.csv", USERS)["e164"])

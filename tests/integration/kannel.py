@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote_to_bytes
 import httpx
 
 from smsops.receiver import mo_get_url
+from smsops.settings import Settings
 
 BEARERBOX = "/usr/sbin/bearerbox"
 SMSBOX = "/usr/sbin/smsbox"
@@ -265,6 +266,15 @@ get-url = "{mo_get_url(self.mo_url, self.token)}"
         wait_for("smsbox", ready, timeout)
         return self
 
+    def site_settings(self) -> dict[str, str]:
+        """The ``SMSOPS_*`` settings (lower-case names) that send through this Kannel."""
+        return {
+            "gateway": "kannel",
+            "kannel_url": self.sendsms_url,
+            "kannel_user": self.user,
+            "kannel_password": self.password,
+        }
+
     def stop_smsbox(self) -> None:
         """smsbox goes away (a restart, an outage of the HTTP front): sendsms requests are
         refused; bearerbox keeps what it queued and delivers it."""
@@ -363,3 +373,14 @@ get-url = "{mo_get_url(self.mo_url, self.token)}"
     def _mo_count(self) -> int:
         m = re.search(r"\[fake-mo\].*?rcvd: sms (\d+)", self._status())
         return int(m[1]) if m else 0
+
+
+def offline_settings(**kw: object) -> Settings:
+    """Kannel gateway settings pointing nowhere (tests that record requests instead)."""
+    return Settings(
+        gateway="kannel",
+        kannel_url="http://127.0.0.1:9/cgi-bin/sendsms",
+        kannel_user="smsops",
+        kannel_password="pw",  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )

@@ -29,6 +29,7 @@ from integration.kannel import (
     free_port,
     max_in_any_second,
     missing,
+    offline_settings,
     wait_for,
 )
 from pydantic import SecretStr
@@ -509,16 +510,6 @@ def scripted(answers: list[object]) -> tuple[httpx.MockTransport, list[httpx.Req
         return httpx.Response(code, text=text)
 
     return httpx.MockTransport(handle), seen
-
-
-def offline_settings(**kw: object) -> Settings:
-    return Settings(
-        gateway="kannel",
-        kannel_url="http://127.0.0.1:9/cgi-bin/sendsms",
-        kannel_user="smsops",
-        kannel_password="pw",  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from integration.kannel import Kannel, missing, wait_for
+from integration.kannel import Kannel, missing, offline_settings, wait_for
 from pydantic import SecretStr
 from sqlalchemy import and_, select
 from support import add_users, e164, mobile
@@ -31,16 +31,6 @@ from smsops.store import read
 from smsops.store.schema import items
 
 TOKEN = secrets.token_urlsafe(32)
-
-
-def offline_settings(**kw: object) -> Settings:
-    return Settings(
-        gateway="kannel",
-        kannel_url="http://127.0.0.1:9/cgi-bin/sendsms",
-        kannel_user="smsops",
-        kannel_password="pw",  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def batch_of(n: int) -> pd.DataFrame:
