@@ -91,13 +91,9 @@ def _confined(paths: list[str] | None) -> list[str]:
 def _reject(source: str, problems: list[Problem]) -> None:
     """The rejected-rows artifact: where each problem is and the masked cell at fault,
     never other file content (such as the header line a wrong file starts with)."""
-    rows = [
-        {"row": p.row, "column": p.column, "problem": mask_text(p.problem.split(" (found:")[0])}
-        for p in problems[:1000]
-    ]
     create_table_artifact(
         key="import-rejected-rows",
-        table=rows,
+        table=[p.shareable() for p in problems[:1000]],
         description=f"Rejected: {source} (nothing was imported)",
     )
 

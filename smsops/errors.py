@@ -66,6 +66,19 @@ class Problem:
     column: str | None
     problem: str
     value: object = None
+    # what the file holds beyond the cell at fault (say the header names found): shown to
+    # whoever reads their own file, never put in a shared artifact (see `shareable`)
+    content: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The problem, with the file content that explains it."""
+        return f"{self.problem} ({self.content})" if self.content else self.problem
+
+    def shareable(self) -> dict[str, object]:
+        """Where and what, without file content: for Prefect artifacts and other shared
+        views (phone numbers masked)."""
+        return {"row": self.row, "column": self.column, "problem": mask_text(self.problem)}
 
     def __str__(self) -> str:
         where = []
@@ -73,7 +86,7 @@ class Problem:
             where.append(f"row {self.row}")
         if self.column is not None:
             where.append(f"column {self.column!r}")
-        return f"{', '.join(where) or 'table'}: {self.problem}"
+        return f"{', '.join(where) or 'table'}: {self.text}"
 
 
 class InputError(SmsopsError):
@@ -85,7 +98,7 @@ class InputError(SmsopsError):
         shown = "; ".join(str(p) for p in problems[:limit])
         more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
         if len(problems) == 1 and problems[0].row is None and problems[0].column is None:
-            message = f"{source}: {problems[0].problem}"  # one problem, not of a table cell
+            message = f"{source}: {problems[0].text}"  # one problem, not of a table cell
         else:
             count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
             message = f"{source}: {count}: {shown}{more}"
@@ -93,7 +106,7 @@ class InputError(SmsopsError):
             message,
             source=source,
             problems=[
-                {"row": p.row, "column": p.column, "problem": mask_text(p.problem)}
+                {"row": p.row, "column": p.column, "problem": mask_text(p.text)}
                 for p in problems
             ],
         )

@@ -139,9 +139,16 @@ class _Table:
         parts = [f"in {self.source}"] * self.named + [f"line {line}"] * (line is not None)
         return f"{text} ({', '.join(parts)})" if parts else text
 
-    def fail(self, text: str, column: str | None = None, line: int | None = None) -> _Table:
-        """Record a problem of the whole table, which then gives no frame."""
-        self.problems.append(Problem(None, column, self.where(text, line)))
+    def fail(
+        self,
+        text: str,
+        column: str | None = None,
+        line: int | None = None,
+        content: str | None = None,
+    ) -> _Table:
+        """Record a problem of the whole table, which then gives no frame; ``content``:
+        what the file holds that explains it (kept out of shared views)."""
+        self.problems.append(Problem(None, column, self.where(text, line), content=content))
         self.frame = None
         return self
 
@@ -599,7 +606,7 @@ def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
         t.fail("column name appears more than once in the header", name)
     for name in REQUIRED:
         if t.header and name not in names:
-            t.fail(f"required column {name!r} is missing (found: {_names(names)})", name)
+            t.fail(f"required column {name!r} is missing", name, content=f"found: {_names(names)}")
     frame = None if t.problems else _parse(t, names, has_header=True).frame
     if frame is None:
         return t
@@ -723,8 +730,8 @@ def read_phone_list(path: str | Path, encoding: str = "auto") -> pd.Series:
     at = next((i for i, k in enumerate(keys) if k in PHONE_HEADERS), None)
     column = "phone" if at is None else t.header[at]
     if not t.problems and at is None and len(keys) != 1:
-        found = ", ".join(repr(n) for n in t.header)
-        t.fail(f"no 'phone' or '電話番号' column, and more than one column (found: {found})")
+        found = "found: " + ", ".join(repr(n) for n in t.header)
+        t.fail("no 'phone' or '電話番号' column, and more than one column", content=found)
     if not t.problems:  # the other columns get names that cannot clash with the phone's
         names = [column if i == at or at is None else f"c{i}" for i in range(len(keys))]
         _parse(t, names, has_header=at is not None)
