@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.text import Text
 
@@ -25,7 +24,6 @@ from smsops.cli.common import (
     parse_send_time,
     write_csv_files,
 )
-from smsops.domain.phones import mask_phones
 from smsops.errors import SmsopsError
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
@@ -127,29 +125,10 @@ def bulk_preview(
     # Both for Excel: a BOM, numbers as 090-1234-5678, no cell read as a formula.
     tables = {
         "--export": (p.recipient_list(), ["phone"]),
-        "--excluded": excluded_list(p, unmasked),
+        "--excluded": (p.excluded_list(unmasked), ["phone", "duplicate_of"] if unmasked else []),
     }
     write_csv_files([(option, path, *tables[option]) for option, path in files])
     emit(as_json, p.to_dict(), lambda: show_preview(p))
-
-
-def excluded_list(p: dl.Preview, unmasked: bool) -> tuple[pd.DataFrame, list[str]]:
-    """Every user left out (R4), in user order: ``user_id``, ``reason``, ``phone``,
-    ``duplicate_of`` (the shared number, R5) and ``kept_by`` (the user who keeps that
-    number's send); numbers masked (090-****-5678) unless ``unmasked``. Also the columns
-    that hold full numbers, for :func:`write_csv_files`."""
-    e, r = p.selection.excluded, p.selection.recipients
-    keeper = pd.Series(r["user_id"].to_numpy(dtype=object), index=r["phone"].to_numpy(dtype=object))
-    frame = pd.DataFrame(
-        {
-            "user_id": e["user_id"],
-            "reason": e["reason"],
-            "phone": e["phone"] if unmasked else mask_phones(e["phone"]),
-            "duplicate_of": e["duplicate_of"] if unmasked else mask_phones(e["duplicate_of"]),
-            "kept_by": e["duplicate_of"].map(keeper),
-        }
-    )
-    return frame, ["phone", "duplicate_of"] if unmasked else []
 
 
 @bulk_app.command("create")

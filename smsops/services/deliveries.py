@@ -78,6 +78,24 @@ class Preview:
             }
         )
 
+    def excluded_list(self, unmasked: bool = False) -> pd.DataFrame:
+        """Every user left out (R4), in user order: ``user_id``, ``reason``, ``phone``,
+        ``duplicate_of`` (the shared number, R5) and ``kept_by`` (the user who keeps that
+        number's send); numbers masked (090-****-5678) unless ``unmasked``."""
+        e, r = self.selection.excluded, self.selection.recipients
+        keeper = pd.Series(
+            r["user_id"].to_numpy(dtype=object), index=r["phone"].to_numpy(dtype=object)
+        )
+        return pd.DataFrame(
+            {
+                "user_id": e["user_id"],
+                "reason": e["reason"],
+                "phone": e["phone"] if unmasked else mask_phones(e["phone"]),
+                "duplicate_of": e["duplicate_of"] if unmasked else mask_phones(e["duplicate_of"]),
+                "kept_by": e["duplicate_of"].map(keeper),
+            }
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "recipients": self.recipients,
