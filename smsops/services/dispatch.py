@@ -488,9 +488,9 @@ def _reconcile(
     )
     accepted = gateway.accepted_keys(delivery_id)
     if accepted is None:
-        fates = [_fate(marks.get(o), s, m) for s, m, o in stale.itertuples(index=False)]
-        stale["status"] = ["error" if f == UNKNOWN else f for f in fates]
-        stale["error"] = [UNKNOWN if f == UNKNOWN else None for f in fates]
+        fates = _fates(stale, marks)
+        stale["status"] = fates.where(fates != UNKNOWN, "error")
+        stale["error"] = fates.where(fates == UNKNOWN, None)
     else:
         keys = idempotency_keys(delivery_id, stale["seq"], stale["message_no"])
         stale["status"] = ["sent" if hit else "pending" for hit in keys.isin(accepted)]
@@ -519,19 +519,31 @@ def _reconcile(
         )
 
 
-def _fate(mark: Any, seq: int, message_no: int) -> str:
-    """What became of an item left ``sending`` by the dispatcher whose row is ``mark``,
-    when the gateway cannot tell: ``sent`` (its answer came back: at or before the
-    answered mark), ``pending`` (never handed over: after the handed mark), else
-    ``outcome_unknown``. Without a row (an older smsops, or deleted) it may have gone."""
-    if mark is None:
-        return UNKNOWN
-    item = (seq, message_no)
-    if mark.answered_seq is not None and item <= (mark.answered_seq, mark.answered_message_no):
-        return "sent"
-    if mark.handed_seq is None or item > (mark.handed_seq, mark.handed_message_no):
-        return "pending"
-    return UNKNOWN
+def _fates(stale: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
+    """What became of items left ``sending`` (seq, message_no, owner) when the gateway
+    cannot tell, by their dispatcher's marks: ``sent`` (its answer came back: at or before
+    the answered mark), ``pending`` (never handed over: after the handed mark), else
+    ``outcome_unknown``. Without a row (an older smsops, or deleted) an item may have gone.
+
+    >>> import pandas as pd
+    >>> class Mark:  # a dispatcher's row: answered up to (1, 2), handed up to (3, 1)
+    ...     answered_seq, answered_message_no, handed_seq, handed_message_no = 1, 2, 3, 1
+    >>> stale = pd.DataFrame({"seq": [1, 2, 3, 3], "message_no": [2, 1, 1, 2], "owner": "a"})
+    >>> _fates(stale, {"a": Mark()}).tolist()
+    ['sent', 'outcome_unknown', 'outcome_unknown', 'pending']
+    """
+    position = stale["seq"].to_numpy() * 4 + stale["message_no"].to_numpy()
+    fates = pd.Series(UNKNOWN, index=stale.index, dtype=object)
+    for owner, mark in marks.items():  # the dead dispatchers: a few at most
+        mine = (stale["owner"] == owner).to_numpy()
+        if mark.handed_seq is None:
+            fates[mine] = "pending"
+            continue
+        fates[mine & (position > mark.handed_seq * 4 + mark.handed_message_no)] = "pending"
+        if mark.answered_seq is not None:
+            answered = position <= mark.answered_seq * 4 + mark.answered_message_no
+            fates[mine & answered] = "sent"
+    return fates
 
 
 def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:

@@ -43,3 +43,26 @@ def test_r16_a_number_opted_out_while_its_delivery_is_half_sent_gets_nothing_aft
     assert (result.sent, result.errors) == (58, 2)
     assert accounts.balance(ctx) == 2  # the two pairs not sent gave their tickets back
     ctx.close()
+
+
+def test_r11_after_a_crash_only_items_between_the_answered_and_handed_marks_are_in_doubt():
+    import pandas as pd
+
+    from smsops.services.dispatch import _fates
+
+    class Mark:  # the dead dispatcher's row: answered up to (1, 2), handed up to (3, 1)
+        answered_seq, answered_message_no, handed_seq, handed_message_no = 1, 2, 3, 1
+
+    class Nothing:  # took a chunk, handed nothing over yet
+        answered_seq = answered_message_no = handed_seq = handed_message_no = None
+
+    stale = pd.DataFrame(
+        {"seq": [1, 1, 2, 3, 3, 5, 6], "message_no": [1, 2, 1, 1, 2, 1, 1]}
+        | {"owner": ["a"] * 5 + ["b", "gone"]}
+    )
+    fates = _fates(stale, {"a": Mark(), "b": Nothing()}).tolist()
+    assert fates == [
+        *["sent", "sent", "outcome_unknown", "outcome_unknown", "pending"],  # a
+        "pending",  # b handed nothing over
+        "outcome_unknown",  # no row left to tell: it may have gone
+    ]
