@@ -20,8 +20,9 @@ from smsops.cli.common import (
     tickets_app,
     users_app,
 )
-from smsops.services import account as accounts
-from smsops.services import people
+
+# The services are imported by the commands that use them: `--help` and the light commands
+# load only what they need (#12, tests/test_fast_start.py).
 
 # --- account and tickets --------------------------------------------------------------
 
@@ -30,6 +31,8 @@ from smsops.services import people
 @command
 def account_show(as_json: JsonOpt = False) -> None:
     """Show the plan, whether the phone field is in use, and the time zone."""
+    from smsops.services import account as accounts
+
     with context(as_json) as ctx:
         acct = accounts.get_account(ctx)
     emit(as_json, acct.to_dict(), lambda: out.print(kv_table(acct.to_dict())))
@@ -56,6 +59,8 @@ def account_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Change the plan, the phone field or the time zone."""
+    from smsops.services import account as accounts
+
     with context(as_json) as ctx:
         acct = accounts.set_account(
             ctx,
@@ -70,6 +75,8 @@ def account_set(
 @command
 def tickets_balance(as_json: JsonOpt = False) -> None:
     """Show the ticket balance (R11: the sum of the ledger)."""
+    from smsops.services import account as accounts
+
     with context(as_json) as ctx:
         value = accounts.balance(ctx)
     emit(as_json, {"balance": value}, lambda: out.print(f"{value:,} tickets"))
@@ -83,6 +90,8 @@ def tickets_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Buy tickets: add N to the balance (at most 1,000,000,000 in all)."""
+    from smsops.services import account as accounts
+
     with context(as_json) as ctx:
         value = accounts.add_tickets(ctx, count)
     emit(
@@ -111,6 +120,8 @@ def users_import(
     as_json: JsonOpt = False,
 ) -> None:
     """Import user tables (CSV); all files or nothing."""
+    from smsops.services import people
+
     with context(as_json) as ctx:
         result = people.import_users(ctx, files, encoding=encoding)
     emit(
@@ -128,6 +139,8 @@ def optout_import(
     as_json: JsonOpt = False,
 ) -> None:
     """Add every number of a CSV file to the opt-out list (R16)."""
+    from smsops.services import people
+
     with context(as_json) as ctx:
         result = people.optout_import(ctx, file, encoding=encoding)
     emit(
@@ -146,6 +159,8 @@ Phone = Annotated[str, typer.Argument(metavar="PHONE", help="A phone number, any
 @command
 def optout_add(phone: Phone, as_json: JsonOpt = False) -> None:
     """Add one number to the opt-out list (R16): it is never sent to."""
+    from smsops.services import people
+
     with context(as_json) as ctx:
         result = people.optout_add(ctx, phone)
     emit(
@@ -162,6 +177,8 @@ def optout_add(phone: Phone, as_json: JsonOpt = False) -> None:
 @command
 def optout_remove(phone: Phone, as_json: JsonOpt = False) -> None:
     """Take one number off the opt-out list."""
+    from smsops.services import people
+
     with context(as_json) as ctx:
         result = people.optout_remove(ctx, phone)
     emit(

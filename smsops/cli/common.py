@@ -8,6 +8,7 @@ import enum
 import functools
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -15,13 +16,10 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
 
-import pandas as pd
-import phonenumbers
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 from typer._click.core import Context as ClickContext  # typer vendors click
@@ -30,8 +28,17 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from smsops.errors import InputError, Problem, SmsopsError
 from smsops.logs import mask_text
-from smsops.services.context import Context
-from smsops.settings import Settings
+
+# Every command, and every --help, imports this module: what only some commands need
+# (pandas, phonenumbers, the settings and the store, rich's progress display) is imported
+# where it is used, so a command that touches no frame starts fast (#12,
+# tests/test_fast_start.py).
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.progress import Progress
+
+    from smsops.services.context import Context
+    from smsops.services.context import Progress as ProgressCallback
 
 _JSON = "smsops.json"  # ctx.meta: was --json given?
 
@@ -237,7 +244,27 @@ DeliveryId = Annotated[
 @contextmanager
 def context(as_json: bool) -> Iterator[Context]:
     """The Context for one command, with a progress bar on a terminal."""
-    show = not as_json and err.is_terminal
+    from smsops.services.context import Context
+    from smsops.settings import Settings
+
+    with _progress_bar(not as_json and err.is_terminal) as progress:
+        ctx = Context.open(Settings(), progress=progress)
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+
+@contextmanager
+def _progress_bar(show: bool) -> Iterator[ProgressCallback]:
+    """A progress callback that draws bars on stderr, or (no terminal) does nothing."""
+    from smsops.services.context import no_progress
+
+    if not show:
+        yield no_progress
+        return
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -245,7 +272,6 @@ def context(as_json: bool) -> Iterator[Context]:
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=not show,
     ) as bar:
         _live.append(bar)
         tasks: dict[str, TaskID] = {}
@@ -256,11 +282,7 @@ def context(as_json: bool) -> Iterator[Context]:
             bar.update(tasks[what], completed=done, total=total)
 
         try:
-            ctx = Context.open(Settings(), progress=progress)
-            try:
-                yield ctx
-            finally:
-                ctx.close()
+            yield progress
         finally:
             _live.remove(bar)
 
@@ -327,7 +349,13 @@ def _safe_cell(value: object) -> object:
 
 def cell(value: object) -> str:
     """A value as table text: missing (None, NaN, NA) is blank."""
-    return "" if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)) else str(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    # pd.NA and NaT exist only once pandas is loaded; a command that loaded none has none
+    pd = sys.modules.get("pandas")
+    if pd is not None and pd.api.types.is_scalar(value) and pd.isna(value):
+        return ""
+    return str(value)
 
 
 # A Japanese number of 11 digits in E.164 (mobile, IP phone, M2M): 0X0-XXXX-XXXX.
@@ -337,6 +365,8 @@ _JP_0X0 = r"^\+81([2-9]0)(\d{4})(\d{4})$"
 def _written_phone(e164: str) -> str:
     """One number as people write it: Japanese ones nationally (03-1234-5678), others in
     the international form (+1 650-253-0000, which the formula guard then quotes)."""
+    import phonenumbers
+
     try:
         number = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:

@@ -20,9 +20,9 @@ from smsops.cli.common import (
     out,
     write_csv_stdout,
 )
-from smsops.domain.phones import mask_phones
-from smsops.services import account as accounts
-from smsops.services import deliveries as dl
+
+# The services are imported by the commands that use them: `--help` and the light commands
+# load only what they need (#12, tests/test_fast_start.py).
 
 # --- history --------------------------------------------------------------------------
 
@@ -33,6 +33,8 @@ def deliveries_list(
     limit: Annotated[int | None, typer.Option(help="Only the newest N.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
+    from smsops.services import deliveries as dl
+
     with context(as_json) as ctx:
         rows = dl.list_deliveries(ctx, limit)
 
@@ -79,6 +81,10 @@ def deliveries_show(
     limit: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
+    from smsops.domain.phones import mask_phones
+    from smsops.services import account as accounts
+    from smsops.services import deliveries as dl
+
     with context(as_json) as ctx:
         summary = dl.delivery_summary(ctx, delivery_id)
         frame = dl.delivery_items(ctx, delivery_id)
@@ -128,6 +134,9 @@ def deliveries_errors(
     as_json: JsonOpt = False,
 ) -> None:
     """The (number, message) pairs that failed, with the reason."""
+    from smsops.domain.phones import mask_phones
+    from smsops.services import deliveries as dl
+
     with context(as_json) as ctx:
         frame = dl.delivery_items(ctx, delivery_id, failed_only=True)
     frame = frame[["seq", "user_id", "phone", "message_no", "error"]]
@@ -157,6 +166,8 @@ def deliveries_errors(
 @deliveries_app.command("cancel")
 @command
 def deliveries_cancel(delivery_id: int, as_json: JsonOpt = False) -> None:
+    from smsops.services import deliveries as dl
+
     with context(as_json) as ctx:
         result = dl.cancel(ctx, delivery_id)
     emit(as_json, result, lambda: out.print(f"delivery {delivery_id} cancelled"))

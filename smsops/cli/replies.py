@@ -10,7 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from smsops.cli.common import JsonOpt, app, cell, command, context, emit, out
-from smsops.services import inbound
+
+# The services are imported by the commands that use them: `--help` and the light commands
+# load only what they need (#12, tests/test_fast_start.py).
 
 replies_app = typer.Typer(
     help="Replies received: refusals (opted out), those to review, the rest.",
@@ -40,6 +42,8 @@ def replies_list(
 ) -> None:
     """Every reply received, newest first: when, sender (masked), text, and what smsops
     did with it (opted_out, review, ignored) and why."""
+    from smsops.services import inbound
+
     with context(as_json) as ctx:
         rows = inbound.list_replies(
             ctx,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -25,8 +25,11 @@ from smsops.cli.common import (
     write_csv_files,
 )
 from smsops.errors import SmsopsError
-from smsops.services import deliveries as dl
-from smsops.services import dispatch as dispatching
+
+# The services are imported by the commands that use them: `--help` and the light commands
+# load only what they need (#12, tests/test_fast_start.py).
+if TYPE_CHECKING:
+    from smsops.services import deliveries as dl
 
 # --- bulk -----------------------------------------------------------------------------
 
@@ -114,6 +117,8 @@ def bulk_preview(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a bulk delivery would send, to whom, when and for how many tickets."""
+    from smsops.services import deliveries as dl
+
     if unmasked and excluded is None:
         raise SmsopsError("--unmasked applies to --excluded")
     files = [(o, f) for o, f in (("--export", export), ("--excluded", excluded)) if f is not None]
@@ -142,6 +147,9 @@ def bulk_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Save a bulk delivery after confirmation; it is sent now unless --at is given."""
+    from smsops.services import deliveries as dl
+    from smsops.services import dispatch as dispatching
+
     with context(as_json) as ctx:
         p = dl.preview_bulk(ctx, message, at=at, users_files=users or [], query=query)
         if not yes:
@@ -189,6 +197,9 @@ def send(
     as_json: JsonOpt = False,
 ) -> None:
     """Send to one number now (individual send; never deduplicated)."""
+    from smsops.services import deliveries as dl
+    from smsops.services import dispatch as dispatching
+
     with context(as_json) as ctx:
         result = dispatching.send_if_due(ctx, dl.send_individual(ctx, phone, message))
     emit(as_json, result, lambda: print_result(result))
@@ -208,6 +219,9 @@ def resend(
     as_json: JsonOpt = False,
 ) -> None:
     """Send the failed (number, message) pairs of a delivery again (R15)."""
+    from smsops.services import deliveries as dl
+    from smsops.services import dispatch as dispatching
+
     with context(as_json) as ctx:
         if individual:
             if at is not None:
@@ -241,6 +255,8 @@ def dispatch_one(
     as_json: JsonOpt = False,
 ) -> None:
     """Send one delivery now (it must be due), or join the ones sending it."""
+    from smsops.services import dispatch as dispatching
+
     with context(as_json) as ctx:
         result = dispatching.dispatch(ctx, delivery_id, join=join).to_dict()
     emit(
@@ -257,6 +273,8 @@ def dispatch_one(
 @command
 def dispatch_due(as_json: JsonOpt = False) -> None:
     """Send every scheduled delivery whose time has come; resume any whose process died."""
+    from smsops.services import dispatch as dispatching
+
     with context(as_json) as ctx:
         results = [r.to_dict() for r in dispatching.dispatch_due(ctx)]
 

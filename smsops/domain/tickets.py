@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-from pandera.typing import DataFrame
+from typing import TYPE_CHECKING
 
 from smsops.domain.messages import MAX_MESSAGES
-from smsops.domain.schemas import STRING, SendPlan
+
+# The frame libraries are imported by the functions that build frames: the dispatcher
+# reads SENT and tickets_needed from here, and `dispatch-due` with nothing due must start
+# fast (#12).
+if TYPE_CHECKING:
+    import pandas as pd
+    from pandera.typing import DataFrame
+
+    from smsops.domain.schemas import SendPlan
 
 SENT = "sent"
 INSUFFICIENT = "insufficient_tickets"
@@ -33,6 +38,9 @@ def allocate_tickets(recipients: int, messages: int, balance: int) -> DataFrame[
         raise ValueError(f"a delivery carries 1 or 2 messages (R6), got {messages}")
     if balance < 0:
         raise ValueError(f"balance must be >= 0, got {balance}")
+    import numpy as np
+    import pandas as pd
+
     seq = np.repeat(np.arange(1, recipients + 1, dtype=np.int64), messages)
     message_no = np.tile(np.arange(1, messages + 1, dtype=np.int64), recipients)
     return allocate_plan(pd.DataFrame({"seq": seq, "message_no": message_no}), balance)
@@ -41,11 +49,16 @@ def allocate_tickets(recipients: int, messages: int, balance: int) -> DataFrame[
 def allocate_plan(pairs: pd.DataFrame, balance: int) -> DataFrame[SendPlan]:
     """Allocate over any (seq, message_no) pairs already in send order (e.g. a resend of
     exactly the failed pairs, R15): the first ``balance`` pairs are sent."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    from pandera.typing import DataFrame
+
+    from smsops.domain.schemas import STRING, SendPlan
+
     codes = (np.arange(len(pairs)) >= max(balance, 0)).astype(np.int8)  # 0 sent, 1 not
-    status = pa.DictionaryArray.from_arrays(codes, _STATUSES).cast(pa.large_string())
+    statuses = pa.array([SENT, INSUFFICIENT], pa.large_string())
+    status = pa.DictionaryArray.from_arrays(codes, statuses).cast(pa.large_string())
     out = pairs[["seq", "message_no"]].reset_index(drop=True)
     out = out.assign(status=pd.array(status, dtype=STRING))
     return DataFrame[SendPlan](out)
-
-
-_STATUSES = pa.array([SENT, INSUFFICIENT], pa.large_string())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
-
-import pandas as pd
+from typing import TYPE_CHECKING, Protocol
 
 from smsops.settings import Settings
+
+if TYPE_CHECKING:  # batches are frames, but every Context imports this module (#12)
+    import pandas as pd
 
 # Columns of a batch handed to a gateway, and of what it answers.
 BATCH_COLUMNS = ["delivery_id", "seq", "message_no", "phone", "text", "idempotency_key"]

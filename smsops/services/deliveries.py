@@ -9,17 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 from sqlalchemy import Connection, and_, case, func, or_, select
 
 from smsops import clock
-from smsops.domain import query as selection_query
 from smsops.domain.messages import Message, validate_messages
-from smsops.domain.phones import classify_phones, mask_phone, mask_phones
-from smsops.domain.recipients import Selection, select_recipients
 from smsops.domain.tickets import tickets_needed
 from smsops.errors import (
     NoRecipientsError,
@@ -30,14 +25,19 @@ from smsops.errors import (
 )
 from smsops.logs import mask_text
 from smsops.services import account as accounts
-from smsops.services import people
 from smsops.services.context import Context
 from smsops.services.inbound import FAILED_DLR, SETTLING_DLR
 from smsops.services.liveness import register
 from smsops.store import read, write
-from smsops.store.bulk import fetch_frame, insert_rows
 from smsops.store.schema import deliveries, items, ledger
-from smsops.tables import phone_column_note, read_users_csvs
+
+# pandas, the frame-building domain, the user tables and the bulk store helpers are
+# imported by the functions that use them: `deliveries list` and `dispatch-due` with
+# nothing due must not pay for them (#12, tests/test_fast_start.py).
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from smsops.domain.recipients import Selection
 
 SAMPLE = 10  # masked numbers shown in a confirmation
 FINAL = ("sent", "partially_sent", "failed", "cancelled")
@@ -68,6 +68,8 @@ class Preview:
     def recipient_list(self) -> pd.DataFrame:
         """Every recipient in send order: seq, phone (E.164), user_id and how many users
         share the number (R5)."""
+        import pandas as pd
+
         r = self.selection.recipients
         return pd.DataFrame(
             {
@@ -82,6 +84,10 @@ class Preview:
         """Every user left out (R4), in user order: ``user_id``, ``reason``, ``phone``,
         ``duplicate_of`` (the shared number, R5) and ``kept_by`` (the user who keeps that
         number's send); numbers masked (090-****-5678) unless ``unmasked``."""
+        import pandas as pd
+
+        from smsops.domain.phones import mask_phones
+
         e, r = self.selection.excluded, self.selection.recipients
         keeper = pd.Series(
             r["user_id"].to_numpy(dtype=object), index=r["phone"].to_numpy(dtype=object)
@@ -123,6 +129,12 @@ def preview_bulk(
 ) -> Preview:
     """Everything a bulk delivery would do, without saving anything (R13). Refuses what
     could never be created: a lower plan (R1), bad messages (R6, R7), a past time (R12)."""
+    from smsops.domain import query as selection_query
+    from smsops.domain.phones import mask_phones
+    from smsops.domain.recipients import select_recipients
+    from smsops.services import people
+    from smsops.tables import phone_column_note, read_users_csvs
+
     acct = accounts.get_account(ctx)
     accounts.require_bulk_plan(acct)
     msgs = validate_messages(messages)
@@ -183,6 +195,9 @@ class Created:
 def create_bulk(ctx: Context, preview: Preview) -> Created:
     """Save a confirmed bulk delivery (R13): refused with 0 recipients (R4) or too few
     tickets (R9); scheduled when it has a time (R12), else queued to send now."""
+    import numpy as np
+    import pandas as pd
+
     if preview.recipients == 0:
         raise NoRecipientsError("R4", preview.diagnosis, excluded=preview.excluded)
     if preview.scheduled_at is not None and preview.scheduled_at <= clock.now():
@@ -252,6 +267,8 @@ def _save_all(ctx: Context, drafts: Sequence[_Draft], tz: str) -> list[Created]:
 
 
 def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: str) -> Created:
+    from smsops.store.bulk import insert_rows
+
     pairs, when = draft.pairs, draft.when
     needed = len(pairs)
     status = "scheduled" if when is not None else "queued"
@@ -307,6 +324,11 @@ def send_individual(
 ) -> Created:
     """Save an individual send to one number (never deduplicated, R5); R3, R6, R7, R9 and
     R16 apply. The caller dispatches it."""
+    import pandas as pd
+
+    from smsops.domain.phones import classify_phones, mask_phone
+    from smsops.services import people
+
     acct = accounts.get_account(ctx)
     msgs = validate_messages(messages)
     row = classify_phones(pd.Series([phone], dtype=object)).iloc[0]
@@ -442,6 +464,8 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
     ``sending`` (handed to the gateway, outcome not recorded yet) reads as pending; a
     final negative delivery report reads as an error named for it (``undeliverable``,
     ``smsc_rejected``), a delivered one as settling ``outcome_unknown`` (sent)."""
+    from smsops.store.bulk import fetch_frame
+
     cols = [
         items.c.seq,
         items.c.phone,
@@ -469,6 +493,8 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
 def iso_times(values: pd.Series, tz: str) -> pd.Series:
     """UTC times from the store as ISO 8601 in the account's zone (None where missing),
     vectorized: ``2026-12-01T10:00:05+09:00``."""
+    import pandas as pd
+
     local = pd.to_datetime(values, utc=True).dt.tz_convert(tz)
     text = local.dt.strftime("%Y-%m-%dT%H:%M:%S%z").str.replace(
         r"([+-]\d\d)(\d\d)$", r"\1:\2", regex=True
@@ -480,6 +506,8 @@ def waiting_demand(ctx: Context) -> pd.DataFrame:
     """Deliveries waiting to be sent (queued or scheduled) with the tickets each will ask
     for at send time — its pending pairs — and when (UTC), soonest first. Scheduled
     deliveries reserve nothing (R10): this is what competes for the balance."""
+    from smsops.store.bulk import fetch_frame
+
     due = func.coalesce(deliveries.c.scheduled_at, deliveries.c.created_at)
     stmt = (
         select(deliveries.c.id, deliveries.c.kind, due.label("due"), func.count(items.c.seq))
@@ -505,6 +533,11 @@ def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
     """The (number, message) pairs of a delivery that failed and are still to repair:
     not opted out since (R16), and not already sent or on their way in an earlier
     resend of it — resending twice must not send twice."""
+    import pandas as pd
+
+    from smsops.services import people
+    from smsops.store.bulk import fetch_frame
+
     failed = delivery_items(ctx, delivery_id, failed_only=True)
     failed = failed[~failed["error"].isin(NOT_RESENT)]
     optouts = set(people.load_optouts(ctx))
@@ -570,6 +603,10 @@ def resend_individual(ctx: Context, delivery_id: int, phone: str | None = None) 
     send's own failures may be resent on any plan), and R9 to the whole resend — every
     number's send is saved in one transaction, or none is.
     """
+    import pandas as pd
+
+    from smsops.domain.phones import classify_phones, mask_phone
+
     acct = accounts.get_account(ctx)
     original = delivery_summary(ctx, delivery_id)
     if original["kind"] != "individual":

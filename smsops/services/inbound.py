@@ -7,20 +7,22 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 
 from smsops import clock
-from smsops.domain.phones import classify_phones, mask_phone
 from smsops.errors import InputError, NotFoundError, Problem, SmsopsError
 from smsops.logs import mask_text
-from smsops.services import people
 from smsops.services.context import Context
 from smsops.store import read, schema, write
 from smsops.store.schema import items, replies
+
+# pandas, phone classification and the user tables are imported where they are used: the
+# history views read this module's vocabulary and must start fast (#12).
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Kannel's DLR types (the %d of a dlr-url) and what history calls them.
 DLR_STATUSES = {
@@ -338,6 +340,8 @@ def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
     sender to the opt-out list (R16, source ``reply``), so every later send skips it; one
     that only may be a refusal is kept for review; any other is ignored. The same reply
     twice, even at the same moment, lists the sender once."""
+    from smsops.services import people
+
     action, reason = classify_reply(text)
     phone: str | None = None
     if action == "opted_out":
@@ -369,6 +373,10 @@ def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
 
 
 def _e164_or_none(sender: str) -> str | None:
+    import pandas as pd
+
+    from smsops.domain.phones import classify_phones
+
     read = classify_phones(pd.Series([sender], dtype=object)).iloc[0]
     return None if pd.isna(read["e164"]) else str(read["e164"])
 
@@ -422,9 +430,13 @@ def list_replies(
 
 def replies_frame(ctx: Context, *, action: str | None = None) -> pd.DataFrame:
     """The replies as a frame (masked senders), for the report notebook or an artifact."""
+    import pandas as pd
+
     rows = [r.to_dict() for r in list_replies(ctx, action=action)]
     return pd.DataFrame(rows, columns=["id", "received_at", "sender", "text", "action", "reason"])
 
 
 def _mask_sender(sender: str) -> str:
+    from smsops.domain.phones import mask_phone
+
     return mask_phone(sender) if sender.startswith("+") else sender

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from sqlalchemy import Connection, Executable, Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def insert_rows(
@@ -87,5 +90,7 @@ def _naive_datetimes(rows: Sequence[tuple]) -> Sequence[tuple]:
 def fetch_frame(conn: Connection, stmt: Executable, columns: Sequence[str]) -> pd.DataFrame:
     """A query's rows as a DataFrame, built from plain tuples (building one from
     SQLAlchemy Row objects is several times slower)."""
+    import pandas as pd  # here: the rest of this module serves commands that start fast (#12)
+
     rows = conn.execute(stmt).all()
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns))
