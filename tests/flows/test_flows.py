@@ -16,6 +16,7 @@ from smsops.errors import InputError, PathError
 from smsops.gateways.outbox import OutboxGateway
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
+from smsops.services import people
 from smsops.services.context import Context
 from smsops.settings import Settings
 
@@ -70,7 +71,7 @@ def test_import_users_flow_rejects_all_and_lists_the_rows(env, tmp_path):
     rows = json.loads(Artifact.get("import-rejected-rows").data)
     assert {r["row"] for r in rows} == {1, 2}
     ctx = Context.open(env)
-    assert dl.people.users_count(ctx) == 0  # all or nothing
+    assert people.users_count(ctx) == 0  # all or nothing
 
 
 def test_r13_create_bulk_flow_saves_only_when_confirmed(env, tmp_path, caplog):
@@ -103,7 +104,6 @@ def test_dispatch_due_flow_sends_scheduled_and_resend_flow_repairs(env, tmp_path
     from flows.campaigns import dispatch_due, resend_failures
 
     ctx = Context.open(env)
-    people = dl.people
     people.upsert_users(
         ctx, pd.DataFrame({"user_id": ["a", "b", "c"], "phone": [mobile(1), mobile(2), mobile(3)]})
     )
@@ -143,15 +143,107 @@ def test_send_chunk_retry_never_sends_twice(env, tmp_path):
     from flows import campaigns
 
     ctx = campaigns._context()
-    dl.people.upsert_users(
-        ctx, pd.DataFrame({"user_id": ["a", "b"], "phone": [mobile(1), mobile(2)]})
-    )
+    people.upsert_users(ctx, pd.DataFrame({"user_id": ["a", "b"], "phone": [mobile(1), mobile(2)]}))
     accounts.add_tickets(ctx, 4)
     created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"]))
     ctx.gateway_factory = lambda settings: AcceptThenTimeout(settings.outbox)
     result = campaigns.dispatch_delivery(created.delivery_id)
     assert AcceptThenTimeout.failed
     assert (result["sent"], result["errors"]) == (4, 0)
+    lines = [json.loads(x) for x in Path(env.outbox).read_text().splitlines()]
+    assert sorted((x["phone"], x["message_no"]) for x in lines) == [
+        (e164(1), 1),
+        (e164(1), 2),
+        (e164(2), 1),
+        (e164(2), 2),
+    ]
+
+
+class OnceThen(OutboxGateway):
+    """An outbox whose first send does ``first(batch)`` before it hands anything over.
+    ``built`` counts the gateways the flow made: one per run of the send_chunk task."""
+
+    built = 0
+    first = None
+
+    def send(self, batch, hand_off=None):
+        first, OnceThen.first = OnceThen.first, None
+        if first is not None:
+            with first(batch):
+                return super().send(batch, hand_off)
+        return super().send(batch, hand_off)
+
+
+def two_users_four_pairs(ctx: Context) -> int:
+    people.upsert_users(ctx, pd.DataFrame({"user_id": ["a", "b"], "phone": [mobile(1), mobile(2)]}))
+    accounts.add_tickets(ctx, 4)
+    created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"]))
+
+    def factory(settings: Settings) -> OnceThen:
+        OnceThen.built += 1
+        return OnceThen(settings.outbox)
+
+    OnceThen.built = 0
+    ctx.gateway_factory = factory
+    return created.delivery_id
+
+
+def test_a_terminal_error_is_not_retried_a_lost_claim_fails_the_run_at_once(env):
+    """#14: send_chunk retries only what a retry can cure. A claim lost to a successor
+    (its lease passed) is a StateError: one run of the task, not four."""
+    from contextlib import contextmanager
+
+    from flows import campaigns
+    from smsops.errors import StateError
+    from smsops.store import write
+    from smsops.store.schema import dispatchers
+
+    ctx = campaigns._context()
+    delivery_id = two_users_four_pairs(ctx)
+
+    @contextmanager
+    def taken_over(batch):  # what a successor does once the lease has passed
+        with write(ctx.engine) as conn:
+            conn.execute(dispatchers.delete().where(dispatchers.c.delivery_id == delivery_id))
+        yield
+
+    OnceThen.first = taken_over
+    with pytest.raises(StateError, match="lost its claim"):
+        campaigns.dispatch_delivery(delivery_id)
+    assert OnceThen.built == 1  # retrying every error, as before #14, made 4
+    assert Path(env.outbox).read_text() == ""  # nothing was handed over
+
+
+def test_a_transient_error_is_retried_a_locked_database_then_sends_each_pair_once(
+    env, monkeypatch
+):
+    """#14: the SQLite store is locked by another process past SMSOPS_BUSY_TIMEOUT in the
+    middle of a chunk (StoreUnavailable, transient): the task runs again, settles the
+    first attempt and sends every pair exactly once."""
+    import sqlite3
+    from contextlib import contextmanager
+
+    from flows import campaigns
+
+    monkeypatch.setenv("SMSOPS_BUSY_TIMEOUT", "0.2")
+    ctx = campaigns._context()
+    delivery_id = two_users_four_pairs(ctx)
+
+    @contextmanager
+    def locked(batch):  # another process holds the write lock, then lets go
+        other = sqlite3.connect(ctx.settings.database_url.removeprefix("sqlite:///"))
+        other.isolation_level = None
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.rollback()
+            other.close()
+
+    OnceThen.first = locked
+    result = campaigns.dispatch_delivery(delivery_id)
+    assert (result["sent"], result["errors"]) == (4, 0)
+    assert OnceThen.built == 3  # the failed run, its retry, the run that found none left
     lines = [json.loads(x) for x in Path(env.outbox).read_text().splitlines()]
     assert sorted((x["phone"], x["message_no"]) for x in lines) == [
         (e164(1), 1),
@@ -227,7 +319,7 @@ def test_threat_prefect_api_reads_no_file_outside_the_import_root(env, tmp_path,
     rows = json.loads(Artifact.get("import-rejected-rows").data)
     assert len(rows) == 1 and "leak-header" not in json.dumps(rows)
     assert rows[0]["problem"].startswith(repr(outside))
-    assert dl.people.users_count(Context.open(env)) == 0
+    assert people.users_count(Context.open(env)) == 0
 
 
 def test_threat_prefect_api_artifact_shows_no_file_content_but_the_masked_cell(env, tmp_path):
@@ -267,7 +359,7 @@ def test_flow_context_keeps_secret_values_and_follows_a_changed_password(env, mo
 
 def queued_bulk(ctx: Context, phones: list[str], messages: list[str]) -> int:
     """A confirmed bulk delivery to ``phones``, queued, not yet sent."""
-    dl.people.upsert_users(
+    people.upsert_users(
         ctx, pd.DataFrame({"user_id": [f"u{i}" for i in range(len(phones))], "phone": phones})
     )
     accounts.add_tickets(ctx, len(phones) * len(messages))
