@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     # (recipient, message) pairs sent per gateway call and recorded per transaction
     chunk_size: int = Field(10_000, ge=1)
+    # rows turned into Python values and written per statement by `users import` and
+    # `bulk create`: what they hold besides the columnar table grows with this, not with
+    # the table (#12)
+    write_batch: int = Field(50_000, ge=1)
     # a sending process that has not shown life for this long is presumed dead
     lease_seconds: float = Field(60.0, gt=0)
     # a delivery paused because its gateway was down is tried again after this long,

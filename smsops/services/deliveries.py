@@ -204,12 +204,15 @@ def create_bulk(ctx: Context, preview: Preview) -> Created:
         raise RuleError("R12", "the send time has passed since the preview; preview again")
     r = preview.selection.recipients
     k = len(preview.messages)
+    # columnar (numbers and Arrow strings, no Python objects): _insert turns one batch at a
+    # time into rows (#12)
+    each = np.repeat(np.arange(len(r)), k)
     pairs = pd.DataFrame(
         {
-            "seq": np.repeat(r["seq"].to_numpy(), k),
+            "seq": r["seq"].to_numpy()[each],
             "message_no": np.tile(np.arange(1, k + 1), len(r)),
-            "phone": np.repeat(r["phone"].to_numpy(dtype=object), k),
-            "user_id": np.repeat(r["user_id"].to_numpy(dtype=object), k),
+            "phone": r["phone"].array.take(each),
+            "user_id": r["user_id"].array.take(each),
         }
     )
     return _save(
@@ -288,27 +291,26 @@ def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: st
         # This process sends it right away: register it as the delivery's dispatcher,
         # so that dispatch-due leaves it alone unless this process dies first.
         register(conn, delivery_id)
-    rows = list(
-        zip(
-            repeat(int(delivery_id), needed),
-            pairs["seq"].tolist(),
-            pairs["message_no"].tolist(),
-            pairs["phone"].tolist(),
-            pairs["user_id"].tolist(),
-            repeat("pending", needed),
-            repeat(False, needed),
+    step = ctx.settings.write_batch  # rows as Python values one batch at a time (#12)
+    for start in range(0, needed, step):
+        part = pairs.iloc[start : start + step]
+        rows = zip(
+            repeat(int(delivery_id), len(part)),
+            part["seq"].tolist(),
+            part["message_no"].tolist(),
+            _values(part["phone"]),
+            _values(part["user_id"]),
+            repeat("pending", len(part)),
+            repeat(False, len(part)),
             strict=True,
         )
-    )
-    step = 200_000
-    for start in range(0, len(rows), step):
         insert_rows(
             conn,
             items,
             ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
-            rows[start : start + step],
+            list(rows),
         )
-        ctx.progress(min(start + step, len(rows)), len(rows), "saving delivery")
+        ctx.progress(min(start + step, needed), needed, "saving delivery")
     return Created(
         int(delivery_id),
         status,
@@ -317,6 +319,16 @@ def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: st
         needed,
         clock.local_iso(when, tz),
     )
+
+
+def _values(column: pd.Series) -> list[Any]:
+    """A column as Python values, missing ones as None (Arrow strings give pd.NA otherwise,
+    which no driver takes)."""
+    if column.dtype == "string[pyarrow]":
+        import pyarrow as pa
+
+        return pa.array(column.array).to_pylist()
+    return column.tolist()
 
 
 def send_individual(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,9 @@ from smsops.domain.phones import classify_phones, mask_phone
 from smsops.errors import InputError, Problem, SmsopsError
 from smsops.services.context import Context
 from smsops.store import read, write
-from smsops.store.bulk import copy_rows, execute_many, fetch_frame
+from smsops.store.bulk import copy_rows, driver_time, execute_many, fetch_strings
 from smsops.store.schema import optouts, users
 from smsops.tables import read_phone_list, read_users_csvs
-
-_BATCH = 50_000
 
 
 @dataclass(frozen=True)
@@ -49,36 +46,55 @@ def import_users(ctx: Context, paths: Sequence[str | Path], encoding: str = "aut
 
 
 def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
-    """Insert new users at the end of the registration order; update known ones in place."""
-    extra = [c for c in frame.columns if c not in ("user_id", "phone")]
-    if extra:
-        attrs = frame[extra].to_json(orient="records", lines=True, force_ascii=False).splitlines()
-    else:
-        attrs = [None] * len(frame)
-    now = clock.now()
-    rows = list(
-        zip(
-            frame["user_id"].tolist(),
-            frame["phone"].astype(object).where(frame["phone"].notna(), None).tolist(),
-            attrs,
-            strict=True,
-        )
-    )
+    """Insert new users at the end of the registration order; update known ones in place.
+
+    One transaction, written ``settings.write_batch`` rows at a time: only one batch is
+    ever held as Python values (#12). The frame has been checked whole before (the table
+    readers refuse a file with any bad row), so a batch never fails half-way on a row."""
     with write(ctx.engine) as conn:
+        now = driver_time(conn, clock.now())
+        batches = _user_rows(frame, ctx.settings.write_batch)
         if conn.dialect.name == "postgresql":
-            _upsert_by_copy(ctx, conn, rows, now)
+            _upsert_by_copy(ctx, conn, batches, len(frame), now)
         else:
-            for start in range(0, len(rows), _BATCH):
-                part = rows[start : start + _BATCH]
-                execute_many(conn, _UPSERT + _VALUES, [(u, p, a, now) for u, p, a in part])
-                ctx.progress(min(start + _BATCH, len(rows)), len(rows), "importing users")
+            for done, part in batches:
+                execute_many(conn, _UPSERT + _VALUES, [(*row, now) for row in part])
+                ctx.progress(done, len(frame), "importing users")
         total = conn.execute(select(func.count()).select_from(users)).scalar_one()
     return ImportResult(
         len(frame), int(total), ", ".join(frame.attrs.get("phone_columns") or ["phone"])
     )
 
 
-def _upsert_by_copy(ctx: Context, conn: Connection, rows: list[tuple], now: datetime) -> None:
+def _user_rows(frame: pd.DataFrame, batch: int) -> Iterator[tuple[int, list[tuple]]]:
+    """(rows done, [(user_id, phone, attrs JSON or None), ...]) per ``batch`` rows of
+    ``frame``, in frame order: the other columns as one JSON object per user."""
+    extra = [c for c in frame.columns if c not in ("user_id", "phone")]
+    for start in range(0, len(frame), max(batch, 1)):
+        part = frame.iloc[start : start + batch]
+        if extra:
+            attrs: Sequence[str | None] = (
+                part[extra].to_json(orient="records", lines=True, force_ascii=False).splitlines()
+            )
+        else:
+            attrs = [None] * len(part)
+        phones = part["phone"].astype(object)
+        rows = zip(
+            part["user_id"].tolist(),
+            phones.where(phones.notna(), None).tolist(),
+            attrs,
+            strict=True,
+        )
+        yield start + len(part), list(rows)
+
+
+def _upsert_by_copy(
+    ctx: Context,
+    conn: Connection,
+    batches: Iterator[tuple[int, list[tuple]]],
+    total: int,
+    now: object,
+) -> None:
     """PostgreSQL: COPY the rows into a temporary table, then upsert them in one statement
     (in file order, so new users are numbered in registration order). Twice as fast as
     executemany. The user ids are unique: the table readers refuse repeats."""
@@ -86,10 +102,11 @@ def _upsert_by_copy(ctx: Context, conn: Connection, rows: list[tuple], now: date
         "CREATE TEMPORARY TABLE users_in (n bigint, user_id text, phone text, attrs text) "
         "ON COMMIT DROP"
     )
-    for start in range(0, len(rows), _BATCH):
-        part = rows[start : start + _BATCH]
+    start = 0
+    for done, part in batches:
         copy_rows(conn, "users_in", ["n", "user_id", "phone", "attrs"], _numbered(part, start))
-        ctx.progress(min(start + _BATCH, len(rows)), len(rows), "importing users")
+        start = done
+        ctx.progress(done, total, "importing users")
     conn.exec_driver_sql(
         f"{_UPSERT} SELECT user_id, phone, attrs, %s FROM users_in ORDER BY n {_ON_CONFLICT}",
         (now,),
@@ -113,11 +130,14 @@ _VALUES = f" VALUES (?, ?, ?, ?) {_ON_CONFLICT}"
 
 def load_users(ctx: Context, *, with_attrs: bool = False) -> pd.DataFrame:
     """The stored users in registration order (user_id, phone[, the other columns])."""
-    cols = [users.c.user_id, users.c.phone] + ([users.c.attrs] if with_attrs else [])
-    with read(ctx.engine) as conn:
-        frame = fetch_frame(conn, select(*cols).order_by(users.c.pos), [c.name for c in cols])
-    frame["user_id"] = frame["user_id"].astype("string[pyarrow]")
-    frame["phone"] = frame["phone"].astype("string[pyarrow]")
+    cols = ["user_id", "phone"] + (["attrs"] if with_attrs else [])
+    with read(ctx.engine) as conn:  # batch by batch: 1M users as Python rows cost ~1 GB (#12)
+        frame = fetch_strings(
+            conn,
+            f"SELECT {', '.join(cols)} FROM users ORDER BY pos",
+            cols,
+            ctx.settings.write_batch,
+        )
     if with_attrs:
         attrs = frame.pop("attrs")
         if attrs.notna().any():

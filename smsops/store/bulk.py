@@ -94,3 +94,37 @@ def fetch_frame(conn: Connection, stmt: Executable, columns: Sequence[str]) -> p
 
     rows = conn.execute(stmt).all()
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns))
+
+
+def driver_time(conn: Connection, value: datetime) -> object:
+    """``value`` as :func:`execute_many` would hand it to the driver (naive UTC text on
+    SQLite): converted once, so a batch carrying one timestamp for every row is passed on
+    as it is instead of being copied row by row."""
+    if conn.dialect.name != "sqlite" or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def fetch_strings(conn: Connection, sql: str, columns: Sequence[str], batch: int) -> pd.DataFrame:
+    """The rows of ``sql`` (plain SQL whose every column is text or NULL) as a frame of
+    ``string[pyarrow]`` columns, fetched ``batch`` rows at a time through the driver's
+    cursor: only one batch is ever held as Python objects (#12)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    parts: list[list[pa.Array]] = [[] for _ in columns]
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(batch):
+            for part, values in zip(parts, zip(*rows, strict=True), strict=True):
+                part.append(pa.array(values, type=pa.string()))
+            del rows
+    finally:
+        cursor.close()
+    return pd.DataFrame(
+        {
+            name: pd.arrays.ArrowStringArray(pa.chunked_array(part, type=pa.string()))
+            for name, part in zip(columns, parts, strict=True)
+        }
+    )

@@ -1,0 +1,151 @@
+"""`users import` and `bulk create` write in batches of ``settings.write_batch`` rows so
+that memory does not grow with the table (#12). Batching must change nothing: a table
+written three rows at a time is the table written in one go, R5's duplicates and R16's
+opt-outs collapse across batch boundaries, and one bad row anywhere imports nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg import create_database
+from sqlalchemy import select
+
+from smsops.errors import InputError
+from smsops.services import account as accounts
+from smsops.services import deliveries as dl
+from smsops.services import people
+from smsops.services.context import Context
+from smsops.settings import Settings
+from smsops.store import read
+from smsops.store.schema import items, users
+
+SMALL = 3  # rows per batch: the files below span four batches
+
+# Rows 2 and 9 share one number written two ways (R5), row 7's number opts out (R16),
+# row 5 has none (R2) and row 6 a landline (R3). Batches of 3: 1-3, 4-6, 7-9, 10.
+FIRST = """user_id,phone,name,tags
+u01,090-1000-0001,山田,a
+u02,090-1000-0002,佐藤,
+u03,080-2000-0003,鈴木,"b,c"
+u04,070-3000-0004,高橋,
+u05,,田中,
+u06,03-1234-5678,伊藤,
+u07,090-1000-0007,渡辺,
+u08,０８０－２０００－０００８,山本,
+u09,+81 90 1000 0002,中村,
+u10,9010000010,小林,d
+"""
+# An update of some of them, in another order, and new users, crossing batches too.
+SECOND = """user_id,phone,name,tags
+u11,090-1000-0011,加藤,
+u03,090-1000-0001,鈴木,changed
+u12,090-1000-0012,吉田,
+u01,090-1000-0013,山田,
+u13,090-1000-0002,山口,
+"""
+
+
+@pytest.fixture
+def stores(settings: Settings, tmp_path: Path, request) -> Iterator[tuple[Context, Context]]:
+    """Two fresh installations on the same kind of store: one writing a few rows per
+    batch, the other everything in one batch."""
+    if settings.database_url.startswith("sqlite"):
+        other = f"sqlite:///{tmp_path / 'whole.db'}"
+    else:
+        other = create_database(request.getfixturevalue("postgres_admin"))
+    small = Context.open(settings.model_copy(update={"write_batch": SMALL}))
+    whole = Context.open(
+        settings.model_copy(
+            update={
+                "database_url": other,
+                "outbox": tmp_path / "whole.jsonl",
+                "write_batch": 1_000_000,
+            }
+        )
+    )
+    yield small, whole
+    small.close()
+    whole.close()
+
+
+def _csv(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _users(ctx: Context) -> list[tuple]:
+    with read(ctx.engine) as conn:
+        stmt = select(users.c.pos, users.c.user_id, users.c.phone, users.c.attrs)
+        return [tuple(r) for r in conn.execute(stmt.order_by(users.c.pos))]
+
+
+def _items(ctx: Context, delivery_id: int) -> list[tuple]:
+    cols = [items.c.seq, items.c.message_no, items.c.phone, items.c.user_id, items.c.status]
+    with read(ctx.engine) as conn:
+        stmt = select(*cols).where(items.c.delivery_id == delivery_id)
+        return [tuple(r) for r in conn.execute(stmt.order_by(items.c.seq, items.c.message_no))]
+
+
+def _run(ctx: Context, tmp_path: Path) -> tuple[list[tuple], dict, list[tuple], list[dict]]:
+    """Import both files, opt one number out, then preview and create a bulk delivery of
+    two messages; return what the store and the preview hold."""
+    people.import_users(ctx, [_csv(tmp_path, "first.csv", FIRST)])
+    people.import_users(ctx, [_csv(tmp_path, "second.csv", SECOND)])
+    people.optout_add(ctx, "090-1000-0007")
+    accounts.add_tickets(ctx, 100)
+    preview = dl.preview_bulk(ctx, ["春のセール", "配信停止は「停止」と返信"])
+    created = dl.create_bulk(ctx, preview)
+    excluded = preview.excluded_list(unmasked=True).astype(object)
+    return (
+        _users(ctx),
+        preview.to_dict(),
+        _items(ctx, created.delivery_id),
+        excluded.where(excluded.notna(), None).to_dict("records"),
+    )
+
+
+def test_r5_r16_import_and_create_in_small_batches_match_one_batch(stores, tmp_path):
+    small, whole = stores
+    stored, preview, pairs, excluded = _run(small, tmp_path)
+    assert (stored, preview, pairs, excluded) == _run(whole, tmp_path)
+
+    # the batches really did the work: upserts in place, new users at the end
+    # (PostgreSQL's sequence skips the numbers an update took: the order is what counts)
+    assert [uid for _, uid, *_ in stored] == [f"u{i:02d}" for i in range(1, 14)]
+    assert stored[2][2:] == ("090-1000-0001", '{"name":"鈴木","tags":"changed"}')
+    assert stored[0][2] == "090-1000-0013"
+    # R5 across batches: u09 (batch 3) and u13 (the second file's last batch) share the
+    # number of u02 (batch 1); u03 took u01's old number, u01 a new one
+    dup = {e["user_id"]: e for e in excluded if e["reason"] == "duplicate"}
+    assert dup["u09"]["duplicate_of"] == "+819010000002"
+    assert dup["u09"]["kept_by"] == "u02"
+    assert dup["u13"]["kept_by"] == "u02"
+    # R16 in batch 3, R2 and R3 in batch 2
+    reasons = {e["user_id"]: e["reason"] for e in excluded}
+    assert (reasons["u07"], reasons["u05"], reasons["u06"]) == (
+        "opted_out",
+        "no_phone",
+        "not_mobile",
+    )
+    recipients = ["u01", "u02", "u03", "u04", "u08", "u10", "u11", "u12"]
+    assert preview["recipients"] == len(recipients)
+    assert [uid for _, m, _, uid, _ in pairs if m == 1] == recipients  # user order (R5, R10)
+    assert [(seq, m) for seq, m, *_ in pairs] == [
+        (s, m) for s in range(1, len(recipients) + 1) for m in (1, 2)
+    ]
+    assert {status for *_, status in pairs} == {"pending"}
+
+
+def test_a_bad_row_in_the_last_batch_imports_nothing(stores, tmp_path):
+    small, _ = stores
+    people.import_users(small, [_csv(tmp_path, "first.csv", FIRST)])
+    before = _users(small)
+    bad = _csv(tmp_path, "bad.csv", SECOND.replace("u13,090-1000-0002", ",090-1000-0002"))
+    with pytest.raises(InputError) as refused:
+        people.import_users(small, [bad])
+    assert "bad.csv" in str(refused.value)
+    assert "row 5, column 'user_id': is empty (required) (line 6)" in str(refused.value)
+    assert _users(small) == before  # the earlier batches' updates and users are not there
