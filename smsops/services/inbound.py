@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from smsops import clock
@@ -118,6 +119,42 @@ def _replaces(current: str | None, current_at: datetime | None, new: str, at: da
     return before is None or (at > before if current in FINAL_DLR else at >= before)
 
 
+@dataclass(frozen=True)
+class DlrReport:
+    """One delivery report as Kannel's dlr-url brings it, checked (:func:`parse_dlr`)."""
+
+    key: str  # smsops-<delivery>-<seq>-<message_no>
+    delivery_id: int
+    seq: int
+    message_no: int
+    status: str  # delivered | undeliverable | buffered | smsc_accepted | smsc_rejected
+    at: datetime
+    ref: str | None = None
+    installation: str | None = None
+    reason: str | None = None
+
+
+def parse_dlr(
+    key: str,
+    status_code: int,
+    *,
+    at: datetime | None = None,
+    ref: str | None = None,
+    installation: str | None = None,
+    reason: str | None = None,
+) -> DlrReport:
+    """A report's fields, checked before anything is read: refused (:class:`InputError`)
+    for a key or a report type smsops does not know. ``at`` defaults to now."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise InputError("dlr", [Problem(None, "key", f"{key!r} is not an smsops message key")])
+    status = dlr_status(status_code)
+    delivery_id, seq, message_no = (int(g) for g in match.groups())
+    return DlrReport(
+        key, delivery_id, seq, message_no, status, at or clock.now(), ref, installation, reason
+    )
+
+
 def record_dlr(
     ctx: Context,
     key: str,
@@ -141,40 +178,109 @@ def record_dlr(
 
     ``reason`` is the SMSC's answer with the report (Kannel's ``%A``): kept with the state
     it came with (see :func:`carrier_reason`), replaced only when the state is."""
-    match = _KEY.fullmatch(key)
-    if match is None:
-        raise InputError("dlr", [Problem(None, "key", f"{key!r} is not an smsops message key")])
-    status = dlr_status(status_code)
-    delivery_id, seq, message_no = (int(g) for g in match.groups())
-    this = and_(
-        items.c.delivery_id == delivery_id, items.c.seq == seq, items.c.message_no == message_no
-    )
-    when = at or clock.now()
-    with write(ctx.engine) as conn:
-        if installation is not None and installation != schema.installation_id(conn):
-            raise ReportRefused(f"report {key} is for another installation ({installation[:40]})")
-        current = conn.execute(
-            select(items.c.dlr_status, items.c.dlr_at, items.c.gateway_ref).where(this)
-        ).one_or_none()
-        if current is None:
-            raise NotFoundError(f"no message {key}")
-        if current.dlr_status == status:  # a repeat changes nothing, whatever it names
-            return DlrResult(key, status, False)
-        if ref and current.gateway_ref and ref[:64] != current.gateway_ref:
-            raise ReportRefused(f"report {key} names another message (ref {ref[:64]!r})")
-        if not _replaces(current.dlr_status, current.dlr_at, status, when):
-            return DlrResult(key, current.dlr_status, False)
-        conn.execute(
-            items.update()
-            .where(this)
-            .values(
-                dlr_status=status,
-                dlr_at=when,
-                dlr_reason=carrier_reason(reason),
-                gateway_ref=func.coalesce(items.c.gateway_ref, ref[:64] if ref else None),
-            )
+    report = parse_dlr(key, status_code, at=at, ref=ref, installation=installation, reason=reason)
+    (outcome,) = record_dlrs(ctx, [report])
+    if isinstance(outcome, SmsopsError):
+        raise outcome
+    return outcome
+
+
+def record_dlrs(ctx: Context, reports: Sequence[DlrReport]) -> list[DlrResult | SmsopsError]:
+    """Record many reports in one transaction, in order, each as :func:`record_dlr` does
+    (the same message twice in one batch: the second sees the first). The answer for each
+    is its :class:`DlrResult`, or the refusal (:class:`ReportRefused`,
+    :class:`NotFoundError`) that left it unrecorded; the others are recorded all the
+    same. A store error raises and records none of them (the transaction is rolled back).
+
+    One read of the messages and one statement for the changes, whatever the batch's size:
+    this is how the receiver keeps up with Kannel (#12)."""
+    if not reports:
+        return []
+    seqs: dict[int, set[int]] = {}
+    for r in reports:
+        seqs.setdefault(r.delivery_id, set()).add(r.seq)
+    # by delivery, then seq: the primary key's index (SQLite scans the whole table for a
+    # row-value IN of (delivery_id, seq, message_no))
+    wanted = or_(
+        *(
+            and_(items.c.delivery_id == d, items.c.seq.in_(sorted(s)))
+            for d, s in sorted(seqs.items())
         )
-    return DlrResult(key, status, True)
+    )
+    outcomes: list[DlrResult | SmsopsError] = []
+    changes: dict[tuple[int, int, int], dict[str, object]] = {}
+    with write(ctx.engine) as conn:
+        ours = schema.installation_id(conn) if any(r.installation for r in reports) else None
+        # (status, at, ref) of each message, as this batch leaves it so far
+        rows = conn.execute(
+            select(
+                items.c.delivery_id,
+                items.c.seq,
+                items.c.message_no,
+                items.c.dlr_status,
+                items.c.dlr_at,
+                items.c.gateway_ref,
+            ).where(wanted)
+        )
+        state: dict[tuple[int, int, int], tuple[str | None, datetime | None, str | None]] = {
+            (d, s, m): (status, at, ref) for d, s, m, status, at, ref in rows
+        }
+        for r in reports:
+            this = (r.delivery_id, r.seq, r.message_no)
+            if r.installation is not None and r.installation != ours:
+                outcomes.append(
+                    ReportRefused(
+                        f"report {r.key} is for another installation ({r.installation[:40]})"
+                    )
+                )
+                continue
+            if this not in state:
+                outcomes.append(NotFoundError(f"no message {r.key}"))
+                continue
+            status, status_at, gateway_ref = state[this]
+            if status == r.status:  # a repeat changes nothing, whatever it names
+                outcomes.append(DlrResult(r.key, r.status, False))
+                continue
+            ref = r.ref[:64] if r.ref else None
+            if ref and gateway_ref and ref != gateway_ref:
+                outcomes.append(
+                    ReportRefused(f"report {r.key} names another message (ref {ref!r})")
+                )
+                continue
+            if not _replaces(status, status_at, r.status, r.at):
+                outcomes.append(DlrResult(r.key, str(status), False))
+                continue
+            state[this] = (r.status, r.at, gateway_ref or ref)
+            changes[this] = {
+                "b_delivery_id": r.delivery_id,
+                "b_seq": r.seq,
+                "b_message_no": r.message_no,
+                "b_status": r.status,
+                "b_at": r.at,
+                "b_reason": carrier_reason(r.reason),
+                "b_ref": ref,
+            }
+            outcomes.append(DlrResult(r.key, r.status, True))
+        if changes:
+            conn.execute(
+                items.update()
+                .where(
+                    and_(
+                        items.c.delivery_id == bindparam("b_delivery_id"),
+                        items.c.seq == bindparam("b_seq"),
+                        items.c.message_no == bindparam("b_message_no"),
+                    )
+                )
+                .values(
+                    dlr_status=bindparam("b_status"),
+                    dlr_at=bindparam("b_at"),
+                    dlr_reason=bindparam("b_reason"),
+                    # a ref dispatch records meanwhile (PostgreSQL) is kept
+                    gateway_ref=func.coalesce(items.c.gateway_ref, bindparam("b_ref")),
+                ),
+                list(changes.values()),
+            )
+    return outcomes
 
 
 # --- replies (R16) -------------------------------------------------------------------
