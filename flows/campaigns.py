@@ -1,8 +1,9 @@
 """Prefect flows over the smsops services: thin, batched, with artifacts.
 
 Flows read parameters, call services, emit artifacts. Tasks handle chunks (thousands of
-pairs), never one message; retries live on the gateway task, and each retry first
-settles what the previous attempt handed to the gateway, so nothing is sent twice.
+pairs), never one message; retries live on the gateway task, only for errors a retry can
+cure (``transient_only``), and each retry first settles what the previous attempt handed
+to the gateway, so nothing is sent twice.
 Settings come from ``SMSOPS_*`` variables of the process running the flow — never from
 parameters, so no credential ever shows in the Prefect UI.
 """
@@ -14,7 +15,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from prefect import flow, get_client, get_run_logger, task
+from prefect import Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import (
@@ -25,13 +26,20 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import StateType, TaskRun
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, State
 from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
-from smsops.errors import DeliveryFailed, InputError, PathError, Problem, StateError
+from smsops.errors import (
+    DeliveryFailed,
+    InputError,
+    PathError,
+    Problem,
+    StateError,
+    is_transient,
+)
 from smsops.logs import install_masking, mask_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
@@ -221,14 +229,23 @@ def claim(delivery_id: int, skip_if_taken: bool, join: bool) -> dispatching.Sess
         raise
 
 
+def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """A ``retry_condition_fn``: retry only what a retry can cure (a database away or
+    locked, a lost answer; :func:`smsops.errors.is_transient`), never a refusal such as a
+    claim lost to another dispatcher, which fails the run at once."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
 @task(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
+    retry_condition_fn=transient_only,
     cache_policy=NO_CACHE,
 )
 def send_chunk(session: dispatching.Session) -> int:
-    """One chunk through the gateway. Retried with backoff on transient failures; the
+    """One chunk through the gateway. Retried with backoff on transient failures only; the
     retry first settles the previous attempt (idempotency keys), so none is sent twice."""
     ctx = _context()
     gateway = ctx.gateway()

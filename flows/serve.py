@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from smsops.errors import SmsopsError
+from smsops.errors import ServerError
 
 
 def _free_port() -> int:
@@ -68,14 +68,14 @@ def local_prefect_server(home: Path, timeout: float = 90) -> Iterator[str]:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise SmsopsError(f"the Prefect server exited; see {home / 'server.log'}")
+                raise ServerError(f"the Prefect server exited; see {home / 'server.log'}")
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise SmsopsError(f"the Prefect server did not start in {timeout:.0f} s")
+                raise ServerError(f"the Prefect server did not start in {timeout:.0f} s")
             time.sleep(0.5)
         yield url
     finally:

@@ -1,11 +1,41 @@
 """The errors smsops raises. Every refusal is an :class:`SmsopsError` with one clear line.
 
-Front doors print ``str(error)`` and exit 1; nothing below them prints or exits.
+Front doors print ``str(error)`` and exit 1; nothing below them prints or exits. Each
+error has a ``code`` (the ``"error"`` of a ``--json`` document) and says whether it is
+``transient``: whether the same work, tried again later with nothing changed, may
+succeed. Prefect retries only transient ones (``flows/campaigns.py``).
+
+The tree (``code``; ``*`` transient)::
+
+    SmsopsError                 error            base; never raised itself
+    ├── RuleError               rule             a business rule (R1–R16) refuses
+    │   ├── PlanError           plan
+    │   ├── MessageError        message
+    │   ├── TicketError         tickets
+    │   ├── ScheduleError       schedule
+    │   └── NoRecipientsError   no_recipients
+    ├── InputError              input            bad input data: source, problems
+    │   └── QueryError          input            a --query outside the language
+    ├── PathError               path             a file outside SMSOPS_IMPORT_ROOT
+    ├── NotFoundError           not_found
+    ├── StateError              state            e.g. cancel a sent delivery, a lost claim
+    ├── ConfigError             config           an SMSOPS_* setting smsops cannot use
+    ├── StoreError              store            the store cannot be opened or migrated
+    │   └── StoreUnavailable    store          * the database is away or locked
+    ├── GatewayError            gateway          the gateway failed as a whole (disk full)
+    ├── ServerError             server           a server smsops runs could not start
+    ├── ReportRefused           dlr_refused      a delivery report not ours to record
+    ├── ReportError             report           the report notebook could not run
+    └── DeliveryFailed          delivery_failed  not one message of a delivery went out
+
+Every error pickles to the same type, line and attributes (``__reduce__``, as dlt's
+``DltException`` does), so it survives Prefect result persistence and process pools.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from smsops.logs import mask_text
 
@@ -14,7 +44,9 @@ class SmsopsError(Exception):
     """Base of every refusal smsops explains to its user."""
 
     #: machine-readable kind, e.g. ``"plan"``, ``"tickets"``; shown in ``--json`` errors
-    code = "error"
+    code: ClassVar[str] = "error"
+    #: True: the same work, tried again later with nothing changed, may succeed
+    transient: ClassVar[bool] = False
 
     def __init__(self, message: str, **details: object) -> None:
         # Errors travel far (stderr, Prefect states and logs, notebooks): a phone number
@@ -26,6 +58,27 @@ class SmsopsError(Exception):
 
     def to_dict(self) -> dict[str, object]:
         return {"error": self.code, "message": self.message, **self.details}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls ``type(self)(*self.args)``, which the subclasses'
+        # signatures refuse; rebuild without __init__ and put every attribute back.
+        return (_restore, (type(self), self.args), self.__dict__)
+
+
+def _restore(cls: type[SmsopsError], args: tuple[object, ...]) -> SmsopsError:
+    return cls.__new__(cls, *args)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether trying again later, with nothing changed, may cure ``error``: an
+    :class:`SmsopsError` says so itself; from outside smsops only a timeout or a lost
+    connection may pass (a bug, say a ``KeyError``, never does)."""
+    if isinstance(error, SmsopsError):
+        return error.transient
+    return isinstance(error, TimeoutError | ConnectionError)
+
+
+# --- refused by a rule ------------------------------------------------------------------
 
 
 class RuleError(SmsopsError):
@@ -39,23 +92,36 @@ class RuleError(SmsopsError):
 
 
 class PlanError(RuleError):
+    """The account's plan does not allow bulk SMS (R1)."""
+
     code = "plan"
 
 
 class MessageError(RuleError):
+    """A message breaks a rule of texts (R6, R7): empty, too long, too many."""
+
     code = "message"
 
 
 class TicketError(RuleError):
+    """The balance is below what the delivery needs (R9)."""
+
     code = "tickets"
 
 
 class ScheduleError(RuleError):
+    """A send time that cannot be used (R12): empty, unreadable, past, ambiguous."""
+
     code = "schedule"
 
 
 class NoRecipientsError(RuleError):
+    """Nobody is left to send to (R4 says why)."""
+
     code = "no_recipients"
+
+
+# --- refused input ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -114,7 +180,26 @@ class InputError(SmsopsError):
         self.problems = problems
 
 
+class QueryError(InputError):
+    """A ``--query`` that is not in the selection language; names the part refused."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("--query", [Problem(None, None, problem)])
+        self.problem = problem
+
+
+class PathError(SmsopsError):
+    """A flow was asked to read a file outside ``SMSOPS_IMPORT_ROOT``; nothing was read."""
+
+    code = "path"
+
+
+# --- the object asked for ---------------------------------------------------------------
+
+
 class NotFoundError(SmsopsError):
+    """What was asked for does not exist: a delivery, a message, a number."""
+
     code = "not_found"
 
 
@@ -124,10 +209,58 @@ class StateError(SmsopsError):
     code = "state"
 
 
+# --- the installation: settings, store, gateway, servers --------------------------------
+
+
+class ConfigError(SmsopsError):
+    """An ``SMSOPS_*`` setting has a value smsops cannot use."""
+
+    code = "config"
+
+
+class StoreError(SmsopsError):
+    """The store cannot be opened: not a database URL, or a schema this smsops cannot
+    handle."""
+
+    code = "store"
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or is locked past the busy timeout: nothing of the
+    transaction was recorded, and the work can be resumed once it is back."""
+
+    transient = True
+
+
 class GatewayError(SmsopsError):
-    """The SMS gateway failed in a way that is not one message's fault."""
+    """The SMS gateway failed as a whole, not one message (say the outbox's disk is full):
+    the delivery stops until someone acts, and ``dispatch-due`` resumes it. Not transient:
+    a gateway that is only unreachable raises nothing; its delivery pauses instead."""
 
     code = "gateway"
+
+
+class ServerError(SmsopsError):
+    """A server smsops runs (the delivery-report receiver, a local Prefect API) could not
+    start: its port is taken, or it exited."""
+
+    code = "server"
+
+
+# --- reports and deliveries -------------------------------------------------------------
+
+
+class ReportRefused(SmsopsError):
+    """A delivery report that is not this installation's to record: another
+    installation's, or another message's (its ``ref`` is not the one recorded)."""
+
+    code = "dlr_refused"
+
+
+class ReportError(SmsopsError):
+    """The report notebook could not be run or exported."""
+
+    code = "report"
 
 
 class DeliveryFailed(SmsopsError):
@@ -135,21 +268,7 @@ class DeliveryFailed(SmsopsError):
 
     code = "delivery_failed"
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_delivery_failed, (self.message, self.details))
-
 
 def _delivery_failed(message: str, details: dict[str, object]) -> DeliveryFailed:
+    # Prefect results pickled before every error had __reduce__ name this function.
     return DeliveryFailed(message, **details)
-
-
-class PathError(SmsopsError):
-    """A flow was asked to read a file outside ``SMSOPS_IMPORT_ROOT``; nothing was read."""
-
-    code = "path"
-
-
-class ConfigError(SmsopsError):
-    """An ``SMSOPS_*`` setting has a value smsops cannot use."""
-
-    code = "config"

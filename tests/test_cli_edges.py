@@ -79,6 +79,27 @@ def test_r12_blank_at_is_usage_error(cli, command, at):
     assert document["error"] == "usage" and "empty" in document["message"]
 
 
+@pytest.mark.parametrize(
+    "command, line",
+    [
+        (["resend", "1", "--individual", "--at", "2099-01-01 10:00"], "--at applies to a bulk"),
+        (["resend", "1", "--phone", "09012345678"], "--phone applies to --individual"),
+    ],
+)
+def test_r15_an_option_without_the_one_it_needs_is_a_usage_error(cli, command, line):
+    """#14: an option the command cannot use here exits 2 and says "usage" under --json."""
+    assert line in cli(*command, code=2).stderr
+    document = one_document(cli(*command, "--json", code=2))
+    assert document["error"] == "usage" and line in document["message"]
+
+
+def test_r13_create_without_yes_names_the_rule_in_json(cli):
+    users(cli, 1)
+    document = one_document(cli("bulk", "create", "-m", "a", "--json", code=1))
+    assert (document["error"], document["rule"]) == ("rule", "R13")
+    assert "add --yes" in document["message"] and deliveries(cli) == []
+
+
 # --- clear refusals instead of "unexpected" -------------------------------------------
 
 

@@ -84,10 +84,12 @@ def test_r4_excluded_csv_unmasked_has_full_numbers_excel_keeps(cli):
     assert rows["u4"][2:] == ["090-1000-0001", "090-1000-0001", "u1"]
 
 
-def test_r4_unmasked_without_excluded_is_refused(cli):
+def test_r4_unmasked_without_excluded_is_a_usage_error(cli):
     cli("users", "import", str(users_csv(cli.tmp, PHONES)))
-    result = cli("bulk", "preview", "-m", "a", "--unmasked", code=1)
-    one_line_refusal(result, "--unmasked applies to --excluded")
+    result = cli("bulk", "preview", "-m", "a", "--unmasked", code=2)  # #14: usage, exit 2
+    assert "--unmasked applies to --excluded" in result.stderr
+    document = json.loads(cli("bulk", "preview", "-m", "a", "--unmasked", "--json", code=2).stdout)
+    assert document == {"error": "usage", "message": "--unmasked applies to --excluded"}
 
 
 # --- R13: --export and --excluded paths -------------------------------------------------

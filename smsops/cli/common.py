@@ -462,13 +462,15 @@ def write_csv_files(files: Sequence[tuple[str, Path, pd.DataFrame, Sequence[str]
                 with open(fd, "w", encoding="utf-8-sig", newline="") as fh:
                     write_safe_csv(frame, fh, phones)
             except OSError as exc:
-                raise SmsopsError(f"{option} {path}: cannot write: {exc.strerror}") from None
+                cannot = [Problem(None, None, f"cannot write: {exc.strerror}")]
+                raise InputError(f"{option} {path}", cannot) from None
         while temps:
             temp, target, option = temps[0]
             try:
                 os.replace(temp, target)
             except OSError as exc:
-                raise SmsopsError(f"{option} {target}: cannot write: {exc.strerror}") from None
+                cannot = [Problem(None, None, f"cannot write: {exc.strerror}")]
+                raise InputError(f"{option} {target}", cannot) from None
             temps.pop(0)
     finally:
         for temp, _, _ in temps:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from smsops.cli.common import JsonOpt, app, command, context, emit, out
-from smsops.errors import SmsopsError
+from smsops.errors import ReportError
 
 
 @app.command("report")
@@ -29,7 +29,7 @@ def report(
     try:  # papermill, nbconvert and matplotlib: only here
         from smsops.reports import run_report
     except ImportError as exc:
-        raise SmsopsError(f"smsops report needs the notebooks extra ({exc})") from None
+        raise ReportError(f"smsops report needs the notebooks extra ({exc})") from None
     result = run_report(delivery_id, html)
     emit(
         as_json,

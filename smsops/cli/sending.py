@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
+from typer._click.exceptions import UsageError  # exit 2, as the other usage errors
 
 from smsops import clock
 from smsops.cli.common import (
@@ -24,7 +25,7 @@ from smsops.cli.common import (
     parse_send_time,
     write_csv_files,
 )
-from smsops.errors import SmsopsError
+from smsops.errors import RuleError
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -120,7 +121,7 @@ def bulk_preview(
     from smsops.services import deliveries as dl
 
     if unmasked and excluded is None:
-        raise SmsopsError("--unmasked applies to --excluded")
+        raise UsageError("--unmasked applies to --excluded")
     files = [(o, f) for o, f in (("--export", export), ("--excluded", excluded)) if f is not None]
     for option, path in files:  # refused before the work, not after it
         check_csv_path(path, option)
@@ -154,9 +155,10 @@ def bulk_create(
         p = dl.preview_bulk(ctx, message, at=at, users_files=users or [], query=query)
         if not yes:
             if as_json or not sys.stdin.isatty():
-                raise SmsopsError(
-                    "R13: a delivery is saved only once confirmed: review "
-                    "`smsops bulk preview`, then add --yes"
+                raise RuleError(
+                    "R13",
+                    "a delivery is saved only once confirmed: review "
+                    "`smsops bulk preview`, then add --yes",
                 )
             with no_live_display():  # or the progress display erases the question
                 show_preview(p)
@@ -166,7 +168,7 @@ def bulk_create(
                     else "Schedule this delivery?"
                 )
             if not confirmed:
-                raise SmsopsError("not confirmed; nothing was saved")
+                raise RuleError("R13", "not confirmed; nothing was saved")
         created = dl.create_bulk(ctx, p)
         result = dispatching.send_if_due(ctx, created)
     emit(as_json, result, lambda: print_result(result))
@@ -225,7 +227,7 @@ def resend(
     with context(as_json) as ctx:
         if individual:
             if at is not None:
-                raise SmsopsError("--at applies to a bulk resend; individual sends go now")
+                raise UsageError("--at applies to a bulk resend; individual sends go now")
             results = [
                 {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
                 for created in dl.resend_individual(ctx, delivery_id, phone)
@@ -238,7 +240,7 @@ def resend(
             emit(as_json, {"deliveries": results}, human)
             return
         if phone:
-            raise SmsopsError("--phone applies to --individual")
+            raise UsageError("--phone applies to --individual")
         created = dl.resend_bulk(ctx, delivery_id, at=at)
         result = {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
     emit(as_json, result, lambda: print_result(result))

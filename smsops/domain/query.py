@@ -40,9 +40,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from smsops.errors import InputError, Problem
+from smsops.errors import QueryError  # defined there, importable here
 
-SOURCE = "--query"
 MAX_LENGTH = 4_000  # characters; a selection is a line, not a program
 METHODS = ("str.startswith", "str.endswith", "str.contains", "isna", "notna")
 _STR_METHODS = {"startswith", "endswith", "contains"}
@@ -55,17 +54,6 @@ _PLACEHOLDER = "__bq{}__"
 # A condition's value is a nullable boolean Series (NA where a value was missing).
 Mask: TypeAlias = "pd.Series[Any]"
 Compiled: TypeAlias = Callable[[pd.DataFrame], "pd.Series[Any]"]
-
-
-class QueryError(InputError):
-    """A ``--query`` that is not in the selection language; names the part refused."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(SOURCE, [Problem(None, None, problem)])
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problem,))
 
 
 @dataclass(frozen=True)

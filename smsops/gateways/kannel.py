@@ -42,7 +42,7 @@ import httpx
 import pandas as pd
 from pydantic import SecretStr
 
-from smsops.errors import ConfigError, GatewayError
+from smsops.errors import ConfigError
 from smsops.gateways import HandOff
 from smsops.gateways.pacing import RateLimiter, shared_limiter
 from smsops.settings import Settings
@@ -126,7 +126,7 @@ def _password_from_block(name: str | None) -> SecretStr | None:
         block: Any = Secret.load(name)  # sync here (typed sync-or-async)
         return SecretStr(str(block.get()))
     except Exception as exc:  # Prefect raises several kinds for a missing block
-        raise GatewayError(
+        raise ConfigError(
             f"cannot load the Prefect Secret block {name!r}: {type(exc).__name__}"
         ) from None
 
@@ -150,24 +150,24 @@ class KannelGateway:
     ) -> None:
         password = settings.kannel_password or _password_from_block(settings.kannel_password_block)
         if not settings.kannel_user or password is None:
-            raise GatewayError(
+            raise ConfigError(
                 "the kannel gateway needs SMSOPS_KANNEL_USER and SMSOPS_KANNEL_PASSWORD "
                 "(or SMSOPS_KANNEL_PASSWORD_BLOCK, a Prefect Secret block)"
             )
         # Until Settings has a field for it, a dlr_url comes from the caller.
         base = dlr_url if dlr_url is not None else settings.kannel_dlr_url
         if base and "%" in base:
-            raise GatewayError("the DLR URL must not contain '%' (Kannel reads it as an escape)")
+            raise ConfigError("the DLR URL must not contain '%' (Kannel reads it as an escape)")
         token = ""
         if base:
             # The receiver refuses reports without its token: asking for them without it
             # would only fill Kannel's retry queue with refusals.
             token = callback_token(settings.receiver_token, wanted_by="SMSOPS_KANNEL_DLR_URL")
         if httpx.URL(settings.kannel_url).scheme not in ("http", "https"):
-            raise GatewayError(f"SMSOPS_KANNEL_URL {settings.kannel_url!r} is not an http(s) URL")
+            raise ConfigError(f"SMSOPS_KANNEL_URL {settings.kannel_url!r} is not an http(s) URL")
         for what, value in (("USER", settings.kannel_user), ("FROM", settings.kannel_from)):
             if value and not value.isascii():
-                raise GatewayError(f"SMSOPS_KANNEL_{what} must be ASCII (it travels in a header)")
+                raise ConfigError(f"SMSOPS_KANNEL_{what} must be ASCII (it travels in a header)")
         self.url = settings.kannel_url
         self.user = settings.kannel_user
         # SMSOPS_KANNEL_CONCURRENCY unless the caller says otherwise (tests)
@@ -179,7 +179,7 @@ class KannelGateway:
             f"{base}{'&' if '?' in base else '?'}token={token}&" if base else None
         )  # a secret too: it travels in a header, never in a URL httpx logs
         if installation is not None and not _INSTALLATION.fullmatch(installation):
-            raise GatewayError("an installation id is 1 to 64 of A-Z a-z 0-9 _ -")
+            raise ConfigError("an installation id is 1 to 64 of A-Z a-z 0-9 _ -")
         self._installation = installation
         self._database_url = settings.database_url
         self._secret = password

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from smsops.errors import SmsopsError
+from smsops.errors import ReportError as ReportError  # defined there, importable here
 from smsops.services.context import Context
 from smsops.settings import Settings
 
@@ -37,12 +37,6 @@ REASON_LABELS = {
     "opted_out": "opted out (R16)",
     "duplicate": "duplicate number (R5)",
 }
-
-
-class ReportError(SmsopsError):
-    """The report notebook could not be run or exported."""
-
-    code = "report"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from smsops.errors import NotFoundError
-from smsops.reports.common import KERNEL, NOTEBOOKS, ReportError
+from smsops.errors import NotFoundError, ReportError
+from smsops.reports.common import KERNEL, NOTEBOOKS
 from smsops.services import deliveries as dl
 from smsops.services.context import Context
 from smsops.settings import Settings

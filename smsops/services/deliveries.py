@@ -20,7 +20,6 @@ from smsops.errors import (
     NoRecipientsError,
     NotFoundError,
     RuleError,
-    SmsopsError,
     StateError,
 )
 from smsops.logs import mask_text
@@ -594,7 +593,7 @@ def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Create
     original = delivery_summary(ctx, delivery_id)
     pairs = failed_pairs(ctx, delivery_id)
     if pairs.empty:
-        raise SmsopsError(f"delivery {delivery_id} has no failed messages to resend")
+        raise StateError(f"delivery {delivery_id} has no failed messages to resend")
     return _save(
         ctx,
         "resend",
@@ -629,7 +628,7 @@ def resend_individual(ctx: Context, delivery_id: int, phone: str | None = None) 
         e164 = classify_phones(pd.Series([phone], dtype=object))["e164"].iloc[0]
         pairs = pairs[pairs["phone"] == e164]
     if pairs.empty:
-        raise SmsopsError(
+        raise StateError(
             f"delivery {delivery_id} has no failed messages to resend"
             + (f" to {mask_phone(phone)}" if phone else "")
         )

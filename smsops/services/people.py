@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from sqlalchemy import Connection, func, select
 
 from smsops import clock
 from smsops.domain.phones import classify_phones, mask_phone
-from smsops.errors import InputError, Problem, SmsopsError
+from smsops.errors import InputError, NotFoundError, Problem
 from smsops.services.context import Context
 from smsops.store import read, write
 from smsops.store.bulk import copy_rows, driver_time, execute_many, fetch_strings
@@ -72,12 +73,7 @@ def _user_rows(frame: pd.DataFrame, batch: int) -> Iterator[tuple[int, list[tupl
     extra = [c for c in frame.columns if c not in ("user_id", "phone")]
     for start in range(0, len(frame), max(batch, 1)):
         part = frame.iloc[start : start + batch]
-        if extra:
-            attrs: Sequence[str | None] = (
-                part[extra].to_json(orient="records", lines=True, force_ascii=False).splitlines()
-            )
-        else:
-            attrs = [None] * len(part)
+        attrs = _attrs_json(part, extra)
         phones = part["phone"].astype(object)
         rows = zip(
             part["user_id"].tolist(),
@@ -86,6 +82,37 @@ def _user_rows(frame: pd.DataFrame, batch: int) -> Iterator[tuple[int, list[tupl
             strict=True,
         )
         yield start + len(part), list(rows)
+
+
+def _attrs_json(part: pd.DataFrame, extra: list[str]) -> list[str | None]:
+    """The ``extra`` columns of each row as one JSON object (``{"name":"山田","tags":null}``),
+    or None per row when there are none. Text columns (what the table readers give) are
+    quoted by Arrow, column at a time; any other frame goes through ``DataFrame.to_json``."""
+    if not extra:
+        return [None] * len(part)
+    if not all(part[c].dtype == "string[pyarrow]" for c in extra):
+        return part[extra].to_json(orient="records", lines=True, force_ascii=False).splitlines()
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pieces = []
+    for name in extra:
+        values = pa.array(part[name].array).cast(pa.string())
+        text = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
+        control = pc.fill_null(pc.match_substring_regex(values, r"[\x00-\x1f]"), False)
+        if pc.any(control).as_py():  # a line break, a tab…: escaped as json does (rare)
+            odd = control.to_numpy(zero_copy_only=False)
+            fixed = text.to_numpy(zero_copy_only=False).astype(object)
+            fixed[odd] = [
+                json.dumps(v, ensure_ascii=False)[1:-1] for v in values.filter(control).to_pylist()
+            ]
+            text = pa.array(fixed, type=pa.string())
+        key = json.dumps(name, ensure_ascii=False)
+        pieces.append(
+            pc.fill_null(pc.binary_join_element_wise(f'{key}:"', text, '"', ""), f"{key}:null")
+        )
+    objects = pc.binary_join_element_wise("{", pc.binary_join_element_wise(*pieces, ","), "}", "")
+    return objects.to_pylist()
 
 
 def _upsert_by_copy(
@@ -206,7 +233,7 @@ def optout_remove(ctx: Context, phone: str) -> dict[str, object]:
     with write(ctx.engine) as conn:
         removed = conn.execute(optouts.delete().where(optouts.c.phone == e164)).rowcount
     if not removed:
-        raise SmsopsError(f"{mask_phone(e164)} is not on the opt-out list")
+        raise NotFoundError(f"{mask_phone(e164)} is not on the opt-out list")
     return {"phone": e164, "removed": True, "optouts_total": optout_count(ctx)}
 
 

@@ -11,13 +11,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from smsops.clock import now
-from smsops.errors import SmsopsError
+from smsops.errors import StoreError, StoreUnavailable  # defined there, importable here
 from smsops.store.migrations import migrate
 from smsops.store.schema import ensure_account
-
-
-class StoreError(SmsopsError):
-    code = "store"
 
 
 def connect(url: str, busy_timeout: float = 60.0) -> Engine:
@@ -87,11 +83,6 @@ def read(engine: Engine) -> Iterator[Connection]:
         conn.begin(),
     ):
         yield conn
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be reached or is locked past the busy timeout: nothing of the
-    transaction was recorded, and the work can be resumed once it is back."""
 
 
 @contextmanager

@@ -159,6 +159,100 @@ def test_send_chunk_retry_never_sends_twice(env, tmp_path):
     ]
 
 
+class OnceThen(OutboxGateway):
+    """An outbox whose first send does ``first(batch)`` before it hands anything over.
+    ``built`` counts the gateways the flow made: one per run of the send_chunk task."""
+
+    built = 0
+    first = None
+
+    def send(self, batch, hand_off=None):
+        first, OnceThen.first = OnceThen.first, None
+        if first is not None:
+            with first(batch):
+                return super().send(batch, hand_off)
+        return super().send(batch, hand_off)
+
+
+def two_users_four_pairs(ctx: Context) -> int:
+    people.upsert_users(ctx, pd.DataFrame({"user_id": ["a", "b"], "phone": [mobile(1), mobile(2)]}))
+    accounts.add_tickets(ctx, 4)
+    created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"]))
+
+    def factory(settings: Settings) -> OnceThen:
+        OnceThen.built += 1
+        return OnceThen(settings.outbox)
+
+    OnceThen.built = 0
+    ctx.gateway_factory = factory
+    return created.delivery_id
+
+
+def test_a_terminal_error_is_not_retried_a_lost_claim_fails_the_run_at_once(env):
+    """#14: send_chunk retries only what a retry can cure. A claim lost to a successor
+    (its lease passed) is a StateError: one run of the task, not four."""
+    from contextlib import contextmanager
+
+    from flows import campaigns
+    from smsops.errors import StateError
+    from smsops.store import write
+    from smsops.store.schema import dispatchers
+
+    ctx = campaigns._context()
+    delivery_id = two_users_four_pairs(ctx)
+
+    @contextmanager
+    def taken_over(batch):  # what a successor does once the lease has passed
+        with write(ctx.engine) as conn:
+            conn.execute(dispatchers.delete().where(dispatchers.c.delivery_id == delivery_id))
+        yield
+
+    OnceThen.first = taken_over
+    with pytest.raises(StateError, match="lost its claim"):
+        campaigns.dispatch_delivery(delivery_id)
+    assert OnceThen.built == 1  # retrying every error, as before #14, made 4
+    assert Path(env.outbox).read_text() == ""  # nothing was handed over
+
+
+def test_a_transient_error_is_retried_a_locked_database_then_sends_each_pair_once(
+    env, monkeypatch
+):
+    """#14: the SQLite store is locked by another process past SMSOPS_BUSY_TIMEOUT in the
+    middle of a chunk (StoreUnavailable, transient): the task runs again, settles the
+    first attempt and sends every pair exactly once."""
+    import sqlite3
+    from contextlib import contextmanager
+
+    from flows import campaigns
+
+    monkeypatch.setenv("SMSOPS_BUSY_TIMEOUT", "0.2")
+    ctx = campaigns._context()
+    delivery_id = two_users_four_pairs(ctx)
+
+    @contextmanager
+    def locked(batch):  # another process holds the write lock, then lets go
+        other = sqlite3.connect(ctx.settings.database_url.removeprefix("sqlite:///"))
+        other.isolation_level = None
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.rollback()
+            other.close()
+
+    OnceThen.first = locked
+    result = campaigns.dispatch_delivery(delivery_id)
+    assert (result["sent"], result["errors"]) == (4, 0)
+    assert OnceThen.built == 3  # the failed run, its retry, the run that found none left
+    lines = [json.loads(x) for x in Path(env.outbox).read_text().splitlines()]
+    assert sorted((x["phone"], x["message_no"]) for x in lines) == [
+        (e164(1), 1),
+        (e164(1), 2),
+        (e164(2), 1),
+        (e164(2), 2),
+    ]
+
+
 def test_kannel_password_from_a_prefect_secret_block_never_shows(env):
     from prefect.blocks.system import Secret
 

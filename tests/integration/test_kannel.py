@@ -38,7 +38,7 @@ from support import add_users, e164, mobile
 from typer.testing import CliRunner
 
 from smsops.cli import app
-from smsops.errors import ConfigError, GatewayError, InputError, NotFoundError
+from smsops.errors import ConfigError, InputError, NotFoundError
 from smsops.gateways import make_gateway
 from smsops.gateways.kannel import KannelGateway
 from smsops.gateways.pacing import RateLimiter
@@ -585,9 +585,9 @@ def test_kannel_gateway_is_what_smsops_gateway_kannel_names_and_checks_its_setti
         ({"kannel_from": "スマスオプス"}, "SMSOPS_KANNEL_FROM must be ASCII"),
     ]
     for changes, message in bad:
-        with pytest.raises(GatewayError, match=message):
+        with pytest.raises(ConfigError, match=message):
             KannelGateway(offline_settings().model_copy(update=changes))
-    with pytest.raises(GatewayError, match="must not contain '%'"):
+    with pytest.raises(ConfigError, match="must not contain '%'"):
         KannelGateway(offline_settings(), dlr_url="http://127.0.0.1/dlr?x=%41")
 
 

@@ -14,10 +14,11 @@ from support import RefusingOutbox, add_users, e164, mobile, outbox
 
 from smsops import clock
 from smsops.errors import (
-    GatewayError,
+    ConfigError,
     InputError,
     MessageError,
     NoRecipientsError,
+    NotFoundError,
     PlanError,
     RuleError,
     ScheduleError,
@@ -209,15 +210,15 @@ def test_r12_a_gateway_this_process_cannot_use_refuses_a_send_now_and_saves_noth
         ctx.settings.model_copy(update={"gateway": "kannel", "kannel_user": None})
     )
     try:
-        with pytest.raises(GatewayError, match="SMSOPS_KANNEL_USER"):
+        with pytest.raises(ConfigError, match="SMSOPS_KANNEL_USER"):
             create(broken)
-        with pytest.raises(GatewayError, match="SMSOPS_KANNEL_USER"):
+        with pytest.raises(ConfigError, match="SMSOPS_KANNEL_USER"):
             dl.send_individual(broken, mobile(3), ["hi"])
         assert dl.list_deliveries(ctx) == [] and accounts.balance(ctx) == 10
         # A scheduled delivery is sent later, by whichever process dispatches it.
         later = create(broken, at=in_seconds(1))
         time.sleep(1.1)
-        with pytest.raises(GatewayError):
+        with pytest.raises(ConfigError):
             dispatch_due(broken)
         assert dl.delivery_summary(ctx, later.delivery_id)["status"] == "scheduled"
         assert accounts.balance(ctx) == 10  # nothing allocated, nothing claimed
@@ -344,7 +345,7 @@ def test_r15_bulk_resend_sends_exactly_the_failed_pairs_and_links_back(ctx):
         (e164(10), 1, MSGS[0]),
         (e164(10), 2, MSGS[1]),
     ]
-    with pytest.raises(SmsopsError, match="no failed messages"):
+    with pytest.raises(StateError, match="no failed messages"):
         dl.resend_bulk(ctx, created.delivery_id)
 
 
@@ -383,14 +384,14 @@ def test_r16_an_opt_out_after_scheduling_is_honoured_at_send_time(ctx):
     assert items.loc[items["seq"] == 2, "error"].item() == "opted_out"
     assert accounts.balance(ctx) == 9  # no ticket for the opted-out number
     accounts.add_tickets(ctx, 5)
-    with pytest.raises(SmsopsError, match="no failed messages"):
+    with pytest.raises(StateError, match="no failed messages"):
         dl.resend_bulk(ctx, created.delivery_id)  # never resent to an opted-out number
 
 
 def test_r16_optout_remove(ctx):
     people.optout_add(ctx, mobile(1))
     assert people.optout_remove(ctx, "+819010000001")["optouts_total"] == 0
-    with pytest.raises(SmsopsError, match="not on the opt-out list"):
+    with pytest.raises(NotFoundError, match="not on the opt-out list"):
         people.optout_remove(ctx, mobile(1))
 
 
@@ -475,9 +476,9 @@ def test_r15_resending_twice_never_sends_a_pair_twice(ctx):
     accounts.add_tickets(ctx, 10)
     first = dl.resend_bulk(ctx, original)
     dispatch(ctx, first.delivery_id)
-    with pytest.raises(SmsopsError, match="no failed messages"):
+    with pytest.raises(StateError, match="no failed messages"):
         dl.resend_bulk(ctx, original)  # all repaired already
-    with pytest.raises(SmsopsError, match="no failed messages"):
+    with pytest.raises(StateError, match="no failed messages"):
         dl.resend_individual(ctx, original)
     assert accounts.balance(ctx) == 5
 
@@ -493,9 +494,9 @@ def test_r15_a_resend_of_a_resend_repairs_the_original_too(ctx):
     second = dl.resend_bulk(ctx, first.delivery_id)  # seq 10's two messages, at last
     assert dispatch(ctx, second.delivery_id).sent == 2
     accounts.add_tickets(ctx, 10)
-    with pytest.raises(SmsopsError, match="no failed messages"):
+    with pytest.raises(StateError, match="no failed messages"):
         dl.resend_bulk(ctx, original)
-    with pytest.raises(SmsopsError, match="no failed messages"):
+    with pytest.raises(StateError, match="no failed messages"):
         dl.resend_individual(ctx, original)
     sent = Counter((x["phone"], x["message_no"]) for x in outbox(ctx))
     assert max(sent.values()) == 1 and accounts.balance(ctx) == 10
@@ -505,7 +506,7 @@ def test_r15_a_scheduled_resend_counts_as_on_its_way(ctx):
     original = _r10_example(ctx)
     accounts.add_tickets(ctx, 10)
     dl.resend_bulk(ctx, original, at=in_seconds(3600))
-    with pytest.raises(SmsopsError, match="no failed messages"):
+    with pytest.raises(StateError, match="no failed messages"):
         dl.resend_bulk(ctx, original)
 
 
