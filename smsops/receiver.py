@@ -57,7 +57,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import SecretStr
 
 from smsops.domain.phones import mask_phone
-from smsops.errors import InputError, NotFoundError, SmsopsError
+from smsops.errors import InputError, NotFoundError, ServerError
 from smsops.gateways.kannel import callback_token
 from smsops.logs import mask_text
 from smsops.services import inbound
@@ -367,7 +367,7 @@ def serve(
     try:
         server = ReceiverServer(ctx, (host, port))
     except OSError as exc:
-        raise SmsopsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -14,7 +14,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from smsops import clock
-from smsops.errors import InputError, NotFoundError, Problem, SmsopsError
+from smsops.errors import InputError, NotFoundError, Problem, ReportRefused, SmsopsError
 from smsops.logs import mask_text
 from smsops.services.context import Context
 from smsops.store import read, schema, write
@@ -46,13 +46,6 @@ _KEY = re.compile(r"smsops-(\d+)-(\d+)-(\d+)")
 # message's first characters) and the rest are not kept.
 _RECEIPT_FIELD = re.compile(r"\b(stat|err):(\S+)", re.IGNORECASE)
 _REASON_WIDTH = 64  # delivery_items.dlr_reason is VARCHAR(64)
-
-
-class ReportRefused(SmsopsError):
-    """A delivery report that is not this installation's to record: another
-    installation's, or another message's (its ``ref`` is not the one recorded)."""
-
-    code = "dlr_refused"
 
 
 @dataclass(frozen=True)
