@@ -28,6 +28,9 @@ The tree (``code``; ``*`` transient)::
     ├── ReportError             report           the report notebook could not run
     └── DeliveryFailed          delivery_failed  not one message of a delivery went out
 
+Outside the tree, :class:`BatchFailed` (a ``RuntimeError``) never reaches a user: the
+receiver answers it with a 5xx so that Kannel sends the report again.
+
 Every error pickles to the same type, line and attributes (``__reduce__``, as dlt's
 ``DltException`` does), so it survives Prefect result persistence and process pools.
 """
@@ -172,8 +175,7 @@ class InputError(SmsopsError):
             message,
             source=source,
             problems=[
-                {"row": p.row, "column": p.column, "problem": mask_text(p.text)}
-                for p in problems
+                {"row": p.row, "column": p.column, "problem": mask_text(p.text)} for p in problems
             ],
         )
         self.source = source
@@ -272,3 +274,14 @@ class DeliveryFailed(SmsopsError):
 def _delivery_failed(message: str, details: dict[str, object]) -> DeliveryFailed:
     # Prefect results pickled before every error had __reduce__ name this function.
     return DeliveryFailed(message, **details)
+
+
+class BatchFailed(RuntimeError):
+    """The transaction that held a delivery report failed: nothing of its batch was
+    recorded, and the caller answers so that the report is sent again (a 5xx). Not an
+    :class:`SmsopsError`: it never reaches a user, only the receiver's answer."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.unavailable = unavailable  # the store is locked or away (503), not a bug (500)

@@ -76,6 +76,19 @@ def test_every_error_pickles_to_the_same_type_line_and_attributes(cls):
     assert "090-1234-5678" not in pickle.dumps(error).decode("latin-1")  # masked before
 
 
+def test_an_error_outside_the_tree_pickles_too():
+    outside = [
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, BaseException) and c not in CLASSES
+    ]
+    assert outside == [errors.BatchFailed]  # a new one: draw it in the tree, or list it
+    error = errors.BatchFailed("the database is locked", unavailable=True)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is errors.BatchFailed and str(again) == str(error)
+    assert vars(again) == vars(error) == {"message": str(error), "unavailable": True}
+
+
 def test_attributes_a_caller_reads_survive_the_round_trip():
     ticket = pickle.loads(pickle.dumps(errors.TicketError("R9", "not enough", needed=5)))
     assert (ticket.rule, ticket.details["needed"], ticket.code) == ("R9", 5, "tickets")

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from smsops.errors import SmsopsError
+from smsops.errors import BatchFailed, SmsopsError  # BatchFailed importable here too
 from smsops.services import inbound
 from smsops.services.context import Context
 from smsops.store.engine import StoreUnavailable
@@ -39,17 +39,6 @@ LINGER = 0.002
 # A caller gives up waiting this long beyond the store's busy timeout (its report may
 # still be recorded: an answer that is not 2xx only makes Kannel send it again).
 WAIT_MARGIN = 30.0
-
-
-class BatchFailed(RuntimeError):
-    """The transaction that held a report failed: nothing of its batch was recorded, and
-    the caller answers so that the report is sent again (a 5xx). Not an
-    :class:`SmsopsError`: it never reaches a user, only the receiver's answer."""
-
-    def __init__(self, message: str, *, unavailable: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.unavailable = unavailable  # the store is locked or away (503), not a bug (500)
 
 
 @dataclass(eq=False)
