@@ -214,9 +214,7 @@ def test_a_terminal_error_is_not_retried_a_lost_claim_fails_the_run_at_once(env)
     assert Path(env.outbox).read_text() == ""  # nothing was handed over
 
 
-def test_a_transient_error_is_retried_a_locked_database_then_sends_each_pair_once(
-    env, monkeypatch
-):
+def test_a_transient_error_is_retried_a_locked_database_then_sends_each_pair_once(env, monkeypatch):
     """#14: the SQLite store is locked by another process past SMSOPS_BUSY_TIMEOUT in the
     middle of a chunk (StoreUnavailable, transient): the task runs again, settles the
     first attempt and sends every pair exactly once."""
