@@ -178,15 +178,34 @@ class _Table:
 
 
 def _decode(data: bytes, codec: str) -> str | int:
-    """The decoded text, or the offset of the first byte that is not text in ``codec``."""
+    """The decoded text, or the offset of the first byte that is not text in ``codec``.
+    Valid UTF-8 gives "": its bytes are the text already, and a 1M-user file decoded to
+    a str only to be dropped costs a second copy of it, several times its size (#12)."""
+    if codec == "utf-8" and _is_utf8(data):
+        return ""
     try:
         text = data.decode(codec)
     except UnicodeDecodeError as exc:
         return exc.start
+    if codec != "cp932":
+        return text
     # Python's cp932 takes the lone bytes 0x80, 0xA0 and 0xFD-0xFF (no Shift_JIS text has
     # them) as U+0080 and U+F8F0-F8F3, so binary or Latin-1 files would pass as CP932
     odd = [i for i in map(text.find, "\x80\uf8f0\uf8f1\uf8f2\uf8f3") if i >= 0]
-    return len(text[: min(odd)].encode(codec)) if odd and codec == "cp932" else text
+    return len(text[: min(odd)].encode(codec)) if odd else text
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8, checked by Arrow in place (no decoded copy)."""
+    if len(data) >= 2**31:  # one Arrow binary value; smsops reads far smaller files
+        return False
+    buffer = pa.py_buffer(data)
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int32).tobytes())
+    try:
+        pa.Array.from_buffers(pa.binary(), 1, [None, offsets, buffer]).cast(pa.string())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _utf16_order(raw: bytes) -> str | None:
@@ -584,10 +603,12 @@ def _check_phones(t: _Table, column: str) -> None:
         column,
         f"is longer than {MAX_PHONE} characters",
     )
-    maybe = phone.str.contains("e", case=False, regex=False).fillna(False)
+    maybe = phone.str.contains("e", case=False, regex=False).fillna(False).to_numpy(dtype=bool)
     if maybe.any():  # the regex only where it can match: it is the slow part
+        mangled = np.zeros(len(phone), dtype=bool)
+        mangled[maybe] = phone[maybe].str.match(_SCIENTIFIC).fillna(False).to_numpy(dtype=bool)
         t.flag(
-            maybe & phone.str.match(_SCIENTIFIC).fillna(False),
+            mangled,
             column,
             "phone looks like a number mangled by Excel (scientific notation); "
             "format the column as text and export again",

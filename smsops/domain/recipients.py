@@ -126,23 +126,26 @@ def suppression_set(optouts: Iterable[str] | pd.Series) -> pd.Series:
 
 
 def _group(user_ids: pd.Series, e164: pd.Series, first: np.ndarray) -> DataFrame[Recipients]:
-    """One row per number in first-appearance order, with all user ids sharing it."""
-    table = pa.table(
-        {
-            "phone": pa.array(e164.array, type=pa.large_string()),
-            "user_id": pa.array(user_ids.array, type=pa.large_string()),
-        }
-    )
-    # use_threads=False keeps groups in first-appearance order.
-    grouped = table.group_by("phone", use_threads=False).aggregate(
-        [("user_id", "first"), ("user_id", "list")]
-    )
+    """One row per number in first-appearance order, with all user ids sharing it.
+
+    Vectorized: numbers are factorized in order of appearance, the user ids sorted stably
+    by number and cut into one list per number (a hash aggregation into lists took most
+    of a 1M-user preview, #12)."""
+    codes, numbers = pd.factorize(e164.array, use_na_sentinel=False)
+    groups = len(numbers)
+    order = np.argsort(codes, kind="stable")  # user order within each number
+    offsets = np.zeros(groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(codes, minlength=groups), out=offsets[1:])
+    ids = pa.array(user_ids.array, type=pa.large_string())  # an Array, or a ChunkedArray
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), ids.take(pa.array(order)))
+    lists = lists.cast(pa.list_(pa.large_string()))
     out = pd.DataFrame(
         {
-            "seq": np.arange(1, grouped.num_rows + 1, dtype=np.int64),
-            "phone": pd.array(grouped["phone"].combine_chunks(), dtype=STRING),
-            "user_id": pd.array(grouped["user_id_first"].combine_chunks(), dtype=STRING),
-            "user_ids": pd.array(grouped["user_id_list"].combine_chunks(), dtype=USER_IDS),
+            "seq": np.arange(1, groups + 1, dtype=np.int64),
+            "phone": pd.array(pa.array(numbers, type=pa.large_string()), dtype=STRING),
+            "user_id": pd.array(ids.take(pa.array(order[offsets[:-1]])), dtype=STRING),
+            "user_ids": pd.array(lists, dtype=USER_IDS),
         }
     )
     assert int(first.sum()) == len(out)

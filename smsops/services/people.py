@@ -97,7 +97,8 @@ def _attrs_json(part: pd.DataFrame, extra: list[str]) -> list[str | None]:
 
     pieces = []
     for name in extra:
-        values = pa.array(part[name].array).cast(pa.string())
+        values = pa.array(part[name].array).cast(pa.string())  # an Array, or a ChunkedArray
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         text = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
         control = pc.fill_null(pc.match_substring_regex(values, r"[\x00-\x1f]"), False)
         if pc.any(control).as_py():  # a line break, a tab…: escaped as json does (rare)
