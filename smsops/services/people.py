@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,12 @@ def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
     readers refuse a file with any bad row), so a batch never fails half-way on a row."""
     with write(ctx.engine) as conn:
         now = driver_time(conn, clock.now())
-        batches = _user_rows(frame, ctx.settings.write_batch)
+        batch = ctx.settings.write_batch
         if conn.dialect.name == "postgresql":
-            _upsert_by_copy(ctx, conn, batches, len(frame), now)
+            _upsert_by_copy(ctx, conn, _user_rows(frame, batch, numbered=True), len(frame), now)
         else:
-            for done, part in batches:
-                execute_many(conn, _UPSERT + _VALUES, [(*row, now) for row in part])
+            for done, part in _user_rows(frame, batch, tail=(now,)):
+                execute_many(conn, _UPSERT + _VALUES, part)
                 ctx.progress(done, len(frame), "importing users")
         total = conn.execute(select(func.count()).select_from(users)).scalar_one()
     return ImportResult(
@@ -67,21 +68,33 @@ def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
     )
 
 
-def _user_rows(frame: pd.DataFrame, batch: int) -> Iterator[tuple[int, list[tuple]]]:
-    """(rows done, [(user_id, phone, attrs JSON or None), ...]) per ``batch`` rows of
-    ``frame``, in frame order: the other columns as one JSON object per user."""
+def _user_rows(
+    frame: pd.DataFrame, batch: int, *, numbered: bool = False, tail: tuple = ()
+) -> Iterator[tuple[int, list[tuple]]]:
+    """(rows done, [([n,] user_id, phone, attrs JSON or None, *tail), ...]) per ``batch``
+    rows of ``frame``, in frame order (``n`` the row's place in the frame): the other
+    columns as one JSON object per user."""
     extra = [c for c in frame.columns if c not in ("user_id", "phone")]
     for start in range(0, len(frame), max(batch, 1)):
         part = frame.iloc[start : start + batch]
-        attrs = _attrs_json(part, extra)
-        phones = part["phone"].astype(object)
-        rows = zip(
+        columns: list[Iterable[Any]] = [
             part["user_id"].tolist(),
-            phones.where(phones.notna(), None).tolist(),
-            attrs,
-            strict=True,
-        )
-        yield start + len(part), list(rows)
+            _nullable(part["phone"]),
+            _attrs_json(part, extra),
+            *(repeat(value, len(part)) for value in tail),
+        ]
+        if numbered:
+            columns.insert(0, range(start, start + len(part)))
+        yield start + len(part), list(zip(*columns, strict=True))
+
+
+def _nullable(column: pd.Series) -> list[Any]:
+    """A column's values, None where missing (Arrow text gives pd.NA, which no driver takes)."""
+    if column.dtype == "string[pyarrow]":
+        import pyarrow as pa
+
+        return pa.array(column.array).to_pylist()
+    return column.astype(object).where(column.notna(), None).tolist()
 
 
 def _attrs_json(part: pd.DataFrame, extra: list[str]) -> list[str | None]:
@@ -130,20 +143,13 @@ def _upsert_by_copy(
         "CREATE TEMPORARY TABLE users_in (n bigint, user_id text, phone text, attrs text) "
         "ON COMMIT DROP"
     )
-    start = 0
     for done, part in batches:
-        copy_rows(conn, "users_in", ["n", "user_id", "phone", "attrs"], _numbered(part, start))
-        start = done
+        copy_rows(conn, "users_in", ["n", "user_id", "phone", "attrs"], part)
         ctx.progress(done, total, "importing users")
     conn.exec_driver_sql(
         f"{_UPSERT} SELECT user_id, phone, attrs, %s FROM users_in ORDER BY n {_ON_CONFLICT}",
         (now,),
     )
-
-
-def _numbered(rows: list[tuple], start: int) -> Iterator[tuple]:
-    for n, row in enumerate(rows, start):
-        yield (n, *row)
 
 
 # Plain SQL that SQLite and PostgreSQL both speak; executemany of tuples is several times

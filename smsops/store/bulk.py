@@ -113,12 +113,16 @@ def fetch_strings(conn: Connection, sql: str, columns: Sequence[str], batch: int
     import pyarrow as pa
 
     parts: list[list[pa.Array]] = [[] for _ in columns]
+    # the rows as they come (tuples) convert as one struct array: transposing them first
+    # with zip(*rows) costs as much as fetching them
+    row = pa.struct([(name, pa.string()) for name in columns])
     cursor = conn.connection.cursor()
     try:
         cursor.execute(sql)
         while rows := cursor.fetchmany(batch):
-            for part, values in zip(parts, zip(*rows, strict=True), strict=True):
-                part.append(pa.array(values, type=pa.string()))
+            converted = pa.array(rows, type=row)
+            for i, part in enumerate(parts):
+                part.append(converted.field(i))
             del rows
     finally:
         cursor.close()

@@ -414,7 +414,7 @@ def test_users_upsert_keeps_registration_order_and_updates_in_place(ctx):
 def test_r2_large_imports_keep_file_order_across_batches(ctx, monkeypatch):
     # Ids in no sorted order and batches of 700: the order of registration is the order
     # of the file, across batches, on both stores (PostgreSQL goes through COPY).
-    monkeypatch.setattr(people, "_BATCH", 700)
+    monkeypatch.setattr(ctx.settings, "write_batch", 700)  # settings.write_batch (#12)
     rng = np.random.default_rng(7)
     ids = [f"id{v}" for v in rng.permutation(5_000)]
     first = pd.DataFrame({"user_id": ids[:3_000], "phone": [mobile(i) for i in range(3_000)]})
