@@ -194,9 +194,9 @@ def wait_for_lines(proc: subprocess.Popen[str], outbox: Path, threshold: int, wh
 
 
 # Where a sender can be when it dies, told apart by the store and the outbox (read while
-# the sender is stopped): items marked ``sending`` whose lines the gateway has written but
-# whose outcome is not recorded; items marked ``sending`` not handed to the gateway yet;
-# or no chunk in flight at all.
+# the sender is stopped): items of a claimed chunk (``sending`` in item_states) whose
+# lines the gateway has written but whose outcome is not recorded; items of a claimed
+# chunk not handed to the gateway yet; or no chunk in flight at all.
 PHASES = {
     "handed-not-recorded": lambda lines, st: st.get("sending", 0) > 0 and lines > st.get("sent", 0),
     "marked-not-handed": lambda lines, st: st.get("sending", 0) > 0 and lines == st.get("sent", 0),
@@ -247,7 +247,12 @@ def item_states(url: str) -> dict[str, int] | None:
     """Item statuses straight from the store (read-only, committed state), to tell which
     phase a kill hit; None when the stopped sender holds a lock that SQLite readers wait
     for (e.g. frozen in a WAL checkpoint). PostgreSQL readers never wait for writers."""
-    query = "SELECT status, count(*) FROM delivery_items GROUP BY status"
+    query = (  # a pending item inside a dispatcher's claimed range counts as "sending"
+        "SELECT CASE WHEN i.status = 'pending' AND EXISTS (SELECT 1 FROM dispatchers d "
+        "WHERE d.delivery_id = i.delivery_id AND (i.seq, i.message_no) >= "
+        "(d.from_seq, d.from_message_no) AND (i.seq, i.message_no) <= (d.to_seq, d.to_message_no)"
+        ") THEN 'sending' ELSE i.status END AS state, count(*) FROM delivery_items i GROUP BY state"
+    )
     if url.startswith("postgresql"):
         with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=10) as pg:
             return dict(pg.execute(query).fetchall())

@@ -112,14 +112,7 @@ LIGHT = [
     ["account", "set", "--timezone", "Asia/Tokyo", "--json"],
     ["deliveries", "list"],
     ["deliveries", "list", "--json"],
-    pytest.param(
-        ["dispatch-due", "--json"],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="services/dispatch.py still imports pandas at its top (the lead makes "
-            "it lazy in the dispatch rework; then drop this mark)",
-        ),
-    ),
+    ["dispatch-due", "--json"],  # nothing due
 ]
 
 

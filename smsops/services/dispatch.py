@@ -2,17 +2,20 @@
 chunk by chunk through the gateway, record every result.
 
 Crash safety. Each process that sends (a *dispatcher*, ``host:pid:start``) registers
-itself with a heartbeat. It takes a chunk by marking its items ``sending`` with itself
-as owner (one statement; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL). Before the gateway
-puts a group of them on the wire, one small transaction (the gateway's ``hand_off``)
-moves two marks on the dispatcher's row: *handed*, the last item that may be on the wire,
-and *answered*, the end of the run of items whose answers have all come back; failures
-and answers out of order are recorded on their items then. At the end of the chunk the
-rest of its items are marked sent in one statement. Whoever resumes a dead dispatcher
+itself with a row in ``dispatchers`` and a heartbeat. It takes a chunk by writing a range
+of (seq, message_no) on its own row — the next funded pending items that no other live
+range holds — so taking a chunk writes no item. Before the gateway puts a group of them
+on the wire, one small transaction (the gateway's ``hand_off``) moves two marks on the
+row: *handed*, the last item that may be on the wire, and *answered*, the end of the run
+of items whose answers have all come back; failures and answers out of order are
+recorded on their items then. At the end of the chunk the rest are marked sent with one
+range update per run between failures. So an item is written twice after it is created:
+when its ticket is allocated, and when it is settled. Whoever resumes a dead dispatcher
 asks the gateway which idempotency keys it accepted; when it cannot tell (Kannel), items
-up to *answered* were sent, items after *handed* never left (pending again), and only
-those between — the few in flight — are ``outcome_unknown`` (ticket spent, never resent).
-Tickets are debited once, when the delivery is allocated.
+up to *answered* were sent, items after *handed* never left (still pending, free for
+anyone once the dead row is gone), and only those between — the few in flight — are
+``outcome_unknown`` (ticket spent, never resent). Tickets are debited once, when the
+delivery is allocated.
 
 Fencing. A dispatcher's lease is judged by the database's clock. Its heartbeat, each
 chunk it takes and each hand-off renew the lease only while it has not expired, and a
@@ -21,7 +24,8 @@ transaction: a sender frozen past its lease (SIGSTOP, a VM pause, a clock jump) 
 claim gone when it wakes and hands over nothing more.
 
 Parallelism. Several dispatchers may work on one large delivery (``join=True``): each
-claims different chunks. ``dispatch-due`` never joins a delivery a live dispatcher is
+claims a different range (taking one locks the delivery row for a moment, so two takers
+never compute the same range). ``dispatch-due`` never joins a delivery a live dispatcher is
 sending; it only resumes abandoned ones.
 """
 
@@ -34,9 +38,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import and_, func, or_, select, text, tuple_
 
 from smsops import clock
@@ -50,6 +53,9 @@ from smsops.services.liveness import db_now, live_dispatchers, process_id, regis
 from smsops.store import read, write
 from smsops.store.bulk import execute_many, execute_one, fetch_frame
 from smsops.store.schema import deliveries, dispatchers, items, ledger, optouts
+
+if TYPE_CHECKING:  # pandas is imported where frames are built: dispatch-due with nothing
+    import pandas as pd  # due, and every light command, starts without it
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +161,7 @@ def _left(ctx: Context, delivery_id: int) -> int:
     with read(ctx.engine) as conn:
         return int(
             conn.execute(
-                select(func.count()).where(
-                    items.c.delivery_id == delivery_id,
-                    items.c.status.in_(("pending", "sending")),
-                    items.c.ticket.is_(True),
-                )
+                select(func.count()).where(_pending(delivery_id), items.c.ticket.is_(True))
             ).scalar_one()
         )
 
@@ -183,11 +185,31 @@ def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
 def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
     """Register as a dispatcher of the delivery and allocate its tickets (once, R10)."""
     owner = process_id()
+    _settle_leftover(ctx, owner)
     session = Session(
         delivery_id, owner, _claim(ctx, delivery_id, owner, join), tuple(_texts(ctx, delivery_id))
     )
     _allocate(ctx, delivery_id)
     return session
+
+
+def _settle_leftover(ctx: Context, me: str) -> None:
+    """A chunk this process claimed earlier and never settled (it lost its claim, or the
+    store went away mid-chunk) is settled before the process registers again — its row
+    is replaced then, and with it the record of what may have gone."""
+    with read(ctx.engine) as conn:
+        left = conn.execute(
+            select(dispatchers.c.delivery_id).where(
+                dispatchers.c.owner == me, dispatchers.c.from_seq.is_not(None)
+            )
+        ).scalar()
+    if left is None:
+        return
+    gateway = ctx.gateway()
+    try:
+        _reconcile(ctx, gateway, left, me, own=True)
+    finally:
+        gateway.close()
 
 
 @contextmanager
@@ -220,8 +242,7 @@ def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
     except GatewayError:
         _let_go(ctx, gateway, session)
         raise
-    except StateError:  # the claim passed to another dispatcher: its items are not ours
-        _unregister(ctx, session)
+    except StateError:  # our lease passed: the chunk is for a successor to settle
         raise
     if unavailable:
         _pause(ctx, session, unavailable)
@@ -345,14 +366,21 @@ def _renew(ctx: Context, session: Session) -> bool:
         return _renew_in(conn, ctx, session)
 
 
-Mark = tuple[int, int] | None  # (seq, message_no) in the current chunk, or none yet
+Pair = tuple[int, int]  # (seq, message_no): an item's place in the send order
+Mark = Pair | None  # a pair of the current chunk, or none yet
+_NO_CHUNK = (
+    "handed_seq = NULL, handed_message_no = NULL, answered_seq = NULL, "
+    "answered_message_no = NULL, from_seq = NULL, from_message_no = NULL, to_seq = NULL, "
+    "to_message_no = NULL"
+)
 
 
 def _renew_in(
     conn: Any, ctx: Context, session: Session, *, marks: tuple[Mark, Mark] | bool = False
 ) -> bool:
     """:func:`_renew` inside a transaction; ``marks``: the (handed, answered) marks to
-    record (True clears them, False leaves them). Plain SQL: it runs every few messages."""
+    record (True clears them and the claimed range, False leaves them). Plain SQL: it
+    runs every few messages."""
     now = db_now(conn)
     expired = now - timedelta(seconds=ctx.settings.lease_seconds)
     where = (session.owner, session.delivery_id, expired)
@@ -360,6 +388,8 @@ def _renew_in(
     row: tuple[object, ...]
     if marks is False:
         sql, row = "UPDATE dispatchers SET heartbeat_at = ?", (now, *where)
+    elif marks is True:
+        sql, row = f"UPDATE dispatchers SET heartbeat_at = ?, {_NO_CHUNK}", (now, *where)
     else:
         handed, answered = marks if isinstance(marks, tuple) else (None, None)
         sql = (
@@ -450,92 +480,111 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
 def _reconcile(
     ctx: Context, gateway: Gateway, delivery_id: int, me: str, *, own: bool = False
 ) -> None:
-    """Settle items handed to the gateway whose outcome was not recorded — ours from a
-    failed attempt (``own``: only ours), or a dead dispatcher's: sent if the gateway has
-    their key, else pending again. When the gateway cannot tell, the items up to the
-    owner's hand-off mark are ``outcome_unknown`` errors rather than risk a second send,
-    and the rest (never handed over) are pending. A dead dispatcher's row is deleted in
-    the same transaction: if it wakes up, it finds its claim gone (fencing)."""
+    """Settle the chunks that dispatchers claimed and did not settle — ours from a failed
+    attempt (``own``: only ours), or a dead dispatcher's: its pending items the gateway
+    has the key of were sent, the rest stay pending. When the gateway cannot tell, its
+    marks decide (see :func:`_fates`): nothing after its hand-off mark is written off.
+    A dead dispatcher's row is deleted in the same transaction — its range is free for
+    anyone, and if it wakes up it finds its claim gone (fencing)."""
+    import pandas as pd
+
     lease = ctx.settings.lease_seconds
     with read(ctx.engine) as conn:
-        rows = conn.execute(
-            select(items.c.seq, items.c.message_no, items.c.owner).where(
-                items.c.delivery_id == delivery_id, items.c.status == "sending"
+        claims = conn.execute(
+            select(dispatchers).where(
+                dispatchers.c.delivery_id == delivery_id,
+                dispatchers.c.from_seq.is_not(None),
+                *([dispatchers.c.owner == me] if own else []),
             )
         ).all()
-        if not rows:
+        if not claims:
             return
         live = set(live_dispatchers(conn, delivery_id, lease)) - {me}
-        stale_owners = {r.owner for r in rows if r.owner not in live and (r.owner == me or not own)}
-        if not stale_owners:
+        stale = {c.owner: c for c in claims if c.owner not in live}
+        if not stale:
             return
-        marks = {
-            m.owner: m
-            for m in conn.execute(
-                select(
-                    dispatchers.c.owner,
-                    dispatchers.c.heartbeat_at,
-                    dispatchers.c.handed_seq,
-                    dispatchers.c.handed_message_no,
-                    dispatchers.c.answered_seq,
-                    dispatchers.c.answered_message_no,
-                ).where(dispatchers.c.owner.in_(stale_owners))
+        rows = [
+            (r.seq, r.message_no, r.error, c.owner)
+            for c in stale.values()
+            for r in conn.execute(
+                select(items.c.seq, items.c.message_no, items.c.error).where(
+                    _pending(delivery_id), items.c.ticket.is_(True), _claimed_by(c)
+                )
             )
-        }
-    stale = pd.DataFrame(
-        [(r.seq, r.message_no, r.owner) for r in rows if r.owner in stale_owners],
-        columns=["seq", "message_no", "owner"],
-    )
+        ]
+    left = pd.DataFrame(rows, columns=["seq", "message_no", "error", "owner"])
     accepted = gateway.accepted_keys(delivery_id)
     if accepted is None:
-        fates = _fates(stale, marks)
-        stale["status"] = fates.where(fates != UNKNOWN, "error")
-        stale["error"] = fates.where(fates == UNKNOWN, None)
+        left["fate"] = _fates(left, stale)
     else:
-        keys = idempotency_keys(delivery_id, stale["seq"], stale["message_no"])
-        stale["status"] = ["sent" if hit else "pending" for hit in keys.isin(accepted)]
-        stale["error"] = None
+        keys = idempotency_keys(delivery_id, left["seq"], left["message_no"])
+        left["fate"] = keys.isin(accepted).map({True: "sent", False: "pending"})
     now = clock.now()
     with write(ctx.engine) as conn:
-        for owner, mark in marks.items():
-            if owner == me:
-                continue
-            gone = conn.execute(  # fence the dead one, unless it renewed since we looked
-                dispatchers.delete().where(
-                    dispatchers.c.owner == owner, dispatchers.c.heartbeat_at == mark.heartbeat_at
-                )
-            ).rowcount
+        for owner, claim in stale.items():
+            if owner == me:  # ours: let go of the range, unless someone settled it already
+                gone = conn.execute(
+                    text(
+                        f"UPDATE dispatchers SET {_NO_CHUNK} "
+                        "WHERE owner = :o AND from_seq IS NOT NULL"
+                    ),
+                    {"o": owner},
+                ).rowcount
+            else:  # fence the dead one, unless it renewed since we looked
+                gone = conn.execute(
+                    dispatchers.delete().where(
+                        dispatchers.c.owner == owner,
+                        dispatchers.c.heartbeat_at == claim.heartbeat_at,
+                    )
+                ).rowcount
             if not gone:
-                stale = stale[stale["owner"] != owner]  # alive after all: its items are its own
+                left = left[left["owner"] != owner]  # alive after all: its items are its own
+        settled = left[left["fate"] != "pending"]
         execute_many(
             conn,
-            "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, "
-            "owner = NULL WHERE delivery_id = ? AND seq = ? AND message_no = ? "
-            "AND status = 'sending' AND owner = ?",
+            "UPDATE delivery_items SET status = ?, error = ?, sent_at = ? "
+            "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
             [
-                (st, err, now if st != "pending" else None, delivery_id, int(sq), int(m), o)
-                for sq, m, o, st, err in stale.itertuples(index=False)
+                ("sent", None, now, delivery_id, int(sq), int(m))
+                if fate == "sent"
+                else ("error", UNKNOWN, now, delivery_id, int(sq), int(m))
+                for sq, m, fate in zip(
+                    settled["seq"], settled["message_no"], settled["fate"], strict=True
+                )
             ],
         )
 
 
-def _fates(stale: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
-    """What became of items left ``sending`` (seq, message_no, owner) when the gateway
-    cannot tell, by their dispatcher's marks: ``sent`` (its answer came back: at or before
-    the answered mark), ``pending`` (never handed over: after the handed mark), else
-    ``outcome_unknown``. Without a row (an older smsops, or deleted) an item may have gone.
+def _claimed_by(claim: Any) -> Any:
+    """The items inside a dispatcher row's claimed range."""
+    return _between((claim.from_seq, claim.from_message_no), (claim.to_seq, claim.to_message_no))
+
+
+def _between(lo: Pair, hi: Pair) -> Any:
+    pair = tuple_(items.c.seq, items.c.message_no)
+    return and_(pair >= tuple_(*lo), pair <= tuple_(*hi))
+
+
+def _fates(left: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
+    """What became of the pending items (seq, message_no, error, owner) of chunks left
+    unsettled, when the gateway cannot tell, by their dispatcher's marks: ``sent`` (its
+    answer came back: at or before the answered mark), ``pending`` (never handed over:
+    after the handed mark, or answered that the gateway could not be reached), else
+    ``outcome_unknown``. Without marks to read, an item may have gone.
 
     >>> import pandas as pd
     >>> class Mark:  # a dispatcher's row: answered up to (1, 2), handed up to (3, 1)
     ...     answered_seq, answered_message_no, handed_seq, handed_message_no = 1, 2, 3, 1
-    >>> stale = pd.DataFrame({"seq": [1, 2, 3, 3], "message_no": [2, 1, 1, 2], "owner": "a"})
-    >>> _fates(stale, {"a": Mark()}).tolist()
+    >>> left = pd.DataFrame({"seq": [1, 2, 3, 3], "message_no": [2, 1, 1, 2], "owner": "a"})
+    >>> _fates(left.assign(error=None), {"a": Mark()}).tolist()
     ['sent', 'outcome_unknown', 'outcome_unknown', 'pending']
     """
-    position = stale["seq"].to_numpy() * 4 + stale["message_no"].to_numpy()
-    fates = pd.Series(UNKNOWN, index=stale.index, dtype=object)
+    import pandas as pd
+
+    position = left["seq"].to_numpy() * 4 + left["message_no"].to_numpy()
+    fates = pd.Series(UNKNOWN, index=left.index, dtype=object)
     for owner, mark in marks.items():  # the dead dispatchers: a few at most
-        mine = (stale["owner"] == owner).to_numpy()
+        mine = (left["owner"] == owner).to_numpy()
         if mark.handed_seq is None:
             fates[mine] = "pending"
             continue
@@ -543,52 +592,52 @@ def _fates(stale: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
         if mark.answered_seq is not None:
             answered = position <= mark.answered_seq * 4 + mark.answered_message_no
             fates[mine & answered] = "sent"
+    fates[(left["error"] == UNAVAILABLE).to_numpy()] = "pending"  # it never left
     return fates
 
 
 def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
-    """Claim the next funded pending pairs in send order for this dispatcher (one
-    statement; concurrent dispatchers skip each other's rows) and return them."""
+    """Claim the next funded pending pairs in send order that no other dispatcher's
+    range holds — as a range on our own row, writing no item — and return them."""
+    import pandas as pd
+
     d, me = session.delivery_id, session.owner
     with write(ctx.engine) as conn:
-        # the claim still holds (renewed, and nothing of the new chunk handed over yet)
+        # the claim still holds (renewed; nothing of a chunk handed over, no range)
         if not _renew_in(conn, ctx, session, marks=True):
             raise _lost(session)
-        if conn.dialect.name == "postgresql":
-            # The queue idiom: lock the next rows, skipping other workers' ones, and
-            # update them by physical address (a TID scan, not a join over the delivery).
-            conn.execute(
-                text(
-                    "UPDATE delivery_items SET status = 'sending', owner = :me "
-                    "WHERE ctid = ANY(ARRAY(SELECT ctid FROM delivery_items "
-                    "WHERE delivery_id = :d AND status = 'pending' AND ticket "
-                    "ORDER BY seq, message_no LIMIT :n FOR UPDATE SKIP LOCKED))"
-                ),
-                {"me": me, "d": d, "n": ctx.settings.chunk_size},
+        # one taker at a time per delivery (SQLite: the write transaction already is)
+        conn.execute(select(deliveries.c.id).where(deliveries.c.id == d).with_for_update())
+        taken = sorted(
+            ((c.from_seq, c.from_message_no), (c.to_seq, c.to_message_no))
+            for c in conn.execute(
+                select(dispatchers).where(
+                    dispatchers.c.delivery_id == d,
+                    dispatchers.c.owner != me,
+                    dispatchers.c.from_seq.is_not(None),
+                )
             )
-        else:  # SQLite: one writer at a time, nothing to skip
-            nxt = (
-                select(items.c.seq, items.c.message_no)
-                .where(_pending(d), items.c.ticket.is_(True))
-                .order_by(items.c.seq, items.c.message_no)
-                .limit(ctx.settings.chunk_size)
-            )
-            conn.execute(
-                items.update()
-                .where(items.c.delivery_id == d, tuple_(items.c.seq, items.c.message_no).in_(nxt))
-                .values(status="sending", owner=me)
-            )
+        )
+        rows = _free_run(conn, d, taken, ctx.settings.chunk_size)
+        if not rows:
+            return pd.DataFrame(columns=["seq", "message_no", "phone"])
+        lo, hi = (rows[0][0], rows[0][1]), (rows[-1][0], rows[-1][1])
+        conn.execute(
+            dispatchers.update()
+            .where(dispatchers.c.owner == me)
+            .values(from_seq=lo[0], from_message_no=lo[1], to_seq=hi[0], to_message_no=hi[1])
+        )
         # R16 during a send: a number that opted out since the delivery was allocated
         # (a 停止 reply to its first chunks, say) gets nothing more; its ticket comes back
         opted_out = conn.execute(
             items.update()
             .where(
-                items.c.delivery_id == d,
-                items.c.status == "sending",
-                items.c.owner == me,
+                _pending(d),
+                items.c.ticket.is_(True),
+                _between(lo, hi),
                 items.c.phone.in_(select(optouts.c.phone)),
             )
-            .values(status="error", error="opted_out", sent_at=clock.now(), owner=None)
+            .values(status="error", error="opted_out", sent_at=clock.now())
         ).rowcount
         if opted_out:
             conn.execute(
@@ -600,18 +649,39 @@ def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
                     note="opted out while the delivery was being sent (R16)",
                 )
             )
-        chunk = fetch_frame(
-            conn,
-            select(items.c.seq, items.c.message_no, items.c.phone)
-            .where(
-                items.c.delivery_id == d,
-                items.c.status == "sending",
-                items.c.owner == me,
-            )
-            .order_by(items.c.seq, items.c.message_no),
-            ["seq", "message_no", "phone"],
-        )
-    return chunk
+            rows = list(conn.execute(_funded(d).where(_between(lo, hi))).all())
+    return pd.DataFrame([tuple(r) for r in rows], columns=["seq", "message_no", "phone"])
+
+
+def _funded(d: int) -> Any:
+    return (
+        select(items.c.seq, items.c.message_no, items.c.phone)
+        .where(_pending(d), items.c.ticket.is_(True))
+        .order_by(items.c.seq, items.c.message_no)
+    )
+
+
+def _free_run(conn: Any, d: int, taken: list[tuple[Pair, Pair]], n: int) -> list[Any]:
+    """Up to ``n`` funded pending items in send order from the first that lies in none of
+    the ``taken`` ranges (sorted), stopping short of the next taken range."""
+    after: Pair | None = None
+    while True:
+        stmt = _funded(d).limit(1)
+        if after is not None:
+            stmt = stmt.where(tuple_(items.c.seq, items.c.message_no) > tuple_(*after))
+        first = conn.execute(stmt).first()
+        if first is None:
+            return []
+        start = (first.seq, first.message_no)
+        inside = next((hi for lo, hi in taken if lo <= start <= hi), None)
+        if inside is None:
+            break
+        after = inside
+    stmt = _funded(d).where(tuple_(items.c.seq, items.c.message_no) >= tuple_(*start))
+    bound = next((lo for lo, _ in taken if lo > start), None)
+    if bound is not None:
+        stmt = stmt.where(tuple_(items.c.seq, items.c.message_no) < tuple_(*bound))
+    return list(conn.execute(stmt.limit(n)).all())
 
 
 def _texts(ctx: Context, delivery_id: int) -> list[str]:
@@ -627,7 +697,9 @@ def _texts(ctx: Context, delivery_id: int) -> list[str]:
 
 def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame) -> int:
     """Hand the chunk to the gateway and record every answer; return how many pairs the
-    gateway could not take because it was down (they are pending again)."""
+    gateway could not take because it was down (they stay pending)."""
+    import pandas as pd
+
     d = session.delivery_id
     texts = pd.Series(session.texts, dtype=object)
     batch = pd.DataFrame(
@@ -644,29 +716,66 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
     where = dict(zip(batch["idempotency_key"].astype(str), pairs, strict=True))
     recorded: set[str] = set()  # answers the hand-offs recorded one by one already
     results = gateway.send(batch, _hand_off(ctx, session, pairs, where, recorded))
-    failed = results[(results["status"] != "sent") & ~results["idempotency_key"].isin(recorded)]
-    answers = list(
-        zip(
-            failed["idempotency_key"].tolist(),
-            failed["status"].tolist(),
-            [e if isinstance(e, str) else None for e in failed["error"].tolist()],
-            strict=True,
+    failed = results[results["status"] != "sent"]
+    answers = [
+        (key, status, error if isinstance(error, str) else None)
+        for key, status, error in zip(
+            failed["idempotency_key"], failed["status"], failed["error"], strict=True
         )
-    )
+        if key not in recorded
+    ]
     with write(ctx.engine) as conn:
-        claimed = _renew_in(conn, ctx, session)
-        _settle(conn, session, _located(answers, where), claimed=claimed)
-        conn.execute(  # every other item of ours in the chunk was sent
-            items.update()
-            .where(
-                items.c.delivery_id == d,
-                items.c.status == "sending",
-                items.c.owner == session.owner,
+        # our lease renewed, or at least our row still there: no successor has settled
+        # the chunk (taking it over deletes the row)
+        if _renew_in(conn, ctx, session) or _holds(conn, session):
+            _settle(conn, session, _located(answers, where))
+            execute_many(  # every other item of the chunk was sent
+                conn,
+                "UPDATE delivery_items SET status = 'sent', error = NULL, sent_at = ? "
+                "WHERE delivery_id = ? AND status = 'pending' AND ticket "
+                "AND (seq, message_no) >= (?, ?) AND (seq, message_no) <= (?, ?)",
+                [
+                    (clock.now(), d, *lo, *hi)
+                    for lo, hi in _runs(pairs, {where[k] for k in failed["idempotency_key"]})
+                ],
             )
-            .values(status="sent", sent_at=clock.now(), owner=None)
-        )
-        _finish_chunk(conn, session)
+            conn.execute(
+                text(f"UPDATE dispatchers SET {_NO_CHUNK} WHERE owner = :o"), {"o": session.owner}
+            )
     return int((results["error"] == UNAVAILABLE).sum())
+
+
+def _runs(pairs: list[Pair], failed: set[Pair]) -> list[tuple[Pair, Pair]]:
+    """The stretches of ``pairs`` (in send order) between failed ones, as (first, last).
+
+    >>> _runs([(1, 1), (1, 2), (2, 1), (3, 1), (4, 1)], {(2, 1)})
+    [((1, 1), (1, 2)), ((3, 1), (4, 1))]
+    """
+    runs: list[tuple[Pair, Pair]] = []
+    start: Pair | None = None
+    for i, pair in enumerate(pairs):
+        if pair in failed:
+            if start is not None:
+                runs.append((start, pairs[i - 1]))
+            start = None
+        elif start is None:
+            start = pair
+    if start is not None:
+        runs.append((start, pairs[-1]))
+    return runs
+
+
+def _holds(conn: Any, session: Session) -> bool:
+    """Is our row (with its claimed range) still there? Locks it: a successor that would
+    take our chunk over waits until we have settled it."""
+    return (
+        conn.execute(
+            select(dispatchers.c.owner)
+            .where(dispatchers.c.owner == session.owner, dispatchers.c.from_seq.is_not(None))
+            .with_for_update()
+        ).first()
+        is not None
+    )
 
 
 Located = tuple[int, int, str, str | None]  # seq, message_no, status, error
@@ -693,8 +802,7 @@ def _hand_off(
     whose answers have all come back, and record the answers that do not extend that run
     one by one — failures, and answers that came back out of order (a few: the requests
     in flight). So only the items in flight or about to go are ever in doubt, and most
-    items are written once more only, at the end of the chunk (those of ours still
-    ``sending`` were sent)."""
+    items are written once only, at the end of the chunk (those still pending were sent)."""
     position = {key: i for i, key in enumerate(where)}
     back = bytearray(len(pairs))  # 1: its answer came back
     run = 0  # items 0..run-1 all answered
@@ -711,37 +819,32 @@ def _hand_off(
             if not _renew_in(conn, ctx, session, marks=marks):
                 raise _lost(session)
             if one_by_one:
-                _settle(conn, session, _located(one_by_one, where), claimed=True)
+                _settle(conn, session, _located(one_by_one, where))
         recorded.update(key for key, _, _ in one_by_one)
 
     return hand_off
 
 
-def _settle(conn: Any, session: Session, answers: list[Located], *, claimed: bool) -> None:
-    """Record the gateway's answers for those of our items still ``sending`` (a successor
-    that took them over has settled them already): sends, and errors — refunded, except an
-    outcome_unknown, which may have gone out. ``claimed``: this transaction renewed our
-    lease, so no successor has taken anything of ours (taking over deletes our row)."""
+def _settle(conn: Any, session: Session, answers: list[Located]) -> None:
+    """Record the gateway's answers for items of our chunk (the caller holds the claim):
+    sends, and errors — refunded, except an outcome_unknown, which may have gone out. An
+    item the gateway could not take because it was down never left: it stays pending
+    with its ticket, marked so that no resume counts it among the answered ones."""
     if not answers:
         return
     d, now = session.delivery_id, clock.now()
-    if claimed:
-        done = answers
-    else:
-        mine = _still_mine(conn, session, [(s, m) for s, m, _, _ in answers])
-        done = [a for a in answers if (a[0], a[1]) in mine]
-    back = [a for a in done if a[3] == UNAVAILABLE]  # never left: pending again, ticket kept
-    done = [a for a in done if a[3] != UNAVAILABLE]
+    back = [a for a in answers if a[3] == UNAVAILABLE]
+    done = [a for a in answers if a[3] != UNAVAILABLE]
     execute_many(
         conn,
-        "UPDATE delivery_items SET status = 'pending', owner = NULL "
-        "WHERE delivery_id = ? AND seq = ? AND message_no = ?",
-        [(d, s, m) for s, m, _, _ in back],
+        "UPDATE delivery_items SET error = ? "
+        "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
+        [(UNAVAILABLE, d, s, m) for s, m, _, _ in back],
     )
     execute_many(
         conn,
-        "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, owner = NULL "
-        "WHERE delivery_id = ? AND seq = ? AND message_no = ?",
+        "UPDATE delivery_items SET status = ?, error = ?, sent_at = ? "
+        "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
         [(st, err, now, d, s, m) for s, m, st, err in done],
     )
     refunded = sum(st != "sent" and err != UNKNOWN for _, _, st, err in done)
@@ -757,37 +860,6 @@ def _settle(conn: Any, session: Session, answers: list[Located], *, claimed: boo
         )
 
 
-def _still_mine(conn: Any, session: Session, pairs: list[tuple[int, int]]) -> set[tuple[int, int]]:
-    """Which of ``pairs`` (seq, message_no) are items of ours still ``sending``, locked."""
-    found: set[tuple[int, int]] = set()
-    for start in range(0, len(pairs), 500):
-        found.update(
-            (r.seq, r.message_no)
-            for r in conn.execute(
-                select(items.c.seq, items.c.message_no)
-                .where(
-                    items.c.delivery_id == session.delivery_id,
-                    items.c.status == "sending",
-                    items.c.owner == session.owner,
-                    tuple_(items.c.seq, items.c.message_no).in_(pairs[start : start + 500]),
-                )
-                .with_for_update()
-            )
-        )
-    return found
-
-
-def _finish_chunk(conn: Any, session: Session) -> None:
-    """The chunk is settled: nothing of ours is on the wire any more."""
-    conn.execute(
-        dispatchers.update()
-        .where(dispatchers.c.owner == session.owner)
-        .values(
-            handed_seq=None, handed_message_no=None, answered_seq=None, answered_message_no=None
-        )
-    )
-
-
 def _finish(ctx: Context, session: Session) -> str:
     """Unregister; if no one else is still sending and nothing is left, close it."""
     d = session.delivery_id
@@ -795,9 +867,18 @@ def _finish(ctx: Context, session: Session) -> str:
         current = conn.execute(
             select(deliveries.c.status).where(deliveries.c.id == d).with_for_update()
         ).scalar_one()
-        conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
+        conn.execute(
+            dispatchers.delete().where(
+                dispatchers.c.owner == session.owner, dispatchers.c.from_seq.is_(None)
+            )
+        )
         if current == "paused":
             return current
+        unfinished = conn.execute(
+            select(func.count()).where(_pending(d), items.c.ticket.is_(True))
+        ).scalar_one()
+        if unfinished:
+            return "sending"  # others are still at it (or will resume a dead one's)
         counts: dict[str, int] = dict(
             conn.execute(  # type: ignore[arg-type]
                 select(items.c.status, func.count())
@@ -805,14 +886,6 @@ def _finish(ctx: Context, session: Session) -> str:
                 .group_by(items.c.status)
             ).all()
         )
-        unfinished = (
-            counts.get("sending", 0)
-            + conn.execute(
-                select(func.count()).where(_pending(d), items.c.ticket.is_(True))
-            ).scalar_one()
-        )
-        if unfinished:
-            return "sending"  # others are still at it (or will resume a dead one's)
         sent, errors = counts.get("sent", 0), counts.get("error", 0)
         status = "sent" if errors == 0 else ("failed" if sent == 0 else "partially_sent")
         conn.execute(

@@ -10,6 +10,7 @@ append a new one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     Boolean,
@@ -214,6 +215,58 @@ def _v9_dlr_reasons(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE delivery_items ADD COLUMN dlr_reason VARCHAR(64)"))
 
 
+def _v10_claimed_ranges(conn: Connection) -> None:
+    """Version 10: a dispatcher claims a chunk as a range of items on its own row instead
+    of marking each item ``sending``. Items a crashed older dispatcher left ``sending``
+    are settled here as its resume would have settled them: up to its *answered* mark
+    sent, after its *handed* mark pending again, between them (or with no row left to
+    tell) ``outcome_unknown`` — never sent twice."""
+    for column in ("from_seq", "from_message_no", "to_seq", "to_message_no"):
+        conn.execute(text(f"ALTER TABLE dispatchers ADD COLUMN {column} INTEGER"))
+    now = datetime.now(UTC)
+    at = now if conn.dialect.name == "postgresql" else now.replace(tzinfo=None)
+    owners = conn.execute(
+        text("SELECT DISTINCT owner FROM delivery_items WHERE status = 'sending'")
+    ).scalars()
+    for owner in list(owners):
+        mark = conn.execute(
+            text(
+                "SELECT handed_seq, handed_message_no, answered_seq, answered_message_no "
+                "FROM dispatchers WHERE owner = :o"
+            ),
+            {"o": owner},
+        ).one_or_none()
+        mine = "status = 'sending' AND owner = :o"
+        if mark is not None and mark.answered_seq is not None:
+            conn.execute(
+                text(
+                    f"UPDATE delivery_items SET status = 'sent', sent_at = :at, owner = NULL "
+                    f"WHERE {mine} AND (seq < :s OR (seq = :s AND message_no <= :m))"
+                ),
+                {"o": owner, "at": at, "s": mark.answered_seq, "m": mark.answered_message_no},
+            )
+        if mark is not None:
+            after = (
+                ""
+                if mark.handed_seq is None
+                else " AND (seq > :s OR (seq = :s AND message_no > :m))"
+            )
+            conn.execute(
+                text(
+                    "UPDATE delivery_items SET status = 'pending', owner = NULL "
+                    f"WHERE {mine}{after}"
+                ),
+                {"o": owner, "s": mark.handed_seq, "m": mark.handed_message_no},
+            )
+    conn.execute(  # the rest: no row left to tell, they may have gone
+        text(
+            "UPDATE delivery_items SET status = 'error', error = 'outcome_unknown', "
+            "sent_at = :at, owner = NULL WHERE status = 'sending'"
+        ),
+        {"at": at},
+    )
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
@@ -224,6 +277,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v7_paused_deliveries,
     _v8_replies,
     _v9_dlr_reasons,
+    _v10_claimed_ranges,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -94,8 +94,9 @@ items = Table(
     Column("message_no", Integer, primary_key=True),
     Column("phone", String(32), nullable=False),  # E.164
     Column("user_id", String(128)),
-    # pending | sending (handed to the gateway, outcome not yet recorded) | sent | error
-    # | cancelled; "sending" reads as pending outside the store.
+    # pending | sent | error | cancelled. A pending item inside a dispatcher's claimed
+    # range (see `dispatchers`) is being sent. ("sending" was written up to version 9
+    # and reads as pending outside the store.)
     Column("status", String(16), nullable=False),
     Column("error", String(64)),
     Column("ticket", Boolean, nullable=False, default=False),  # a ticket was debited for it
@@ -106,7 +107,8 @@ items = Table(
     Column("dlr_at", DateTime),
     # the SMSC's answer with that report (Kannel's %A; version 9): ``stat:UNDELIV err:001``
     Column("dlr_reason", String(64)),
-    # the dispatcher that handed it to the gateway while it is `sending` (version 3)
+    # the dispatcher that handed it to the gateway while it was `sending` (versions 3-9;
+    # claims are ranges on `dispatchers` since version 10, and this is no longer written)
     Column("owner", String(128)),
     # serves "the next pending pairs in order" without rescanning sent ones
     Index("ix_items_status", "delivery_id", "status", "seq", "message_no"),
@@ -114,6 +116,8 @@ items = Table(
 
 # Processes sending deliveries (version 3): several may work on one delivery, each
 # claiming chunks; a row shows life, and a crashed one's chunks are settled by others.
+# A chunk is a range of (seq, message_no) claimed on the row (version 10), so taking
+# one writes no item: its pending items are the dispatcher's until the row lets go.
 dispatchers = Table(
     "dispatchers",
     metadata,
@@ -128,6 +132,12 @@ dispatchers = Table(
     Column("handed_message_no", Integer),
     Column("answered_seq", Integer),
     Column("answered_message_no", Integer),
+    # the chunk it has claimed: its pending items from (from_seq, from_message_no) to
+    # (to_seq, to_message_no), both included; none between chunks (version 10)
+    Column("from_seq", Integer),
+    Column("from_message_no", Integer),
+    Column("to_seq", Integer),
+    Column("to_message_no", Integer),
     Index("ix_dispatchers_delivery", "delivery_id"),
 )
 

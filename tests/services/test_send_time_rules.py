@@ -58,7 +58,7 @@ def test_r11_after_a_crash_only_items_between_the_answered_and_handed_marks_are_
 
     stale = pd.DataFrame(
         {"seq": [1, 1, 2, 3, 3, 5, 6], "message_no": [1, 2, 1, 1, 2, 1, 1]}
-        | {"owner": ["a"] * 5 + ["b", "gone"]}
+        | {"owner": ["a"] * 5 + ["b", "gone"], "error": None}
     )
     fates = _fates(stale, {"a": Mark(), "b": Nothing()}).tolist()
     assert fates == [

@@ -118,3 +118,50 @@ def test_r16_version_4_optouts_in_the_0081_form_are_repaired_on_migration(settin
     with upgraded.connect() as conn:
         phones = sorted(conn.exec_driver_sql("SELECT phone FROM optouts").scalars())
     assert phones == ["+8100813", "+819010000002", "+819010000003"]
+
+
+def test_r11_version_9_items_left_sending_are_settled_by_their_marks_on_migration(settings):
+    """Version 10 claims chunks as ranges; items a crashed older dispatcher left
+    ``sending`` are settled as its resume would have: up to its answered mark sent, after
+    its handed mark pending again, between them or with no row left ``outcome_unknown``
+    — never sent a second time."""
+    url = settings.database_url
+    engine = create_engine(url)
+    with engine.begin() as conn:  # a database as version 9 left it, after a crash
+        for step in MIGRATIONS[:9]:
+            step(conn)
+        conn.execute(meta.insert().values(key="schema_version", value="9"))
+        conn.exec_driver_sql(
+            "INSERT INTO deliveries (id, kind, status, messages, recipients, created_at, "
+            "allocated) VALUES (1, 'bulk', 'sending', '[\"a\", \"b\"]', 4, "
+            "'2026-01-01 00:00:00', TRUE)"
+        )
+        for seq in range(1, 5):
+            for no in (1, 2):
+                owner = "gone" if seq == 4 else "a"
+                conn.exec_driver_sql(
+                    "INSERT INTO delivery_items (delivery_id, seq, message_no, phone, status, "
+                    f"ticket, owner) VALUES (1, {seq}, {no}, '+8190100000{seq:02}', 'sending', "
+                    f"TRUE, '{owner}')"
+                )
+        conn.exec_driver_sql(  # a: answered up to (1, 2), handed up to (3, 1)
+            "INSERT INTO dispatchers (owner, delivery_id, heartbeat_at, handed_seq, "
+            "handed_message_no, answered_seq, answered_message_no) "
+            "VALUES ('a', 1, '2026-01-01 00:00:00', 3, 1, 1, 2)"
+        )
+    engine.dispose()
+    upgraded = store.connect(url)
+    with upgraded.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT seq, message_no, status, error FROM delivery_items ORDER BY seq, message_no"
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (1, 1, "sent", None),
+        (1, 2, "sent", None),
+        (2, 1, "error", "outcome_unknown"),
+        (2, 2, "error", "outcome_unknown"),
+        (3, 1, "error", "outcome_unknown"),
+        (3, 2, "pending", None),
+        (4, 1, "error", "outcome_unknown"),  # no row left to tell: it may have gone
+        (4, 2, "error", "outcome_unknown"),
+    ]
