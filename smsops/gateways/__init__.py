@@ -31,6 +31,10 @@ class Gateway(Protocol):
     twice."""
 
     name: str
+    # Where its record of accepted keys lives (host and file, say), or None when it keeps
+    # none: a resume asks it only about chunks sent through that same record — another
+    # machine's outbox knows nothing of this one's.
+    record: str | None
 
     def send(self, batch: pd.DataFrame, hand_off: HandOff | None = None) -> pd.DataFrame:
         """Send every row of ``batch`` (BATCH_COLUMNS) in order, calling ``hand_off``
@@ -38,8 +42,9 @@ class Gateway(Protocol):
         ...
 
     def accepted_keys(self, delivery_id: int) -> set[str] | None:
-        """The keys of ``delivery_id`` this gateway already accepted, or None when it
-        cannot tell (then messages whose outcome was lost in a crash are not resent)."""
+        """The keys of ``delivery_id`` this gateway (its :attr:`record`) already accepted,
+        or None when it cannot tell (then messages whose outcome was lost in a crash are
+        not resent)."""
         ...
 
     def close(self) -> None: ...

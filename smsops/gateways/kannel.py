@@ -135,6 +135,7 @@ class KannelGateway:
     """Sends through Kannel's ``sendsms`` (see the module docstring)."""
 
     name = "kannel"
+    record: str | None = None  # Kannel keeps no record of the keys it accepted
 
     def __init__(
         self,

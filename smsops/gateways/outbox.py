@@ -22,13 +22,14 @@ import json
 import math
 import os
 import re
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 from smsops.errors import GatewayError
-from smsops.gateways import HandOff
+from smsops.gateways import Answer, HandOff
 from smsops.gateways.pacing import shared_limiter
 
 _KEY = re.compile(rb'"idempotency_key":"([^"]+)"')
@@ -40,6 +41,7 @@ class OutboxGateway:
     def __init__(self, path: Path | str, rate_limit: float | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.record: str | None = f"outbox:{socket.gethostname()}:{self.path.resolve()}"
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._limiter = (
             shared_limiter(("outbox", str(self.path.resolve())), rate_limit) if rate_limit else None
@@ -53,16 +55,20 @@ class OutboxGateway:
 
     def send(self, batch: pd.DataFrame, hand_off: HandOff | None = None) -> pd.DataFrame:
         """Append each message as one line; under a rate cap, a twentieth of a second's
-        worth at a time, each group announced to ``hand_off`` before it is written."""
+        worth at a time, each group announced to ``hand_off`` before it is written, with
+        the group before it as answered (its lines are on disk): after a crash only the
+        last group is in doubt to a resume that cannot read this outbox."""
         step = len(batch) if self._limiter is None else max(1, math.ceil(self._limiter.rate / 20))
+        written: list[Answer] = []
         for start in range(0, len(batch), max(step, 1)):
             group = batch.iloc[start : start + step]
-            if hand_off is not None:  # the answers are in the result: nothing to report yet
-                hand_off(start + len(group), [])
+            if hand_off is not None:
+                hand_off(start + len(group), written)
             if self._limiter is not None:
-                for _ in range(len(group)):
-                    self._limiter.wait()
+                self._limiter.wait(len(group))  # they go out in one write
             self._append(group)
+            if hand_off is not None:
+                written = [(str(k), "sent", None) for k in group["idempotency_key"]]
         return pd.DataFrame(
             {
                 "idempotency_key": batch["idempotency_key"].to_numpy(),

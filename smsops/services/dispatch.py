@@ -234,7 +234,7 @@ def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
     successor stops the send: what was not handed over stays pending for dispatch-due.
     """
     _reconcile(ctx, gateway, session.delivery_id, session.owner)
-    chunk = _take_chunk(ctx, session)
+    chunk = _take_chunk(ctx, session, gateway.record)
     if chunk.empty:
         return 0
     try:
@@ -482,8 +482,9 @@ def _reconcile(
 ) -> None:
     """Settle the chunks that dispatchers claimed and did not settle — ours from a failed
     attempt (``own``: only ours), or a dead dispatcher's: its pending items the gateway
-    has the key of were sent, the rest stay pending. When the gateway cannot tell, its
-    marks decide (see :func:`_fates`): nothing after its hand-off mark is written off.
+    has the key of were sent, the rest stay pending. When the gateway cannot tell (Kannel,
+    or a chunk sent through another machine's outbox), its marks decide (see
+    :func:`_fates`): nothing after its hand-off mark is written off.
     A dead dispatcher's row is deleted in the same transaction — its range is free for
     anyone, and if it wakes up it finds its claim gone (fencing)."""
     import pandas as pd
@@ -513,12 +514,17 @@ def _reconcile(
             )
         ]
     left = pd.DataFrame(rows, columns=["seq", "message_no", "error", "owner"])
-    accepted = gateway.accepted_keys(delivery_id)
-    if accepted is None:
-        left["fate"] = _fates(left, stale)
-    else:
-        keys = idempotency_keys(delivery_id, left["seq"], left["message_no"])
-        left["fate"] = keys.isin(accepted).map({True: "sent", False: "pending"})
+    left["fate"] = _fates(left, stale)
+    # the gateway can tell only of chunks sent through its own record (this machine's
+    # outbox, not another's): for those its answer replaces the marks' judgement
+    ours = [o for o, c in stale.items() if gateway.record and c.gateway_record == gateway.record]
+    accepted = gateway.accepted_keys(delivery_id) if ours else None
+    if accepted is not None:
+        told = left["owner"].isin(ours)
+        keys = idempotency_keys(delivery_id, left.loc[told, "seq"], left.loc[told, "message_no"])
+        left.loc[told, "fate"] = (
+            keys.isin(accepted).map({True: "sent", False: "pending"}).to_numpy()
+        )
     now = clock.now()
     with write(ctx.engine) as conn:
         for owner, claim in stale.items():
@@ -596,9 +602,10 @@ def _fates(left: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
     return fates
 
 
-def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
+def _take_chunk(ctx: Context, session: Session, record: str | None) -> pd.DataFrame:
     """Claim the next funded pending pairs in send order that no other dispatcher's
-    range holds — as a range on our own row, writing no item — and return them."""
+    range holds — as a range on our own row, writing no item, with the ``record`` of the
+    gateway it goes through — and return them."""
     import pandas as pd
 
     d, me = session.delivery_id, session.owner
@@ -625,7 +632,13 @@ def _take_chunk(ctx: Context, session: Session) -> pd.DataFrame:
         conn.execute(
             dispatchers.update()
             .where(dispatchers.c.owner == me)
-            .values(from_seq=lo[0], from_message_no=lo[1], to_seq=hi[0], to_message_no=hi[1])
+            .values(
+                from_seq=lo[0],
+                from_message_no=lo[1],
+                to_seq=hi[0],
+                to_message_no=hi[1],
+                gateway_record=record,
+            )
         )
         # R16 during a send: a number that opted out since the delivery was allocated
         # (a 停止 reply to its first chunks, say) gets nothing more; its ticket comes back

@@ -223,6 +223,7 @@ def _v10_claimed_ranges(conn: Connection) -> None:
     tell) ``outcome_unknown`` — never sent twice."""
     for column in ("from_seq", "from_message_no", "to_seq", "to_message_no"):
         conn.execute(text(f"ALTER TABLE dispatchers ADD COLUMN {column} INTEGER"))
+    conn.execute(text("ALTER TABLE dispatchers ADD COLUMN gateway_record VARCHAR(512)"))
     now = datetime.now(UTC)
     at = now if conn.dialect.name == "postgresql" else now.replace(tzinfo=None)
     owners = conn.execute(

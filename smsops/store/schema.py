@@ -138,6 +138,9 @@ dispatchers = Table(
     Column("from_message_no", Integer),
     Column("to_seq", Integer),
     Column("to_message_no", Integer),
+    # the gateway's record of accepted keys it sends that chunk through (its host and
+    # outbox file; none for Kannel): a resume trusts only the same record (version 10)
+    Column("gateway_record", String(512)),
     Index("ix_dispatchers_delivery", "delivery_id"),
 )
 

@@ -317,29 +317,25 @@ def _scenario(tmp_path: Path, operator: dict[str, str], workers: list[Worker]) -
         >= at
     )  # not before its time
 
-    twice = _twice(seqs)
-    if twice and twice <= set(seqs[victim.name]):
-        # Known defect (#13, reported to the dispatch rework): the survivor settles the dead
-        # worker's unrecorded pairs against its own outbox (its own bind), finds none of
-        # them there, and sends them again. Any other duplicate fails below.
-        pytest.xfail(
-            f"#13: {len(twice)} pairs the killed {victim.name} had handed to its own outbox "
-            "were sent again by the survivor (it settles them against its own gateway)"
-        )
-    _assert_each_once(seqs, USERS)
-    shown = cli(operator, "deliveries", "show", str(delivery))["delivery"]
-    assert (shown["sent"], shown["errors"]) == (USERS, 0)
+    # The survivor cannot read the killed worker's outbox: the dead dispatcher's marks
+    # decide, so only its last announced group (a twentieth of a second at its cap) may
+    # be in doubt — outcome_unknown, never sent again.
+    shown = cli(operator, "deliveries", "show", str(delivery))
+    doubt = [i for i in shown["items"] if i["status"] == "error"]
+    assert {i["error"] for i in doubt} <= {"outcome_unknown"}, doubt[:3]
+    assert len(doubt) <= int(RATE) // 20, len(doubt)
+    _assert_each_once(seqs, USERS, in_doubt={i["seq"] for i in doubt})
+    assert shown["delivery"]["sent"] + len(doubt) == USERS
 
 
-def _twice(seqs: dict[str, list[int]]) -> set[int]:
-    """The pairs (seq) sent more than once, counted across the workers' outboxes."""
-    counts = Counter(s for got in seqs.values() for s in got)
-    return {s for s, n in counts.items() if n > 1}
-
-
-def _assert_each_once(seqs: dict[str, list[int]], expected: int) -> None:
-    """Every pair exactly once, counted across the workers' outboxes."""
+def _assert_each_once(
+    seqs: dict[str, list[int]], expected: int, in_doubt: set[int] | None = None
+) -> None:
+    """Every pair exactly once, counted across the workers' outboxes; those ``in_doubt``
+    (outcome_unknown after a kill) at most once."""
     counts = Counter(s for got in seqs.values() for s in got)
     twice = sorted(s for s, n in counts.items() if n > 1)
     assert not twice, f"{len(twice)} pairs sent more than once (first seq {twice[:5]})"
-    assert len(counts) == expected, f"{len(counts)} pairs sent of {expected}"
+    missing = set(range(1, expected + 1)) - set(counts) - (in_doubt or set())
+    assert not missing, f"{len(missing)} pairs never sent (first seq {sorted(missing)[:5]})"
+    assert len(counts) <= expected
