@@ -165,6 +165,11 @@ def preview_bulk(
         diagnosis = f"0 recipients: the user file has no rows ({names})"
     if phone_note and candidates:  # R3, R4: which of the file's columns held the numbers
         diagnosis = f"{diagnosis}; {phone_note}"
+    if not users_files and (inactive := people.inactive_count(ctx)):  # R4, #11
+        diagnosis = (
+            f"{diagnosis}; {inactive:,} inactive user{'s' * (inactive != 1)} "
+            "(not in the latest full export) not selected"
+        )
     return Preview(
         recipients=len(selection.recipients),
         messages=msgs,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -17,7 +17,7 @@ from smsops.domain.phones import classify_phones, mask_phone
 from smsops.errors import InputError, NotFoundError, Problem
 from smsops.services.context import Context
 from smsops.store import read, write
-from smsops.store.bulk import copy_rows, driver_time, execute_many, fetch_strings
+from smsops.store.bulk import copy_rows, driver_time, execute_many, execute_one, fetch_strings
 from smsops.store.schema import optouts, users
 from smsops.tables import read_phone_list, read_users_csvs
 
@@ -31,28 +31,52 @@ class ImportResult:
     # the header read as the phone number (R3), e.g. "携帯電話番号"; files that name it
     # differently give their names in file order, "a, b"
     phone_column: str = "phone"
+    # a full export (``replace``): stored users it no longer holds, now inactive (#11)
+    deactivated: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        done = {
             "rows": self.rows,
             "users_total": self.users_total,
             "phone_column": self.phone_column,
         }
+        return done if self.deactivated is None else {**done, "deactivated": self.deactivated}
 
 
-def import_users(ctx: Context, paths: Sequence[str | Path], encoding: str = "auto") -> ImportResult:
+# Called inside an import's transaction with the rows read, just before it commits:
+# what it writes commits with the import or not at all (a drop folder's record, #11).
+InTransaction = Callable[[Connection, int], None]
+
+
+def import_users(
+    ctx: Context,
+    paths: Sequence[str | Path],
+    encoding: str = "auto",
+    *,
+    replace: bool = False,
+    also: InTransaction | None = None,
+) -> ImportResult:
     """Read every file (all problems reported at once), then upsert all rows by user_id in
-    one transaction: a bad file changes nothing."""
+    one transaction: a bad file changes nothing. ``replace``: the files are a full export,
+    and stored users they do not hold become inactive (kept, never selected; #11)."""
     frame = read_users_csvs(list(paths), encoding=encoding)
-    return upsert_users(ctx, frame)
+    return upsert_users(ctx, frame, replace=replace, also=also)
 
 
-def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
-    """Insert new users at the end of the registration order; update known ones in place.
+def upsert_users(
+    ctx: Context,
+    frame: pd.DataFrame,
+    *,
+    replace: bool = False,
+    also: InTransaction | None = None,
+) -> ImportResult:
+    """Insert new users at the end of the registration order; update known ones in place
+    (and make them active again). ``replace``: every other user becomes inactive.
 
     One transaction, written ``settings.write_batch`` rows at a time: only one batch is
     ever held as Python values (#12). The frame has been checked whole before (the table
     readers refuse a file with any bad row), so a batch never fails half-way on a row."""
+    deactivated = None
     with write(ctx.engine) as conn:
         now = driver_time(conn, clock.now())
         batch = ctx.settings.write_batch
@@ -62,9 +86,20 @@ def upsert_users(ctx: Context, frame: pd.DataFrame) -> ImportResult:
             for done, part in _user_rows(frame, batch, tail=(now,)):
                 execute_many(conn, _UPSERT + _VALUES, part)
                 ctx.progress(done, len(frame), "importing users")
+        if replace:  # every user of the file was written just now, stamped ``now``
+            deactivated = execute_one(
+                conn,
+                "UPDATE users SET active = FALSE, updated_at = ? WHERE active AND updated_at <> ?",
+                (now, now),
+            )
+        if also is not None:
+            also(conn, len(frame))
         total = conn.execute(select(func.count()).select_from(users)).scalar_one()
     return ImportResult(
-        len(frame), int(total), ", ".join(frame.attrs.get("phone_columns") or ["phone"])
+        len(frame),
+        int(total),
+        ", ".join(frame.attrs.get("phone_columns") or ["phone"]),
+        deactivated,
     )
 
 
@@ -160,18 +195,19 @@ def _upsert_by_copy(
 _UPSERT = "INSERT INTO users (user_id, phone, attrs, updated_at)"
 _ON_CONFLICT = (
     "ON CONFLICT (user_id) DO UPDATE SET phone = excluded.phone, attrs = excluded.attrs, "
-    "updated_at = excluded.updated_at"
+    "updated_at = excluded.updated_at, active = TRUE"
 )
 _VALUES = f" VALUES (?, ?, ?, ?) {_ON_CONFLICT}"
 
 
 def load_users(ctx: Context, *, with_attrs: bool = False) -> pd.DataFrame:
-    """The stored users in registration order (user_id, phone[, the other columns])."""
+    """The active users in registration order (user_id, phone[, the other columns]): one
+    a full export no longer holds is never selected (#11)."""
     cols = ["user_id", "phone"] + (["attrs"] if with_attrs else [])
     with read(ctx.engine) as conn:  # batch by batch: 1M users as Python rows cost ~1 GB (#12)
         frame = fetch_strings(
             conn,
-            f"SELECT {', '.join(cols)} FROM users ORDER BY pos",
+            f"SELECT {', '.join(cols)} FROM users WHERE active ORDER BY pos",
             cols,
             ctx.settings.write_batch,
         )
@@ -191,6 +227,13 @@ def load_users(ctx: Context, *, with_attrs: bool = False) -> pd.DataFrame:
 def users_count(ctx: Context) -> int:
     with read(ctx.engine) as conn:
         return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+
+def inactive_count(ctx: Context) -> int:
+    """Users a full export no longer holds (#11): kept for history, never selected."""
+    with read(ctx.engine) as conn:
+        stmt = select(func.count()).select_from(users).where(~users.c.active)
+        return int(conn.execute(stmt).scalar_one())
 
 
 # --- opt-outs (R16) -----------------------------------------------------------------
@@ -226,9 +269,11 @@ def _e164(values: pd.Series, source: str, *, table: bool = False) -> list[str]:
     return list(dict.fromkeys(classified["e164"].tolist()))
 
 
-def optout_import(ctx: Context, path: str | Path, encoding: str = "auto") -> dict[str, int]:
+def optout_import(
+    ctx: Context, path: str | Path, encoding: str = "auto", *, also: InTransaction | None = None
+) -> dict[str, int]:
     phones = _e164(read_phone_list(path, encoding=encoding), str(path), table=True)
-    added = _add_optouts(ctx, phones, "import")
+    added = _add_optouts(ctx, phones, "import", also=also)
     return {"rows": len(phones), "added": added, "optouts_total": optout_count(ctx)}
 
 
@@ -247,7 +292,9 @@ def optout_remove(ctx: Context, phone: str) -> dict[str, object]:
     return {"phone": e164, "removed": True, "optouts_total": optout_count(ctx)}
 
 
-def _add_optouts(ctx: Context, phones: list[str], source: str) -> int:
+def _add_optouts(
+    ctx: Context, phones: list[str], source: str, also: InTransaction | None = None
+) -> int:
     now = clock.now()
     with write(ctx.engine) as conn:
         known = (
@@ -260,6 +307,8 @@ def _add_optouts(ctx: Context, phones: list[str], source: str) -> int:
             conn.execute(
                 optouts.insert(), [{"phone": p, "source": source, "created_at": now} for p in new]
             )
+        if also is not None:
+            also(conn, len(phones))
     return len(new)
 
 

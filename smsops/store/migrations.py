@@ -268,6 +268,20 @@ def _v10_claimed_ranges(conn: Connection) -> None:
     )
 
 
+def _v12_drop_folder(conn: Connection) -> None:
+    """Version 12: a full member export (``--mode replace``) marks users it no longer
+    holds inactive, never deleting them; each file a drop folder imported is recorded by
+    its content's hash, so the same content arriving again is skipped (#11)."""
+    conn.execute(text("ALTER TABLE users ADD COLUMN active BOOLEAN NOT NULL DEFAULT TRUE"))
+    conn.execute(
+        text(
+            "CREATE TABLE drop_imports (sha256 VARCHAR(64) NOT NULL PRIMARY KEY, "
+            "kind VARCHAR(16) NOT NULL, name VARCHAR(512) NOT NULL, row_count INTEGER NOT NULL, "
+            f"imported_at {_timestamp(conn)} NOT NULL)"
+        )
+    )
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
@@ -279,6 +293,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v8_replies,
     _v9_dlr_reasons,
     _v10_claimed_ranges,
+    _v12_drop_folder,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     func,
     select,
+    true,
 )
 from sqlalchemy import (
     DateTime as _DateTime,
@@ -55,6 +56,9 @@ users = Table(
     Column("phone", String(64)),  # as the user table had it; classified when selected
     Column("attrs", Text),  # the other columns of the user table, one JSON object
     Column("updated_at", DateTime, nullable=False),
+    # False: missing from the latest full export (`users watch --mode replace`, version
+    # 12); kept for history, never selected for a send (#11)
+    Column("active", Boolean, nullable=False, default=True, server_default=true()),
 )
 
 optouts = Table(
@@ -172,6 +176,20 @@ replies = Table(
 )
 
 
+# Each file a drop folder imported (version 12), by the SHA-256 of its bytes: the same
+# content arriving again, or a file whose import committed just before a crash left it
+# in the inbox, is skipped rather than imported twice (#11).
+drop_imports = Table(
+    "drop_imports",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # users | optouts
+    Column("name", String(512), nullable=False),  # the file's name in the inbox
+    Column("row_count", Integer, nullable=False),
+    Column("imported_at", DateTime, nullable=False),
+)
+
+
 # Each step takes the database from version i to i+1. Version 1 is the tables above as
 # first released; later steps alter them (ALTER TABLE …) so existing databases keep
 # their data. Never edit a released step: append a new one.
@@ -206,6 +224,7 @@ __all__ = [
     "account",
     "deliveries",
     "dispatchers",
+    "drop_imports",
     "items",
     "ledger",
     "meta",
