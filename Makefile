@@ -3,18 +3,29 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint notebooks-check bench
+.PHONY: venv demo test lint notebooks-check bench catalogs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
 	$(VENV)/bin/uv pip install -q -p $(PY) -e '.[dev]'
+	$(VENV)/bin/pybabel compile -D smsops -d smsops/locale
 	touch $@
 
 venv: $(VENV)/.installed
 
 demo: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo
+
+# Japanese (#15): extract the marked strings, add the new ones to the .po (untranslated,
+# for a translator to fill: tests/test_catalogs.py fails until they are), compile the .mo.
+catalogs: venv
+	mkdir -p build
+	$(VENV)/bin/pybabel extract -F babel.cfg -k N_ --no-location --sort-output \
+		-o build/smsops.pot .
+	$(VENV)/bin/pybabel update -D smsops -d smsops/locale -i build/smsops.pot \
+		--no-location --no-fuzzy-matching --width 100
+	$(VENV)/bin/pybabel compile -D smsops -d smsops/locale
 
 lint: venv notebooks-check
 	$(VENV)/bin/ruff check .

@@ -16,6 +16,13 @@ from smsops.services.context import Context
 from smsops.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests read English unless they ask for Japanese (#15): a developer whose locale
+    is ja_JP.UTF-8 runs the same suite. Tests of Japanese set SMSOPS_LANG=ja themselves."""
+    monkeypatch.setenv("SMSOPS_LANG", "en")
+
+
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[str]:
     if pg_bin() is None:

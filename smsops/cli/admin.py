@@ -56,9 +56,17 @@ def account_set(
         str | None,
         typer.Option(metavar="TZ", help="Time zone of send times, e.g. Asia/Tokyo."),
     ] = None,
+    language: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LANG",
+            help="ja or en: the language smsops speaks to this account's people, unless "
+            "SMSOPS_LANG or the locale (LANG=ja_JP.UTF-8) says otherwise (#15).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change the plan, the phone field or the time zone."""
+    """Change the plan, the phone field, the time zone or the language."""
     from smsops.services import account as accounts
 
     with context(as_json) as ctx:
@@ -66,6 +74,7 @@ def account_set(
             ctx,
             plan=plan,
             timezone=timezone,
+            language=language,
             phone_field=None if phone_field is None else phone_field is OnOff.on,
         )
     emit(as_json, acct.to_dict(), lambda: out.print(kv_table(acct.to_dict())))

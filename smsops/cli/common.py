@@ -26,8 +26,10 @@ from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import UsageError
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from smsops import i18n
 from smsops.errors import InputError, Problem, SmsopsError
 from smsops.logs import mask_text
+from smsops.refusals import localize
 
 # Every command, and every --help, imports this module: what only some commands need
 # (pandas, phonenumbers, the settings and the store, rich's progress display) is imported
@@ -177,21 +179,23 @@ def command(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SmsopsError as exc:
-            fail(exc.to_dict(), exc.message)
+            # --json keeps the English line (programs read it); a person reads theirs (#15)
+            fail(exc.to_dict(), localize(exc.message))
         except KeyboardInterrupt:
-            fail({"error": "interrupted", "message": "interrupted"}, "interrupted", 130)
+            fail({"error": "interrupted", "message": "interrupted"}, i18n._("interrupted"), 130)
         except (typer.Exit, typer.Abort, SystemExit, UsageError):
             raise
         except OverflowError as exc:  # a number past what a date or the store can hold
             message = f"a value is out of range ({_first_line(exc)})"
-            fail({"error": "range", "message": message}, message)
+            human = i18n._("a value is out of range ({detail})").format(detail=_first_line(exc))
+            fail({"error": "range", "message": message}, human)
         except Exception as exc:  # a bug or an environment problem: still one clear line
             if os.environ.get("SMSOPS_DEBUG"):
                 raise
             message = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
             fail(
                 {"error": "unexpected", "message": message},
-                f"{message} (set SMSOPS_DEBUG=1 for the traceback)",
+                i18n._("{message} (set SMSOPS_DEBUG=1 for the traceback)").format(message=message),
             )
 
     return wrapper  # type: ignore[return-value]
@@ -249,10 +253,22 @@ def context(as_json: bool) -> Iterator[Context]:
 
     with _progress_bar(not as_json and err.is_terminal) as progress:
         ctx = Context.open(Settings(), progress=progress)
+        _account_language(ctx)
         try:
             yield ctx
         finally:
             ctx.close()
+
+
+def _account_language(ctx: Context) -> None:
+    """The account's default language (#15), read only when neither ``SMSOPS_LANG`` nor
+    the locale chooses one; a store that cannot be read is the command's to report."""
+    i18n.set_account_default(None)
+    if not i18n.chosen_by_environment():
+        from smsops.services.account import get_account
+
+        with contextlib.suppress(SmsopsError):
+            i18n.set_account_default(get_account(ctx).language)
 
 
 @contextmanager

@@ -20,6 +20,40 @@ from smsops.cli.common import (
     out,
     write_csv_stdout,
 )
+from smsops.i18n import N_, _, language, local_time, number
+
+# What a person reads above each column and beside each value of a delivery (#15); the
+# keys are the --json document's and stay as they are.
+LABELS = {
+    "id": N_("id"),
+    "kind": N_("kind"),
+    "status": N_("status"),
+    "created_at": N_("created"),
+    "scheduled_at": N_("scheduled"),
+    "finished_at": N_("finished"),
+    "recipients": N_("recipients"),
+    "messages": N_("messages"),
+    "sent": N_("sent"),
+    "errors": N_("errors"),
+    "tickets_used": N_("tickets"),
+    "resend_of": N_("resend of"),
+    "texts": N_("texts"),
+}
+_TIMES = ("created_at", "scheduled_at", "finished_at")
+
+
+def _shown(key: str, value: object) -> str:
+    """A value of a delivery as a person reads it: times and counts as their language
+    writes them (#15)."""
+    if value is None:
+        return ""
+    if language() == "en":
+        return cell(value)
+    if key in _TIMES and isinstance(value, str):
+        return local_time(value)
+    if isinstance(value, int) and not isinstance(value, bool) and key not in ("id", "resend_of"):
+        return number(value)
+    return cell(value)
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -39,36 +73,21 @@ def deliveries_list(
         rows = dl.list_deliveries(ctx, limit)
 
     def human() -> None:
-        table = Table(
+        keys = (
             "id",
             "kind",
             "status",
-            "created",
-            "scheduled",
+            "created_at",
+            "scheduled_at",
             "recipients",
             "sent",
             "errors",
-            "tickets",
-            "resend of",
+            "tickets_used",
+            "resend_of",
         )
+        table = Table(*(_(LABELS[k]) for k in keys))
         for r in rows:
-            table.add_row(
-                *(
-                    cell(r[k])
-                    for k in (
-                        "id",
-                        "kind",
-                        "status",
-                        "created_at",
-                        "scheduled_at",
-                        "recipients",
-                        "sent",
-                        "errors",
-                        "tickets_used",
-                        "resend_of",
-                    )
-                )
-            )
+            table.add_row(*(_shown(k, r[k]) for k in keys))
         out.print(table)
 
     emit(as_json, {"deliveries": rows}, human)
@@ -102,8 +121,14 @@ def deliveries_show(
             )
         )
         return
-    out.print(kv_table({k: v for k, v in summary.items() if v is not None}))
-    table = Table("seq", "phone", "message", "status", "error", "delivery report")
+    out.print(
+        kv_table(
+            {_(LABELS.get(k, k)): _shown(k, v) for k, v in summary.items() if v is not None}
+        )
+    )
+    table = Table(
+        _("seq"), _("phone"), _("message"), _("status"), _("error"), _("delivery report")
+    )
     shown = frame.head(limit)
     for row, masked in zip(shown.itertuples(), mask_phones(shown["phone"]), strict=True):
         table.add_row(
@@ -116,7 +141,11 @@ def deliveries_show(
         )
     out.print(table)
     if len(frame) > limit:
-        out.print(f"… {len(frame) - limit:,} more (use --json or `deliveries errors`)")
+        out.print(
+            _("… {n} more (use --json or `deliveries errors`)").format(
+                n=number(len(frame) - limit)
+            )
+        )
 
 
 @deliveries_app.command("errors")
@@ -145,13 +174,13 @@ def deliveries_errors(
         return
 
     def human() -> None:
-        table = Table("seq", "user", "phone", "message", "error")
+        table = Table(_("seq"), _("user"), _("phone"), _("message"), _("error"))
         for row, masked in zip(frame.itertuples(), mask_phones(frame["phone"]), strict=True):
             table.add_row(
                 str(row.seq), cell(row.user_id), masked, str(row.message_no), cell(row.error)
             )
         out.print(table)
-        out.print(f"{len(frame):,} failed")
+        out.print(_("{n} failed").format(n=number(len(frame))))
 
     emit(
         as_json,
@@ -170,4 +199,8 @@ def deliveries_cancel(delivery_id: int, as_json: JsonOpt = False) -> None:
 
     with context(as_json) as ctx:
         result = dl.cancel(ctx, delivery_id)
-    emit(as_json, result, lambda: out.print(f"delivery {delivery_id} cancelled"))
+    emit(
+        as_json,
+        result,
+        lambda: out.print(_("delivery {id} cancelled").format(id=delivery_id)),
+    )

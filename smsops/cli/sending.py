@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 from typer._click.exceptions import UsageError  # exit 2, as the other usage errors
 
-from smsops import clock
+from smsops import i18n
 from smsops.cli.common import (
     DeliveryId,
     JsonOpt,
@@ -26,6 +26,8 @@ from smsops.cli.common import (
     write_csv_files,
 )
 from smsops.errors import RuleError
+from smsops.i18n import _
+from smsops.refusals import localize
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -65,31 +67,55 @@ Query = Annotated[
 
 
 def show_preview(p: dl.Preview) -> None:
-    """The confirmation screen (R13). The console reads no markup: message texts, queries
-    and names are shown exactly as they will be sent."""
-    when = clock.local_iso(p.scheduled_at, p.timezone) if p.scheduled_at else "now (immediately)"
-    out.print(
-        Text.assemble(
-            ("Recipients", "bold"), f" {p.recipients:,}    ", ("Send at", "bold"), f" {when}"
-        )
+    """The confirmation screen (R13), in the reader's language (#15). The console reads no
+    markup: message texts, queries and names are shown exactly as they will be sent."""
+    print_confirmation(confirmation_lines(p))
+
+
+def confirmation_lines(p: dl.Preview) -> list[tuple[str, str]]:
+    """The confirmation (R13) as (label, text) lines in the reader's language (#15): the
+    CLI prints them, the notebook and the Prefect artifact show the same."""
+    when = (
+        i18n.when(p.scheduled_at, p.timezone) if p.scheduled_at else _("now (immediately)")
     )
+    lines = [
+        (_("Recipients"), i18n.number(p.recipients)),
+        (_("Send at"), when),
+    ]
     if p.sample:
         more = (
-            f" … and {p.recipients - len(p.sample):,} more" if p.recipients > len(p.sample) else ""
+            _(" … and {n} more").format(n=i18n.number(p.recipients - len(p.sample)))
+            if p.recipients > len(p.sample)
+            else ""
         )
-        out.print("  " + ", ".join(p.sample) + more)
+        lines.append(("", "  " + ", ".join(p.sample) + more))
     for m in p.messages:
-        out.print(Text.assemble((f"Message {m.number}", "bold"), f" ({m.length}/70): {m.text}"))
-    ok = "green" if p.shortfall == 0 else "red"
-    out.print(
-        Text.assemble(
-            ("Tickets", "bold"),
-            f" needed {p.tickets_needed:,} ({p.recipients:,} × {len(p.messages)}), "
-            f"balance {p.balance:,} — ",
-            (f"short by {p.shortfall:,}" if p.shortfall else "enough", ok),
+        label = _("Message {number}").format(number=m.number)
+        lines.append((label, f"({m.length}/70): {m.text}"))
+    enough = (
+        _("short by {tickets}").format(tickets=i18n.tickets(p.shortfall))
+        if p.shortfall
+        else _("enough")
+    )
+    lines.append(
+        (
+            _("Tickets"),
+            _("needed {needed} ({recipients} × {messages}), balance {balance} — {enough}").format(
+                needed=i18n.tickets(p.tickets_needed),
+                recipients=i18n.number(p.recipients),
+                messages=len(p.messages),
+                balance=i18n.tickets(p.balance),
+                enough=enough,
+            ),
         )
     )
-    out.print(Text.assemble(("Selection", "bold"), f" {p.diagnosis}"))
+    lines.append((_("Selection"), localize(p.diagnosis)))
+    return lines
+
+
+def print_confirmation(lines: list[tuple[str, str]]) -> None:
+    for label, text in lines:
+        out.print(Text.assemble((label, "bold"), f" {text}") if label else text)
 
 
 @bulk_app.command("preview")
@@ -163,9 +189,9 @@ def bulk_create(
             with no_live_display():  # or the progress display erases the question
                 show_preview(p)
                 confirmed = typer.confirm(
-                    "Save and send this delivery?"
+                    _("Save and send this delivery?")
                     if p.scheduled_at is None
-                    else "Schedule this delivery?"
+                    else _("Schedule this delivery?")
                 )
             if not confirmed:
                 raise RuleError("R13", "not confirmed; nothing was saved")
@@ -174,20 +200,22 @@ def bulk_create(
     emit(as_json, result, lambda: print_result(result))
 
 
-def print_result(result: dict[str, object]) -> None:
-    text = (
-        f"delivery {result['delivery_id']}: {result['status']}, "
-        f"{result['recipients']:,} recipients × {result['messages']} messages"
+def print_result(result: dict[str, Any]) -> None:
+    n = i18n.number
+    text = _("delivery {id}: {status}, {recipients} recipients × {messages} messages").format(
+        id=result["delivery_id"],
+        status=result["status"],
+        recipients=n(result["recipients"]),
+        messages=result["messages"],
     )
     if result.get("scheduled_at"):
-        text += f", scheduled for {result['scheduled_at']}"
+        text += _(", scheduled for {at}").format(at=i18n.local_time(str(result["scheduled_at"])))
     if "sent" in result:
-        text += (
-            f"; sent {result['sent']:,}, errors {result['errors']:,}, "
-            f"tickets used {result['tickets_used']:,}"
+        text += _("; sent {sent}, errors {errors}, tickets used {used}").format(
+            sent=n(result["sent"]), errors=n(result["errors"]), used=n(result["tickets_used"])
         )
     if result.get("reason"):
-        text += f"; paused: {result['reason']}"
+        text += _("; paused: {reason}").format(reason=result["reason"])
     out.print(text)
 
 
@@ -265,8 +293,12 @@ def dispatch_one(
         as_json,
         result,
         lambda: out.print(
-            f"delivery {delivery_id}: {result['status']}; sent {result['sent']:,}, "
-            f"errors {result['errors']:,}"
+            _("delivery {id}: {status}; sent {sent}, errors {errors}").format(
+                id=delivery_id,
+                status=result["status"],
+                sent=i18n.number(result["sent"]),
+                errors=i18n.number(result["errors"]),
+            )
         ),
     )
 
@@ -282,11 +314,16 @@ def dispatch_due(as_json: JsonOpt = False) -> None:
 
     def human() -> None:
         if not results:
-            out.print("nothing due")
+            out.print(_("nothing due"))
         for r in results:
             out.print(
-                f"delivery {r['delivery_id']}: {r['status']}; sent {r['sent']:,}, "
-                f"errors {r['errors']:,}" + (" (resumed)" if r["resumed"] else "")
+                _("delivery {id}: {status}; sent {sent}, errors {errors}").format(
+                    id=r["delivery_id"],
+                    status=r["status"],
+                    sent=i18n.number(r["sent"]),
+                    errors=i18n.number(r["errors"]),
+                )
+                + (_(" (resumed)") if r["resumed"] else "")
             )
 
     emit(as_json, {"dispatched": results}, human)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import Connection, func, select
 
-from smsops import clock
+from smsops import clock, i18n
 from smsops.errors import InputError, PlanError, Problem, TicketError
 from smsops.services.context import Context
 from smsops.store import read, write
@@ -25,9 +25,13 @@ class Account:
     plan: str
     phone_field_enabled: bool
     timezone: str
+    language: str | None = None  # ja / en: its people's default language (#15); None: none
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        if self.language is None:  # as before #15: an account that chose none says nothing
+            del out["language"]
+        return out
 
 
 def get_account(ctx: Context, conn: Connection | None = None) -> Account:
@@ -35,7 +39,7 @@ def get_account(ctx: Context, conn: Connection | None = None) -> Account:
         with read(ctx.engine) as c:
             return get_account(ctx, c)
     row = conn.execute(select(account).where(account.c.id == 1)).one()
-    return Account(row.plan, bool(row.phone_field_enabled), row.timezone)
+    return Account(row.plan, bool(row.phone_field_enabled), row.timezone, row.language)
 
 
 def set_account(
@@ -44,8 +48,14 @@ def set_account(
     plan: str | None = None,
     phone_field: bool | None = None,
     timezone: str | None = None,
+    language: str | None = None,
 ) -> Account:
     values: dict[str, object] = {}
+    if language is not None:
+        try:
+            values["language"] = i18n.parse_language(language)
+        except ValueError as exc:
+            raise InputError("--language", [Problem(None, None, str(exc))]) from None
     if plan is not None:
         if plan not in PLANS:
             raise InputError(

@@ -268,6 +268,12 @@ def _v10_claimed_ranges(conn: Connection) -> None:
     )
 
 
+def _v11_account_language(conn: Connection) -> None:
+    """Version 11: the account may choose the language its people read (#15); none (NULL):
+    the locale's, else English."""
+    conn.execute(text("ALTER TABLE account ADD COLUMN language VARCHAR(8)"))
+
+
 def _v12_drop_folder(conn: Connection) -> None:
     """Version 12: a full member export (``--mode replace``) marks users it no longer
     holds inactive, never deleting them; each file a drop folder imported is recorded by
@@ -293,6 +299,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v8_replies,
     _v9_dlr_reasons,
     _v10_claimed_ranges,
+    _v11_account_language,
     _v12_drop_folder,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -46,6 +46,7 @@ account = Table(
     Column("phone_field_enabled", Boolean, nullable=False),
     Column("timezone", String(64), nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    Column("language", String(8)),  # ja / en: the default of its people (#15); NULL: none
 )
 
 users = Table(

@@ -1,0 +1,188 @@
+"""Issue #15, 日本語で: the language a person reads, and what smsops says in Japanese.
+
+The CLI runs for real (in this process, or as ``smsops`` in a fresh one for the locale);
+the catalog is the repository's own ``smsops/locale/ja/LC_MESSAGES/smsops.po``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from support import mobile
+
+from smsops import i18n
+from smsops.refusals import localize
+
+
+@pytest.fixture
+def clean(monkeypatch: pytest.MonkeyPatch):
+    """No SMSOPS_LANG, no locale, no account default: each test sets what it reads."""
+    for name in ("SMSOPS_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    i18n.set_account_default(None)
+    yield monkeypatch
+    i18n.set_account_default(None)
+
+
+def test_issue15_language_order_smsops_lang_then_locale_then_account_then_english(clean):
+    assert i18n.language() == "en"
+    i18n.set_account_default("ja")
+    assert i18n.language() == "ja"  # nothing else chooses: the account's default
+    clean.setenv("LANG", "C.UTF-8")
+    assert i18n.language() == "ja"  # C chooses nothing
+    clean.setenv("LANG", "en_US.UTF-8")
+    assert i18n.language() == "en"  # the locale chooses before the account
+    clean.setenv("LANG", "ja_JP.UTF-8")
+    i18n.set_account_default(None)
+    assert i18n.language() == "ja"
+    clean.setenv("LC_ALL", "en_GB.UTF-8")
+    assert i18n.language() == "en"  # LC_ALL overrides LANG
+    clean.setenv("SMSOPS_LANG", "ja")
+    assert i18n.language() == "ja"  # SMSOPS_LANG overrides the locale
+    clean.setenv("SMSOPS_LANG", "fr")
+    assert i18n.language() == "en"  # one smsops does not speak chooses nothing
+
+
+def test_issue15_japanese_numbers_and_dates(clean):
+    clean.setenv("SMSOPS_LANG", "ja")
+    assert i18n.tickets(1550) == "1,550枚"
+    at = datetime(2026, 12, 3, 1, 0, tzinfo=ZoneInfo("UTC"))
+    assert i18n.when(at, "Asia/Tokyo") == "2026年12月3日 10:00"
+    assert i18n.local_time("2026-12-03T10:00:00+09:00") == "2026年12月3日 10:00"
+    clean.setenv("SMSOPS_LANG", "en")
+    assert i18n.tickets(1) == "1 ticket"
+    assert i18n.tickets(1550) == "1,550 tickets"
+    assert i18n.when(at, "Asia/Tokyo") == "2026-12-03T10:00:00+09:00"
+
+
+def test_issue15_r9_refusal_translated_by_template_with_numbers(clean):
+    line = (
+        "R9: not enough tickets: needed 1550, balance 1000, shortfall 550 "
+        "(buy more with `smsops tickets add N`)"
+    )
+    assert localize(line) == line  # English is left as it is
+    clean.setenv("SMSOPS_LANG", "ja")
+    assert localize(line) == (
+        "R9: チケットが足りません：必要 1,550枚、残高 1,000枚、不足 550枚"
+        "（`smsops tickets add N` で購入してください）"
+    )
+
+
+def test_issue15_r4_diagnosis_clause_by_clause(clean):
+    clean.setenv("SMSOPS_LANG", "ja")
+    diagnosis = (
+        "0 recipients from 150 users: 120 users have no phone number, 30 users have numbers "
+        "that are not Japanese mobiles (landline, toll-free, IP phone, unallocated or foreign)"
+    )
+    assert localize(diagnosis) == (
+        "ユーザー 150人中 宛先 0件：120人は電話番号がありません、30人は日本の携帯電話番号では"
+        "ありません（固定電話、フリーダイヤル、IP電話、未割当、海外の番号）"
+    )
+    # a clause no template knows stays English rather than being guessed at
+    assert localize("0 recipients: something new") == "宛先 0件：something new"
+
+
+def test_issue15_mo_is_compiled_when_missing(tmp_path: Path, clean):
+    po = i18n.catalog_path("ja")
+    mo = tmp_path / "smsops.mo"
+    i18n.compile_catalog(po, mo)
+    import gettext
+
+    with mo.open("rb") as fh:
+        t = gettext.GNUTranslations(fh)
+    assert t.gettext("Recipients") == "宛先"
+    assert t.ngettext("{n} ticket", "{n} tickets", 5) == "{n}枚"
+
+
+def _refused_setup(cli) -> None:
+    users = cli.tmp / "users.csv"
+    users.write_text(
+        "user_id,phone\n" + "".join(f"u{i},{mobile(i)}\n" for i in range(3)), encoding="utf-8"
+    )
+    cli("account", "set", "--plan", "standard")
+    cli("users", "import", str(users))
+    cli("tickets", "add", "4")
+
+
+def test_issue15_r9_cli_refusal_in_japanese_json_unchanged(cli):
+    _refused_setup(cli)
+    cli.env["SMSOPS_LANG"] = "ja"
+    result = cli("bulk", "create", "-m", "こんにちは", "-m", "また明日", "--yes", code=1)
+    assert "R9: チケットが足りません：必要 6枚、残高 4枚、不足 2枚" in result.stderr
+    doc = json.loads(cli("bulk", "create", "-m", "a", "-m", "b", "--yes", "--json", code=1).stdout)
+    assert doc["error"] == "tickets"
+    assert doc["message"].startswith("R9: not enough tickets: needed 6, balance 4, shortfall 2")
+    assert (doc["needed"], doc["balance"], doc["shortfall"]) == (6, 4, 2)
+
+
+def test_issue15_r13_confirmation_and_history_in_japanese(cli):
+    _refused_setup(cli)
+    cli.env["SMSOPS_LANG"] = "ja"
+    preview = cli("bulk", "preview", "-m", "セール開始", "--at", "2099-12-03 10:00").stdout
+    assert "宛先 3" in preview
+    assert "送信日時 2099年12月3日 10:00" in preview
+    assert "必要 3枚（3件 × 1通）、残高 4枚 — 足りています" in preview
+    assert "ユーザー 3人中 宛先 3件" in preview
+    created = cli("bulk", "create", "-m", "セール開始", "--yes").stdout
+    assert "配信 1：" in created and "送信 3件" in created
+    listing = cli("deliveries", "list").stdout
+    assert "種類" in listing and "状態" in listing
+    assert "bulk" in listing and "sent" in listing  # kinds and statuses stay as they are
+    shown = cli("deliveries", "show", "1").stdout
+    assert "電話番号" in shown and "送信数" in shown
+    doc = json.loads(cli("deliveries", "show", "1", "--json").stdout)
+    assert doc["delivery"]["status"] == "sent" and set(doc["items"][0]) >= {"phone", "status"}
+
+
+def test_issue15_account_language_is_the_default(cli):
+    _refused_setup(cli)
+    cli.env["SMSOPS_LANG"] = ""  # the environment says nothing: the account decides
+    cli.env["LANG"] = "C.UTF-8"
+    doc = json.loads(cli("account", "set", "--language", "ja", "--json").stdout)
+    assert doc["language"] == "ja"
+    result = cli("bulk", "create", "-m", "a", "-m", "b", "--yes", code=1)
+    assert "チケットが足りません" in result.stderr
+    cli.env["SMSOPS_LANG"] = "en"  # a person's own choice wins over the account's
+    result = cli("bulk", "create", "-m", "a", "-m", "b", "--yes", code=1)
+    assert "not enough tickets" in result.stderr
+    refused = cli("account", "set", "--language", "fr", code=1)
+    assert "--language" in refused.stderr and "ja or en" in refused.stderr
+
+
+def test_issue15_locale_ja_jp_refusal_as_the_real_cli(tmp_path: Path):
+    """The issue's "must show": LANG=ja_JP.UTF-8 smsops bulk create … with too few tickets
+    prints the refusal in Japanese naming needed, balance and shortfall; exit 1."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SMSOPS_LANG", "LC_ALL", "LC_MESSAGES")
+    }
+    env |= {
+        "LANG": "ja_JP.UTF-8",
+        "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}",
+        "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
+    }
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,phone\n" + "".join(f"u{i},{mobile(i)}\n" for i in range(775)))
+    smsops = [sys.executable, "-m", "smsops.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*smsops, *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    for args in (("account", "set", "--plan", "standard"), ("users", "import", str(users))):
+        assert run(*args).returncode == 0
+    assert run("tickets", "add", "1000").returncode == 0
+    refused = run("bulk", "create", "-m", "セール", "-m", "明日まで", "--yes")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "smsops: R9: チケットが足りません：必要 1,550枚、残高 1,000枚、不足 550枚"
+        "（`smsops tickets add N` で購入してください）"
+    )
+    assert "Traceback" not in refused.stderr
