@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import enum
+import functools
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +23,9 @@ from smsops.cli.common import (
     tickets_app,
     users_app,
 )
+
+if TYPE_CHECKING:
+    from smsops.services import drops
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -138,6 +144,81 @@ def users_import(
         result.to_dict(),
         lambda: out.print(f"imported {result.rows:,} rows; {result.users_total:,} users in total"),
     )
+
+
+class WatchMode(enum.Enum):
+    upsert = "upsert"
+    replace = "replace"
+
+
+@users_app.command("watch")
+@command
+def users_watch(
+    folder: Annotated[
+        str,
+        typer.Argument(
+            metavar="DIR",
+            help="The drop folder: a path, or a URL such as s3://bucket/drops (with the "
+            "s3 or gcs extra installed).",
+        ),
+    ],
+    every: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", min=1, help="Look again every SECONDS until stopped."),
+    ] = None,
+    mode: Annotated[
+        WatchMode,
+        typer.Option(
+            help="upsert: add and update users; replace: each file is a full export, and "
+            "users missing from it become inactive (kept, never selected)."
+        ),
+    ] = WatchMode.upsert,
+    settle: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0, help="A file changed this recently is still being written."
+        ),
+    ] = 10.0,
+    encoding: Encoding = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Import each new file of a drop folder whole or not at all, in name order, then move
+    it to processed/ or rejected/ (beside NAME.errors.csv); DIR/optouts/ takes opt-out
+    lists. One pass, or one every SECONDS (one JSON document per pass)."""
+    import time
+
+    from smsops.services import drops
+
+    looks = None
+    with context(as_json) as ctx:
+        while True:
+            done = drops.watch(
+                ctx, folder, mode=mode.value, encoding=encoding, settle=settle, previous=looks
+            )
+            looks = done.looks
+            if as_json or done.files or every is None:
+                emit(as_json, done.to_dict(), functools.partial(_print_drop_pass, done))
+            if every is None:
+                return
+            sys.stdout.flush()
+            try:
+                time.sleep(every)
+            except KeyboardInterrupt:  # stopped between passes: nothing is half done
+                return
+
+
+def _print_drop_pass(done: drops.DropPass) -> None:
+    """Each file and what became of it, then the counts."""
+    from rich.table import Table
+
+    if done.files:
+        table = Table("file", "outcome", "rows", "detail", box=None, pad_edge=False)
+        for f in done.files:
+            name = f.name if f.inbox == "users" else f"optouts/{f.name}"
+            rows = "" if f.rows is None else f"{f.rows:,}"
+            table.add_row(name, f.outcome.value.replace("_", " "), rows, f.detail)
+        out.print(table)
+    out.print(done.summary())
 
 
 @optout_app.command("import")

@@ -273,7 +273,8 @@ def _take(
                 imported = people.import_users(
                     ctx, [local], encoding, replace=mode == "replace", also=record
                 )
-                rows, detail = imported.rows, f"{imported.rows:,} rows imported"
+                rows = imported.rows
+                detail = f"{rows:,} row{'s' * (rows != 1)} imported"
                 if imported.deactivated:
                     detail += (
                         f"; {imported.deactivated:,} users not in this full export are now inactive"
