@@ -44,7 +44,7 @@ from smsops.logs import install_masking, mask_text
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
-from smsops.services import inbound, people
+from smsops.services import drops, inbound, people
 from smsops.services.context import Context
 from smsops.services.import_root import confine
 from smsops.settings import Settings
@@ -134,6 +134,57 @@ def import_users(paths: list[str], encoding: str = "auto") -> dict[str, int]:
     )
     logger.info("imported %s rows; %s users in total", result["rows"], result["users_total"])
     return result
+
+
+# --- the drop folder (#11) ------------------------------------------------------------
+
+_looks: dict[str, drops.Looks] = {}  # per folder: what the last run of this process saw
+
+
+def _drop_folder(folder: str | None) -> tuple[str, bool]:
+    """The folder a run may watch, and whether it is the configured one (created when
+    missing): SMSOPS_DROPS by default; another local folder only under
+    SMSOPS_IMPORT_ROOT; a URL only the configured one (parameters come from anyone who
+    reaches the Prefect API)."""
+    settings = _context().settings
+    if folder is None or folder == settings.drops:
+        return settings.drops, True
+    if "://" in folder:
+        raise PathError(
+            f"{mask_text(repr(folder))}: a run watches only the configured drop folder "
+            f"{settings.drops!r} (SMSOPS_DROPS) or a folder under the import root"
+        )
+    return str(confine([folder], settings.import_root)[0]), False
+
+
+@flow(name="import-drops", log_prints=False)
+def import_drops(
+    folder: str | None = None, mode: drops.Mode = "upsert", encoding: str = "auto"
+) -> dict[str, Any]:
+    """One pass over the drop folder (SMSOPS_DROPS): each whole file imported all or
+    nothing and moved to processed/ or rejected/ (beside NAME.errors.csv, and an artifact
+    with the same rows); the run succeeds even when a file is rejected."""
+    logger = get_run_logger()
+    path, configured = _drop_folder(folder)
+    done = drops.watch(
+        _context(), path, mode=mode, encoding=encoding, previous=_looks.get(path), create=configured
+    )
+    _looks[path] = done.looks
+    for f in done.files:
+        logger.info("%s: %s", f.name, f.detail)
+        if f.problems:
+            create_table_artifact(
+                key="drop-rejected-rows",
+                table=f.problems[:1000],
+                description=f"Rejected: {f.name} (nothing was imported), see {f.errors_csv}",
+            )
+    create_table_artifact(
+        key="drop-folder-pass",
+        table=[f.to_dict() for f in done.files],
+        description=f"Drop folder, mode {mode}: {done.summary()}",
+    )
+    logger.info("drop folder: %s", done.summary())
+    return done.to_dict()
 
 
 # --- preview and create (R13) -------------------------------------------------------

@@ -97,8 +97,12 @@ LIMITS: dict[str, int] = {
     "dispatch-delivery": 2,
     "resend-failures": 1,
     "import-users": 1,
+    "import-drops": 1,
     "preview-bulk": 2,
 }
+
+
+DROPS_INTERVAL = 60  # seconds between passes over the drop folder (#11)
 
 
 def deployments(interval: float) -> list[Any]:
@@ -109,9 +113,9 @@ def deployments(interval: float) -> list[Any]:
     from flows import campaigns
 
     def limit(name: str) -> ConcurrencyLimitConfig:
-        strategy = (
+        strategy = (  # a second pass while one runs would find nothing new to take
             ConcurrencyLimitStrategy.CANCEL_NEW
-            if name == "dispatch-due"
+            if name in ("dispatch-due", "import-drops")
             else ConcurrencyLimitStrategy.ENQUEUE
         )
         return ConcurrencyLimitConfig(limit=LIMITS[name], collision_strategy=strategy)
@@ -122,6 +126,13 @@ def deployments(interval: float) -> list[Any]:
             interval=timedelta(seconds=interval),
             description="Send scheduled deliveries at their time; resume interrupted ones.",
             concurrency_limit=limit("dispatch-due"),
+        ),
+        campaigns.import_drops.to_deployment(
+            name="import-drops",
+            interval=timedelta(seconds=DROPS_INTERVAL),
+            description="Import each whole file of the drop folder (SMSOPS_DROPS), then "
+            "move it to processed/ or rejected/.",
+            concurrency_limit=limit("import-drops"),
         ),
         *(
             f.to_deployment(name=f.name, concurrency_limit=limit(f.name))

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # flows read files only under this folder (their parameters may come from anyone who
     # reaches the Prefect API); the CLI reads what its user can
     import_root: Path = Path("data")
+    # the drop folder the import-drops flow watches (#11): a path or an fsspec URL
+    # (s3://bucket/drops); set here, not in flow parameters, like every location
+    drops: str = "data/drops"
     rate_limit: float | None = Field(None, gt=0, description="messages per second, None = no cap")
 
     # (recipient, message) pairs sent per gateway call and recorded per transaction

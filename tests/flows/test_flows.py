@@ -451,6 +451,7 @@ def test_every_flow_is_served_with_its_own_concurrency():
     assert set(served) == {
         "dispatch-due",
         "import-users",
+        "import-drops",
         "preview-bulk",
         "create-bulk",
         "dispatch-delivery",

@@ -39,6 +39,7 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
         assert set(started["deployments"]) == {  # every flow, preview-bulk included
             "dispatch-due",
             "import-users",
+            "import-drops",
             "preview-bulk",
             "create-bulk",
             "dispatch-delivery",
