@@ -259,3 +259,31 @@ def test_issue11_error_rows_name_row_line_and_mask_numbers():
         .split("\n")[1]
         .startswith("'=cmd.csv")
     )
+
+
+def test_issue11_a_file_whose_import_fails_midway_stays_to_be_retried_whole(sqlite_settings, inbox):
+    """A real fault inside the import: another process holds SQLite's write lock past the
+    busy timeout. Nothing of the file is stored, it stays in the inbox, and the next pass
+    imports it whole."""
+    import sqlite3
+
+    from smsops.errors import StoreUnavailable
+    from smsops.services.context import Context
+
+    ctx = Context.open(sqlite_settings.model_copy(update={"busy_timeout": 0.2}))
+    people.users_count(ctx)  # the store exists
+    drop(inbox, "a.csv", members([1, 2, 3]))
+    other = sqlite3.connect(sqlite_settings.database_url.removeprefix("sqlite:///"))
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable):
+            drops.watch(ctx, str(inbox))
+    finally:
+        other.rollback()
+        other.close()
+    assert (inbox / "a.csv").exists() and not (inbox / "processed").exists()
+    assert users_table(ctx) == {}
+    again = drops.watch(ctx, str(inbox))
+    assert [(f.name, f.outcome.value, f.rows) for f in again.files] == [("a.csv", "imported", 3)]
+    assert users_table(ctx) == {"m1": True, "m2": True, "m3": True}
+    ctx.close()
