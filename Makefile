@@ -21,10 +21,10 @@ demo: venv
 # for a translator to fill: tests/test_catalogs.py fails until they are), compile the .mo.
 catalogs: venv
 	mkdir -p build
-	$(VENV)/bin/pybabel extract -F babel.cfg -k N_ --no-location --sort-output \
+	$(VENV)/bin/pybabel extract -F babel.cfg -k N_ -k chart_text --no-location --sort-output \
 		-o build/smsops.pot .
 	$(VENV)/bin/pybabel update -D smsops -d smsops/locale -i build/smsops.pot \
-		--no-location --no-fuzzy-matching --width 100
+		--no-fuzzy-matching --width 100
 	$(VENV)/bin/pybabel compile -D smsops -d smsops/locale
 
 lint: venv notebooks-check

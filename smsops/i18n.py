@@ -19,9 +19,10 @@ from __future__ import annotations
 import gettext
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Language = Literal["en", "ja"]
 LANGUAGES: tuple[Language, ...] = ("en", "ja")
@@ -69,7 +70,18 @@ def chosen_by_environment() -> bool:
 
 def language() -> Language:
     """The language a person reads now (see the module's docstring for the order)."""
-    return _from_environment() or _account_default or "en"
+    return _chosen or _from_environment() or _account_default or "en"
+
+
+_chosen: Language | None = None
+
+
+def use(lang: str | None) -> None:
+    """Speak ``lang`` from now on in this process, whatever the environment says: a
+    notebook's ``language`` parameter (``papermill -p language ja``). None: back to the
+    usual order. ValueError for a language smsops does not speak."""
+    global _chosen
+    _chosen = None if lang is None else parse_language(lang)
 
 
 def set_account_default(lang: str | None) -> None:
@@ -195,3 +207,30 @@ def local_time(iso: str) -> str:
     except ValueError:
         return iso
     return when(value) if value.tzinfo else iso
+
+
+# --- notebooks ---------------------------------------------------------------------------
+
+
+def extract_notebook(
+    fileobj: Any, keywords: object, comment_tags: object, options: object
+) -> Iterator[tuple[int, str | None, str, list[str]]]:
+    """Babel extraction method for ``.ipynb`` (babel.cfg): each markdown cell is one
+    catalog entry, translated whole when a report is run (:func:`translate_markdown`)."""
+    import json
+
+    notebook = json.loads(fileobj.read().decode("utf-8"))
+    for number_, cell in enumerate(notebook.get("cells", []), start=1):
+        if cell.get("cell_type") == "markdown":
+            source = "".join(cell.get("source", []))
+            if source.strip():
+                yield number_, None, source, [f"markdown cell {number_}"]
+
+
+def translate_markdown(notebook: Any, lang: str | None = None) -> None:
+    """Put each markdown cell of an nbformat ``notebook`` in ``lang`` (default: the
+    reader's language)."""
+    t = translations(parse_language(lang) if lang else None)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.strip():
+            cell.source = t.gettext(cell.source)

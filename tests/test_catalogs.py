@@ -1,6 +1,7 @@
 """Issue #15: every string a person reads has its Japanese translation.
 
-The marked strings (``_()``, ``ngettext()``, ``N_()``) are extracted from the sources with
+The marked strings (``_()``, ``ngettext()``, ``N_()``, ``chart_text()``) and the
+notebooks' markdown cells are extracted from the sources with
 Babel, as ``make catalogs`` does, into a fresh template in a temporary folder, and
 compared with the repository's Japanese catalog: each one must be there, translated, and
 not fuzzy (a fuzzy entry is a guess gettext never shows).
@@ -24,7 +25,8 @@ def _extract(tmp_path: Path) -> Path:
     pot = tmp_path / "smsops.pot"
     pybabel = Path(sys.executable).with_name("pybabel")
     subprocess.run(
-        [str(pybabel), "extract", "-F", "babel.cfg", "-k", "N_", "-o", str(pot), "."],
+        [str(pybabel), "extract", "-F", "babel.cfg", "-k", "N_", "-k", "chart_text",
+         "-o", str(pot), "."],
         cwd=ROOT, check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     return pot

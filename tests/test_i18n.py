@@ -186,3 +186,28 @@ def test_issue15_locale_ja_jp_refusal_as_the_real_cli(tmp_path: Path):
         "（`smsops tickets add N` で購入してください）"
     )
     assert "Traceback" not in refused.stderr
+
+
+def test_issue15_japanese_chart_draws_every_glyph_else_english_and_one_note(clean):
+    """Charts in Japanese use a Japanese font from matplotlib's font manager (Noto Sans CJK
+    JP here, fonts-noto-cjk): drawing one warns of no missing glyph (no tofu). Without
+    such a font the labels stay English and the report says so once."""
+    import io
+    import warnings
+
+    from smsops.reports.common import _figure, chart_text, charts_in_language, font_note
+
+    clean.setenv("SMSOPS_LANG", "ja")
+    assert charts_in_language()
+    fig, ax = _figure(4, 2)
+    ax.set_title(chart_text("Status of every (number, message) pair"))
+    assert ax.get_title() == "すべての（番号、メッセージ）の組の状態"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph … missing from font(s)" would raise
+        fig.savefig(io.BytesIO(), format="png")
+    assert font_note() is None
+    assert not charts_in_language(("No Such Font JP",))
+    note = font_note(("No Such Font JP",))
+    assert note is not None and "日本語フォントが見つかりません" in str(note)
+    clean.setenv("SMSOPS_LANG", "en")
+    assert font_note(("No Such Font JP",)) is None  # English needs no Japanese font

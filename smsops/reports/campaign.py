@@ -11,8 +11,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from smsops import clock
+from smsops import clock, i18n
 from smsops.domain.phones import mask_phones
+from smsops.i18n import _
+from smsops.refusals import localize
 from smsops.reports.common import (
     BLUE,
     GREEN,
@@ -24,6 +26,8 @@ from smsops.reports.common import (
     _barh,
     _figure,
     _key_values,
+    chart_text,
+    label,
 )
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
@@ -57,50 +61,73 @@ class Campaign:
     @property
     def when(self) -> str:
         p = self.preview
-        return clock.local_iso(p.scheduled_at, p.timezone) or "now (immediately)"
+        if p.scheduled_at is None:
+            return _("now (immediately)")
+        return i18n.when(p.scheduled_at, p.timezone)
 
     def headline(self) -> Note:
         p = self.preview
+        n = i18n.number
         if p.selection.users == 0:
             return Note(
-                "**No users to select from.** The user table is empty (a fresh database?). "
-                "Import one with `smsops users import data/sample_users.csv`, or run this "
-                "notebook with `users_csv='data/sample_users.csv'`. Nothing below can be sent."
+                _(
+                    "**No users to select from.** The user table is empty (a fresh database?). "
+                    "Import one with `smsops users import data/sample_users.csv`, or run this "
+                    "notebook with `users_csv='data/sample_users.csv'`. Nothing below can be "
+                    "sent."
+                )
             )
         if p.recipients == 0:
-            return Note(f"**0 recipients — nothing can be sent (R4).** {p.diagnosis}.")
+            return Note(
+                _("**0 recipients — nothing can be sent (R4).** {diagnosis}.").format(
+                    diagnosis=localize(p.diagnosis)
+                )
+            )
         tickets = (
-            f"enough (balance {p.balance:,})"
+            _("enough (balance {balance})").format(balance=i18n.tickets(p.balance))
             if not p.shortfall
-            else f"**short by {p.shortfall:,}** (balance {p.balance:,}): creating it "
-            "would be refused (R9) until more tickets are added"
+            else _(
+                "**short by {shortfall}** (balance {balance}): creating it would be refused "
+                "(R9) until more tickets are added"
+            ).format(shortfall=i18n.tickets(p.shortfall), balance=i18n.tickets(p.balance))
         )
         later = ""
         short = int(self.forecast().loc["this campaign", "short"])
         if short and not p.shortfall:
-            later = (
-                f" **Warning:** deliveries waiting to go out before it will leave it "
-                f"{short:,} tickets short at its send time (R10: the last pairs become errors)."
-            )
+            later = _(
+                " **Warning:** deliveries waiting to go out before it will leave it {short} "
+                "short at its send time (R10: the last pairs become errors)."
+            ).format(short=i18n.tickets(short))
         return Note(
-            f"**{p.recipients:,} recipients** will get {len(p.messages)} message(s), sent "
-            f"{self.when}. Tickets needed {p.tickets_needed:,}: {tickets}.{later} "
-            "Nothing is saved until this notebook runs with `confirm=True`."
+            _(
+                "**{recipients} recipients** will get {messages} message(s), sent {when}. "
+                "Tickets needed {needed}: {tickets}.{later} Nothing is saved until this "
+                "notebook runs with `confirm=True`."
+            ).format(
+                recipients=n(p.recipients),
+                messages=len(p.messages),
+                when=self.when,
+                needed=i18n.tickets(p.tickets_needed),
+                tickets=tickets,
+                later=later,
+            )
         )
 
     def confirmation(self) -> pd.DataFrame:
         """The R13 confirmation as one table: who, when, what, at what cost."""
         p = self.preview
+        n = i18n.number
         return _key_values(
             {
-                "users considered": f"{p.selection.users:,}",
-                "recipients": f"{p.recipients:,}",
-                "send at": self.when,
-                "messages": len(p.messages),
-                "tickets needed": f"{p.tickets_needed:,} ({p.recipients:,} × {len(p.messages)})",
-                "ticket balance": f"{p.balance:,}",
-                "shortfall": f"{p.shortfall:,}",
-                "selection": p.diagnosis,
+                _("users considered"): n(p.selection.users),
+                _("recipients"): n(p.recipients),
+                _("send at"): self.when,
+                _("messages"): len(p.messages),
+                _("tickets needed"): f"{i18n.tickets(p.tickets_needed)} "
+                f"({n(p.recipients)} × {len(p.messages)})",
+                _("ticket balance"): i18n.tickets(p.balance),
+                _("shortfall"): i18n.tickets(p.shortfall),
+                _("selection"): localize(p.diagnosis),
             }
         )
 
@@ -112,7 +139,7 @@ class Campaign:
         return pd.DataFrame(
             {
                 "users": list(counts.values()),
-                "meaning": [REASON_LABELS.get(r, r) for r in counts],
+                "meaning": [label(REASON_LABELS[r]) if r in REASON_LABELS else r for r in counts],
             },
             index=pd.Index(list(counts), name="reason"),
         )
@@ -120,20 +147,28 @@ class Campaign:
     def exclusion_chart(self) -> Figure | Note:
         p = self.preview
         if p.selection.users == 0:
-            return Note("_No users, so no chart._")
-        labels = ["recipients", *(REASON_LABELS.get(r, r) for r in p.excluded)]
+            return Note(_("_No users, so no chart._"))
+        labels = [
+            chart_text("recipients"),
+            *(chart_text(REASON_LABELS[r]) if r in REASON_LABELS else r for r in p.excluded),
+        ]
         values = [p.recipients, *p.excluded.values()]
         fig, ax = _figure(7, 0.45 * len(labels) + 1.2)
         _barh(ax, labels, values, [GREEN] + [ORANGE] * len(p.excluded))
-        ax.set_title(f"{p.selection.users:,} users → {p.recipients:,} recipients", loc="left")
-        ax.set_xlabel("users")
+        ax.set_title(
+            chart_text("{users} users → {recipients} recipients").format(
+                users=i18n.number(p.selection.users), recipients=i18n.number(p.recipients)
+            ),
+            loc="left",
+        )
+        ax.set_xlabel(chart_text("users"))
         return fig
 
     def sample(self, rows: int = 10) -> pd.DataFrame | Note:
         """The first recipients in send order, numbers masked."""
         r = self.preview.selection.recipients.head(rows)
         if r.empty:
-            return Note("_No recipients._")
+            return Note(_("_No recipients._"))
         return pd.DataFrame(
             {
                 "phone": mask_phones(r["phone"]).to_numpy(),
@@ -164,7 +199,7 @@ class Campaign:
         frame = self.forecast()
         if len(frame) <= 1:
             return Note(
-                "_No other delivery is waiting to be sent: nothing competes for these tickets._"
+                _("_No other delivery is waiting to be sent: nothing competes for these tickets._")
             )
         return forecast_chart(frame, self.preview.balance)
 
@@ -172,7 +207,9 @@ class Campaign:
         """Save the delivery only when ``confirm`` is true (R13); an immediate one is then
         sent at once, a scheduled one waits for its time (R12)."""
         if not confirm:
-            return Note("**Not confirmed: nothing was saved.** Run with `confirm=True` to create.")
+            return Note(
+                _("**Not confirmed: nothing was saved.** Run with `confirm=True` to create.")
+            )
         return _key_values(send_if_due(self.ctx, dl.create_bulk(self.ctx, self.preview)))
 
 
@@ -192,7 +229,7 @@ def ticket_forecast(ctx: Context, needed: int, at: datetime | None, balance: int
     mine = [w[3] for w in waiting].index("this campaign")
     rows = []
     left = balance
-    for i, (due, _, _, name, tickets) in enumerate(waiting):
+    for i, (due, _waiting, _id, name, tickets) in enumerate(waiting):
         spent = min(tickets, left)
         rows.append(
             {
@@ -224,15 +261,20 @@ def forecast_chart(frame: pd.DataFrame, balance: int) -> Figure:
     ax.bar(x, frame["short"], bottom=funded, color=RED)
     (line,) = ax.step([-0.5, *x], [balance, *frame["balance after"]], where="post", color="k")
     handles = [
-        Patch(color=BLUE, label="this campaign, covered"),
-        Patch(color=GREY, label="other deliveries, covered"),
-        Patch(color=RED, label="not covered: errors (R10)"),
+        Patch(color=BLUE, label=chart_text("this campaign, covered")),
+        Patch(color=GREY, label=chart_text("other deliveries, covered")),
+        Patch(color=RED, label=chart_text("not covered: errors (R10)")),
         line,
     ]
-    line.set_label("balance left after each")
+    line.set_label(chart_text("balance left after each"))
     ax.set_xticks(list(x), labels, fontsize=8)
-    ax.set_ylabel("tickets")
-    ax.set_title(f"Waiting deliveries in send order (balance now {balance:,})", loc="left")
+    ax.set_ylabel(chart_text("tickets"))
+    ax.set_title(
+        chart_text("Waiting deliveries in send order (balance now {balance})").format(
+            balance=i18n.number(balance)
+        ),
+        loc="left",
+    )
     ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     ax.spines[["top", "right"]].set_visible(False)
     return fig

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from smsops.domain.phones import mask_phones
+from smsops.i18n import N_, _, language, local_time, number
 from smsops.reports.common import (
     _LABELS,
     GREY,
@@ -20,12 +21,26 @@ from smsops.reports.common import (
     _barh,
     _figure,
     _key_values,
+    chart_text,
+    charts_in_language,
+    font_note,
 )
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import inbound
 from smsops.services.context import Context
 from smsops.services.dispatch import send_if_due
+
+# What an error reason means, beside the reason itself (which stays as it is: programs and
+# `deliveries errors --csv` read it).
+ERROR_MEANINGS = {
+    "insufficient_tickets": N_("tickets ran out (R10)"),
+    "opted_out": N_("opted out (R16)"),
+    "outcome_unknown": N_("may have gone out"),
+    "rejected_by_carrier": N_("refused by the carrier"),
+    "undeliverable": N_("not delivered"),
+    "smsc_rejected": N_("refused by the SMSC"),
+}
 
 
 @dataclass
@@ -62,38 +77,69 @@ class DeliveryReport:
 
     def headline(self) -> Note:
         s = self.summary
+        missing_font = font_note()  # said once, here at the top (#15)
         if s is None:
-            return Note(
+            note = _(
                 "**No deliveries yet.** Create one with the campaign notebook or "
                 "`smsops bulk create … --yes`, then run this report again."
             )
-        repairs = f", a resend of delivery {s['resend_of']}" if s["resend_of"] else ""
-        return Note(
-            f"**Delivery {s['id']}** ({s['kind']}{repairs}) is **{s['status']}**: "
-            f"{s['recipients']:,} recipients × {s['messages']} message(s); {s['sent']:,} sent, "
-            f"{s['errors']:,} errors, {s['tickets_used']:,} tickets used."
-        )
+        else:
+            repairs = (
+                _(", a resend of delivery {id}").format(id=s["resend_of"])
+                if s["resend_of"]
+                else ""
+            )
+            note = _(
+                "**Delivery {id}** ({kind}{repairs}) is **{status}**: {recipients} recipients × "
+                "{messages} message(s); {sent} sent, {errors} errors, {used} tickets used."
+            ).format(
+                id=s["id"],
+                kind=s["kind"],
+                repairs=repairs,
+                status=s["status"],
+                recipients=number(s["recipients"]),
+                messages=s["messages"],
+                sent=number(s["sent"]),
+                errors=number(s["errors"]),
+                used=number(s["tickets_used"]),
+            )
+        return Note(note if missing_font is None else f"{note}\n\n{missing_font}")
 
     def overview(self) -> pd.DataFrame | Note:
         s = self.summary
         if s is None:
-            return Note("_Nothing to show._")
-        texts = {f"message {i}": t for i, t in enumerate(s["texts"], start=1)}
-        keys = ["kind", "status", "created_at", "scheduled_at", "finished_at", "recipients"]
-        keys += ["sent", "errors", "tickets_used", "resend_of"]
-        rows = {k.replace("_", " "): s[k] for k in keys}
-        rows["resent in"] = ", ".join(f"#{d['id']} ({d['status']})" for d in self.resends)
-        return _key_values({"delivery": s["id"], **rows, **texts})
+            return Note(_("_Nothing to show._"))
+        texts = {
+            _("message {number}").format(number=i): t for i, t in enumerate(s["texts"], start=1)
+        }
+        rows = {
+            _("kind"): s["kind"],
+            _("status"): s["status"],
+            _("created at"): self._time(s["created_at"]),
+            _("scheduled at"): self._time(s["scheduled_at"]),
+            _("finished at"): self._time(s["finished_at"]),
+            _("recipients"): s["recipients"],
+            _("sent"): s["sent"],
+            _("errors"): s["errors"],
+            _("tickets used"): s["tickets_used"],
+            _("resend of"): s["resend_of"],
+        }
+        rows[_("resent in")] = ", ".join(f"#{d['id']} ({d['status']})" for d in self.resends)
+        return _key_values({_("delivery"): s["id"], **rows, **texts})
+
+    @staticmethod
+    def _time(value: str | None) -> str | None:
+        return None if value is None else local_time(value)
 
     def status_chart(self) -> Figure | Note:
         """Per message number, how many (number, message) pairs ended in each status."""
         if self.summary is None or self.items.empty:
-            return Note("_No messages in this delivery._")
+            return Note(_("_No messages in this delivery._"))
         table = pd.crosstab(self.items["message_no"], self.items["status"])
         order = [s for s in STATUS_COLORS if s in table.columns]
         fig, ax = _figure(7, 0.7 * len(table) + 1.6)
         left = pd.Series(0, index=table.index)
-        labels = [f"message {m}" for m in table.index]
+        labels = [chart_text("message {number}").format(number=m) for m in table.index]
         for status in order:
             counts = table[status]
             ax.barh(
@@ -106,8 +152,8 @@ class DeliveryReport:
             left = left + counts
         ax.invert_yaxis()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("recipients")
-        ax.set_title("Status of every (number, message) pair", loc="left")
+        ax.set_xlabel(chart_text("recipients"))
+        ax.set_title(chart_text("Status of every (number, message) pair"), loc="left")
         ax.legend(
             fontsize=8, frameon=False, ncols=len(order), loc="upper left", bbox_to_anchor=(0, -0.25)
         )
@@ -117,15 +163,23 @@ class DeliveryReport:
     def error_chart(self) -> Figure | Note:
         """Errors by reason; orange ones would be resent, grey ones never are (R16)."""
         if self.summary is None:
-            return Note("_No delivery._")
+            return Note(_("_No delivery._"))
         errors = self.items.loc[self.items["status"] == "error", "error"].value_counts()
         if errors.empty:
-            return Note("**No errors**: every message that was sent was accepted.")
+            return Note(_("**No errors**: every message that was sent was accepted."))
         fig, ax = _figure(7, 0.45 * len(errors) + 1.4)
         colors = [GREY if e in dl.NOT_RESENT else ORANGE for e in errors.index]
-        _barh(ax, [str(e) for e in errors.index], [int(v) for v in errors], colors)
-        ax.set_xlabel("(number, message) pairs")
-        ax.set_title("Errors by reason (orange: a resend retries them; grey: never)", loc="left")
+        # the reason as recorded, and in Japanese what it means (English reads the reason)
+        meaning = language() == "ja" and charts_in_language()
+        labels = [
+            f"{e} ({_(ERROR_MEANINGS[e])})" if meaning and e in ERROR_MEANINGS else str(e)
+            for e in errors.index
+        ]
+        _barh(ax, labels, [int(v) for v in errors], colors)
+        ax.set_xlabel(chart_text("(number, message) pairs"))
+        ax.set_title(
+            chart_text("Errors by reason (orange: a resend retries them; grey: never)"), loc="left"
+        )
         return fig
 
     def _masked(self, frame: pd.DataFrame, columns: list[str], rows: int) -> pd.DataFrame:
@@ -139,17 +193,23 @@ class DeliveryReport:
                 # the store gives naive UTC and, from raw-SQL updates, aware values
                 stamps = pd.to_datetime(values, utc=True).dt.tz_convert(self.timezone)
                 values = stamps.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("")
-            out[_LABELS.get(c, c.replace("_", " "))] = values.to_numpy()
+            out[_(_LABELS[c]) if c in _LABELS else c.replace("_", " ")] = values.to_numpy()
         return out.fillna("")
 
     def detail_note(self, rows: int = ROWS) -> Note:
         if self.summary is None:
-            return Note("_Nothing to show._")
+            return Note(_("_Nothing to show._"))
         if len(self.items) <= rows:
-            return Note(f"All {len(self.items):,} (number, message) pairs in send order.")
+            return Note(
+                _("All {n} (number, message) pairs in send order.").format(
+                    n=number(len(self.items))
+                )
+            )
         return Note(
-            f"The first {rows:,} of {len(self.items):,} (number, message) pairs in send "
-            f"order; all of them: `smsops deliveries show {self.summary['id']} --json`."
+            _(
+                "The first {rows} of {n} (number, message) pairs in send order; all of them: "
+                "`smsops deliveries show {id} --json`."
+            ).format(rows=number(rows), n=number(len(self.items)), id=self.summary["id"])
         )
 
     def detail(self, rows: int = ROWS) -> pd.DataFrame | None:
@@ -162,43 +222,50 @@ class DeliveryReport:
 
     def failed_note(self, rows: int = ROWS) -> Note:
         if self.summary is None:
-            return Note("_Nothing to show._")
+            return Note(_("_Nothing to show._"))
         error = self.items.loc[self.items["status"] == "error", "error"]
         never = int(error.isin(dl.NOT_RESENT).sum())  # opted out, or may have gone out
         repaired = len(error) - never - len(self.failed_pairs)  # by resends, or opted out since
         if self.failed_pairs.empty:
             if repaired:
                 by = (
-                    "resent in " + ", ".join(f"#{d['id']}" for d in self.resends)
+                    _("resent in {ids}").format(ids=", ".join(f"#{d['id']}" for d in self.resends))
                     if self.resends
-                    else "their numbers opted out since"
+                    else _("their numbers opted out since")
                 )
                 return Note(
-                    f"**Nothing left to resend**: {repaired:,} failed pairs were taken care of "
-                    f"({by})"
+                    _("**Nothing left to resend**: {n} failed pairs were taken care of ({by})")
+                    .format(n=number(repaired), by=by)
                     + (
-                        f"; {never:,} more are never resent (R16, outcome unknown)."
+                        _("; {n} more are never resent (R16, outcome unknown).").format(
+                            n=number(never)
+                        )
                         if never
-                        else "."
+                        else _(".")
                     )
                 )
             return Note(
-                f"**Nothing to resend**: {never:,} errors, none of which a resend retries."
+                _("**Nothing to resend**: {n} errors, none of which a resend retries.").format(
+                    n=number(never)
+                )
                 if never
-                else "**Nothing to resend**: no message failed."
+                else _("**Nothing to resend**: no message failed.")
             )
         kept = len(self.failed_pairs)
-        note = f"**{kept:,} failed pairs** to {self.failed_pairs['seq'].nunique():,} numbers"
+        note = _("**{n} failed pairs** to {numbers} numbers").format(
+            n=number(kept), numbers=number(self.failed_pairs["seq"].nunique())
+        )
         if never:
-            note += f" ({never:,} more errors are never resent: opted-out numbers, outcome unknown)"
+            note += _(
+                " ({n} more errors are never resent: opted-out numbers, outcome unknown)"
+            ).format(n=number(never))
         if repaired:
-            note += f" ({repaired:,} already repaired by a resend)"
+            note += _(" ({n} already repaired by a resend)").format(n=number(repaired))
         if kept > rows:
-            note += (
-                f"; the first {rows:,} are shown (all of them: "
-                f"`smsops deliveries errors {self.summary['id']} --csv`)"
-            )
-        return Note(note + ".")
+            note += _(
+                "; the first {rows} are shown (all of them: `smsops deliveries errors {id} --csv`)"
+            ).format(rows=number(rows), id=self.summary["id"])
+        return Note(note + _("."))
 
     def failed(self, rows: int = ROWS) -> pd.DataFrame | None:
         """The (number, message) pairs a bulk resend would send (R15), numbers masked."""
@@ -212,30 +279,39 @@ class DeliveryReport:
         frame = inbound.replies_frame(self.ctx)
         s = self.summary
         start = None if s is None else (s["scheduled_at"] or s["created_at"])
+        since = "" if start is None else _(" since {at}").format(at=local_time(start))
         if start is None or frame.empty:
-            return frame, "" if start is None else f" since {start}"
+            return frame, since
         received = pd.to_datetime(frame["received_at"], utc=True)
-        return frame[received >= pd.Timestamp(start)], f" since {start}"
+        return frame[received >= pd.Timestamp(start)], since
 
     def replies_note(self) -> Note:
         """How many replies came in since the delivery started, by what smsops did with
         them (R16): opted out, to review, ignored."""
         frame, since = self._replies_since()
         if frame.empty:
-            return Note(f"**No replies**{since}.")
+            return Note(_("**No replies**{since}.").format(since=since))
         counts = frame["action"].value_counts()
         review = int(counts.get("review", 0))
-        by = ", ".join(f"{int(counts.get(a, 0)):,} {a}" for a in ("opted_out", "review", "ignored"))
-        note = f"**{len(frame):,} replies**{since}: {by}."
+        by = ", ".join(
+            f"{number(int(counts.get(a, 0)))} {a}" for a in ("opted_out", "review", "ignored")
+        )
+        note = _("**{n} replies**{since}: {by}.").format(n=number(len(frame)), since=since, by=by)
         if review:
-            shown = f"the first {ROWS:,} are" if review > ROWS else "they are"
-            note += f" {review:,} may be a refusal and need a person to read them; {shown} below"
-            note += " (all of them: `smsops replies list --action review`)."
+            shown = (
+                _("the first {rows} are").format(rows=number(ROWS))
+                if review > ROWS
+                else _("they are")
+            )
+            note += _(
+                " {n} may be a refusal and need a person to read them; {shown} below (all of "
+                "them: `smsops replies list --action review`)."
+            ).format(n=number(review), shown=shown)
         return Note(note)
 
     def replies(self, rows: int = ROWS) -> pd.DataFrame | None:
         """The replies to review (a refusal or not? R16), newest first, senders masked."""
-        frame, _ = self._replies_since()
+        frame, _since = self._replies_since()
         review = frame[frame["action"] == "review"].head(rows)
         if review.empty:
             return None
@@ -251,13 +327,19 @@ class DeliveryReport:
         repaired are not among them, so a re-run never sends twice."""
         s = self.summary
         if s is None or self.failed_pairs.empty:
-            return Note("_Nothing to resend._")
+            return Note(_("_Nothing to resend._"))
         needed, balance = len(self.failed_pairs), accounts.balance(self.ctx)
         if not confirm:
-            buy = f", {needed - balance:,} short: add tickets first" if needed > balance else ""
+            buy = (
+                _(", {n} short: add tickets first").format(n=number(needed - balance))
+                if needed > balance
+                else ""
+            )
             return Note(
-                f"Not resent. A resend needs {needed:,} tickets (balance {balance:,}{buy}); "
-                "run this notebook with `resend=True` to send exactly the pairs above again."
+                _(
+                    "Not resent. A resend needs {needed} tickets (balance {balance}{buy}); run "
+                    "this notebook with `resend=True` to send exactly the pairs above again."
+                ).format(needed=number(needed), balance=number(balance), buy=buy)
             )
         result = send_if_due(self.ctx, dl.resend_bulk(self.ctx, int(s["id"])))
         return _key_values(

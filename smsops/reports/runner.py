@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from smsops.errors import NotFoundError, ReportError
+from smsops.i18n import translate_markdown
 from smsops.reports.common import KERNEL, NOTEBOOKS
 from smsops.services import deliveries as dl
 from smsops.services.context import Context
@@ -40,7 +41,7 @@ def execute(
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     try:
-        return pm.execute_notebook(
+        executed = pm.execute_notebook(
             str(notebook),
             str(output),
             parameters=parameters or {},
@@ -55,6 +56,14 @@ def execute(
         ) from None
     except (CellTimeoutError, DeadKernelError) as exc:
         raise ReportError(f"{Path(notebook).name} did not finish: {exc}") from None
+    # the markdown around the outputs in the language the kernel spoke (#15): the
+    # notebook's `language` parameter, else this process's (the kernel inherits SMSOPS_LANG)
+    language = (parameters or {}).get("language")
+    translate_markdown(executed, language if isinstance(language, str) else None)
+    import nbformat
+
+    nbformat.write(executed, str(output))
+    return executed
 
 
 def export_html(notebook: Any, title: str) -> str:

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 UNMASKED = re.compile(r"\+81\d{9,10}|0[6-9]0-?\d{4}-?\d{4}")
 PARAMETERS = {
-    "campaign": ["database_url", "users_csv", "query", "messages", "at", "confirm"],
-    "delivery_report": ["database_url", "delivery_id", "resend"],
+    "campaign": ["database_url", "users_csv", "query", "messages", "at", "confirm", "language"],
+    "delivery_report": ["database_url", "delivery_id", "resend", "language"],
 }
 
 
@@ -169,6 +169,28 @@ def test_campaign_with_defaults_on_a_fresh_database_explains_and_saves_nothing(e
     nb = run("campaign", tmp_path)
     assert "No users to select from" in shown(nb)
     assert "nothing was saved" in shown(nb)
+    assert dl.list_deliveries(ctx) == []
+
+
+def test_issue15_campaign_with_language_ja_shows_the_r13_confirmation_in_japanese(
+    env, ctx, tmp_path
+):
+    """``papermill -p language ja``: the headline, the confirmation table, the diagnosis
+    (R4) and the markdown around them in Japanese; nothing saved (R13)."""
+    users(ctx)
+    accounts.add_tickets(ctx, 15)  # 10 recipients × 2 messages need 20
+    nb = run("campaign", tmp_path, language="ja")
+    text = shown(nb)
+    assert "**宛先 10件** にメッセージ 2通を 今すぐ（即時送信） に送ります" in text
+    assert "**5枚不足**（残高 15枚）" in text  # R9 would refuse it
+    for label in ("対象にしたユーザー", "必要なチケット", "チケット残高", "抽出結果"):
+        assert label in text
+    assert "20枚 (10 × 2)" in text
+    assert "ユーザー 14人中 宛先 10件：" in text and "1人は電話番号がありません" in text
+    assert "確認されていません：何も保存していません。" in text
+    headings = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    assert headings[0].startswith("# 一斉SMSキャンペーン：送信前の確認")
+    assert "missing from font" not in text  # the charts drew every glyph
     assert dl.list_deliveries(ctx) == []
 
 

@@ -34,11 +34,13 @@ GREEN = np.array([0x2E, 0x7D, 0x32]) / 255  # "sent" in the status plot (smsops.
 
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=["en", "ja"])
+def report(request, tmp_path_factory) -> dict:
     """A delivery with failures (20 recipients, 2 messages; numbers 7 and 8 refused, 19 and
-    20 out of tickets), reported through the CLI as the shell would run it."""
-    tmp = tmp_path_factory.mktemp("report")
+    20 out of tickets), reported through the CLI as the shell would run it, in English and
+    in Japanese (SMSOPS_LANG=ja, #15)."""
+    language = request.param
+    tmp = tmp_path_factory.mktemp(f"report-{language}")
     settings = Settings(database_url=f"sqlite:///{tmp / 'smsops.db'}", outbox=tmp / "out.jsonl")
     ctx = Context.open(settings, gateway_factory=lambda s: RefusingOutbox(s.outbox, lambda b: b["phone"].isin([e164(7), e164(8)])))
     add_users(ctx, [mobile(i) for i in range(1, 21)] + ["03-1234-5678", None])
@@ -52,6 +54,7 @@ def report(tmp_path_factory) -> dict:
         **os.environ,
         "SMSOPS_DATABASE_URL": settings.database_url,
         "SMSOPS_OUTBOX": str(settings.outbox),
+        "SMSOPS_LANG": language,
     }
     html = tmp / "mail" / "report.html"
     cmd = [sys.executable, "-m", "smsops.cli", "report", str(created.delivery_id)]
@@ -70,6 +73,7 @@ def report(tmp_path_factory) -> dict:
         "html": html.read_text(encoding="utf-8"),
         "delivery_id": created.delivery_id,
         "tmp": tmp,
+        "language": language,
     }
 
 
@@ -84,7 +88,18 @@ def test_report_html_is_self_contained_with_its_plots_and_masked_numbers(report)
     # nothing to fetch: no scripts, no remote images or stylesheets
     assert "<script" not in html
     assert not re.search(r'(src|href)="(https?:)?//', html)
-    assert f"Delivery {report['delivery_id']}</strong> (bulk) is <strong>partially_sent" in html
+    if report["language"] == "en":
+        assert f"Delivery {report['delivery_id']}</strong> (bulk) is <strong>partially_sent" in html
+        assert ">Status of every message<" in html
+    else:  # #15: headings, the headline and the failure explanations in Japanese
+        assert f"配信 {report['delivery_id']}</strong>（bulk）は <strong>partially_sent" in html
+        assert "宛先 20件 × メッセージ 2通" in html
+        assert re.search(r"使用チケット \d+枚", html)
+        for heading in ("SMS配信レポート", "すべてのメッセージの状態", "メッセージが失敗した理由"):
+            assert f">{heading}<" in html
+        assert "送信時にチケット残高が尽きた（R10）" in html  # why messages failed
+        assert "missing from font" not in html  # matplotlib drew every glyph (no tofu)
+        assert "日本語フォントが見つかりません" not in html  # Noto Sans CJK JP was found
     assert "rejected_by_carrier" in html and "insufficient_tickets" in html
     assert "090-****-0007" in html  # a failed number, masked
     assert not UNMASKED.search(DATA_URI.sub("", html))
@@ -120,6 +135,8 @@ def test_report_html_renders_its_tables_and_images_in_chromium(report):
     shot = tmp / "report.png"
     done = chromium(tmp, f"--screenshot={shot}", "--window-size=1280,2000", url)
     assert shot.exists(), done.stderr
+    if report["language"] == "ja" and os.environ.get("SMSOPS_REPORT_SHOT"):
+        shutil.copy(shot, os.environ["SMSOPS_REPORT_SHOT"])  # for a person to look at (#15)
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1280)
     not_white = (pixels < 0.9).any(axis=2).mean()
