@@ -32,6 +32,7 @@ from prefect.states import Cancelled, Completed, State
 from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
+from smsops import i18n
 from smsops.errors import (
     DeliveryFailed,
     InputError,
@@ -40,7 +41,9 @@ from smsops.errors import (
     StateError,
     is_transient,
 )
+from smsops.i18n import _
 from smsops.logs import install_masking, mask_text
+from smsops.refusals import localize
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
@@ -193,23 +196,37 @@ def import_drops(
 def _confirmation_artifacts(preview: dl.Preview) -> None:
     """R13 as artifacts: counts, texts, tickets, exclusions, and masked sample numbers."""
     d = preview.to_dict()
+    # in the language of whoever reads the Prefect UI (#15): SMSOPS_LANG or the locale of
+    # the worker; the table's numbers stay plain
     texts = "\n".join(
-        f"- message {t['message_no']} ({t['length']}/70): {t['text']}" for t in d["texts"]
+        "- "
+        + _("message {number}").format(number=t["message_no"])
+        + f" ({t['length']}/70): {t['text']}"
+        for t in d["texts"]
     )
     create_markdown_artifact(
         key="bulk-confirmation",
         markdown=(
-            "## Bulk delivery confirmation\n\n"
+            _("## Bulk delivery confirmation")
+            + "\n\n"
             + _markdown_table(
                 {
-                    "recipients": d["recipients"],
-                    "send at": d["scheduled_at"] or "now",
-                    "tickets needed": d["tickets_needed"],
-                    "balance": d["balance"],
-                    "shortfall": d["shortfall"],
+                    _("recipients"): d["recipients"],
+                    _("send at"): (
+                        i18n.when(preview.scheduled_at, preview.timezone)
+                        if preview.scheduled_at
+                        else _("now")
+                    ),
+                    _("tickets needed"): d["tickets_needed"],
+                    _("balance"): d["balance"],
+                    _("shortfall"): d["shortfall"],
                 }
             )
-            + f"\n\n### Messages\n{texts}\n\n### Selection\n{d['diagnosis']}\n"
+            + "\n\n### "
+            + _("Messages")
+            + f"\n{texts}\n\n### "
+            + _("Selection")
+            + f"\n{localize(d['diagnosis'])}\n"
         ),
     )
     create_table_artifact(

@@ -173,6 +173,8 @@ def number(n: object) -> str:
     """A number as the reader writes it: ``1,550`` (anything else as it is)."""
     if not isinstance(n, int | float) or isinstance(n, bool):
         return str(n)
+    if language() == "en":
+        return f"{n:,}"  # as Babel writes en_US, without importing it (a light command)
     from babel.numbers import format_decimal
 
     return format_decimal(n, locale=_babel_locale())

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from smsops import i18n
 from smsops.cli.common import (
     JsonOpt,
     OnOff,
@@ -94,7 +95,7 @@ def tickets_balance(as_json: JsonOpt = False) -> None:
 
     with context(as_json) as ctx:
         value = accounts.balance(ctx)
-    emit(as_json, {"balance": value}, lambda: out.print(f"{value:,} tickets"))
+    emit(as_json, {"balance": value}, lambda: out.print(i18n.tickets(value)))
 
 
 # "-5" is read as the count (and refused as not positive), not as an unknown option.
@@ -112,7 +113,11 @@ def tickets_add(
     emit(
         as_json,
         {"added": count, "balance": value},
-        lambda: out.print(f"added {count:,}; balance {value:,} tickets"),
+        lambda: out.print(
+            i18n._("added {count}; balance {balance}").format(
+                count=i18n.number(count), balance=i18n.tickets(value)
+            )
+        ),
     )
 
 
@@ -142,7 +147,11 @@ def users_import(
     emit(
         as_json,
         result.to_dict(),
-        lambda: out.print(f"imported {result.rows:,} rows; {result.users_total:,} users in total"),
+        lambda: out.print(
+            i18n._("imported {rows} rows; {users} users in total").format(
+                rows=i18n.number(result.rows), users=i18n.number(result.users_total)
+            )
+        ),
     )
 
 
@@ -274,5 +283,9 @@ def optout_remove(phone: Phone, as_json: JsonOpt = False) -> None:
     emit(
         as_json,
         result,
-        lambda: out.print(f"removed; {result['optouts_total']:,} on the opt-out list"),
+        lambda: out.print(
+            i18n._("removed; {n} on the opt-out list").format(
+                n=i18n.number(result["optouts_total"])
+            )
+        ),
     )

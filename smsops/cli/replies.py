@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from smsops import i18n
 from smsops.cli.common import JsonOpt, app, cell, command, context, emit, out
 
 # The services are imported by the commands that use them: `--help` and the light commands
@@ -60,6 +61,10 @@ def replies_list(
             )
         out.print(table)
         review = sum(r.action == "review" for r in rows)
-        out.print(f"{len(rows):,} replies, {review:,} to review")
+        out.print(
+            i18n._("{n} replies, {review} to review").format(
+                n=i18n.number(len(rows)), review=i18n.number(review)
+            )
+        )
 
     emit(as_json, {"replies": [r.to_dict() for r in rows]}, human)

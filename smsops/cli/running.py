@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from smsops import i18n
 from smsops.cli.common import JsonOpt, app, command, context, emit, out
 from smsops.errors import ReportError
 
@@ -34,7 +35,11 @@ def report(
     emit(
         as_json,
         result,
-        lambda: out.print(f"delivery {result['delivery_id']}: report written to {result['html']}"),
+        lambda: out.print(
+            i18n._("delivery {id}: report written to {path}").format(
+                id=result["delivery_id"], path=result["html"]
+            )
+        ),
     )
 
 
