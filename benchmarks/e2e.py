@@ -132,6 +132,53 @@ def dispatch_with(ctx: Context, delivery_id: int, workers: int) -> dispatch.Disp
 # --- the floor: a minimal pipeline doing the same durable work (issue #12) ------------
 
 
+WRITE_SAMPLE = 10_000  # users of the small delivery whose item writes are counted
+TARGET_WRITES = 2.0  # item rows written per pair by dispatch, after creation (#12)
+_COUNT_WRITES = {
+    "sqlite": [
+        "CREATE TABLE bench_item_writes (delivery_id INTEGER)",
+        "CREATE TRIGGER bench_count_item_writes AFTER UPDATE ON delivery_items BEGIN "
+        "INSERT INTO bench_item_writes VALUES (NEW.delivery_id); END",
+    ],
+    "postgresql": [
+        "CREATE TABLE bench_item_writes (delivery_id INTEGER)",
+        "CREATE FUNCTION bench_count_item_write() RETURNS trigger AS $$ BEGIN "
+        "INSERT INTO bench_item_writes VALUES (NEW.delivery_id); RETURN NEW; END "
+        "$$ LANGUAGE plpgsql",
+        "CREATE TRIGGER bench_count_item_writes AFTER UPDATE ON delivery_items "
+        "FOR EACH ROW EXECUTE FUNCTION bench_count_item_write()",
+    ],
+}
+
+
+def item_writes_per_pair(ctx: Context, users: int) -> tuple[float, int]:
+    """Item rows written (UPDATEs, counted by a trigger on delivery_items) per pair while
+    a bulk delivery of the first ``users`` users is allocated and dispatched: a second,
+    small delivery after the timed one, which the trigger would have slowed."""
+    dialect = ctx.engine.dialect.name
+    with ctx.engine.begin() as conn:
+        for sql in _COUNT_WRITES[dialect]:
+            conn.exec_driver_sql(sql)
+    try:
+        account.add_tickets(ctx, len(MESSAGES) * users, note="benchmarks.e2e writes")
+        preview = deliveries.preview_bulk(ctx, MESSAGES, query=f"user_id < 'u{users:07d}'")
+        created = deliveries.create_bulk(ctx, preview)
+        dispatch.dispatch(ctx, created.delivery_id)
+        with ctx.engine.connect() as conn:
+            written = conn.exec_driver_sql(
+                "SELECT count(*) FROM bench_item_writes WHERE delivery_id = "
+                f"{int(created.delivery_id)}"
+            ).scalar_one()
+    finally:
+        with ctx.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "DROP TRIGGER bench_count_item_writes"
+                + (" ON delivery_items" if dialect == "postgresql" else "")
+            )
+            conn.exec_driver_sql("DROP TABLE bench_item_writes")
+    return written / created.tickets_needed, created.tickets_needed
+
+
 def _floor_sql(dialect: str, sql: str) -> str:
     return sql if dialect == "sqlite" else sql.replace("?", "%s")
 
@@ -414,6 +461,7 @@ def main() -> int:
         listed, item_rows, failed_rows = timed(
             stages, "history", pairs, "pairs", history, counted=False
         )
+        per_pair, sampled = item_writes_per_pair(ctx, min(WRITE_SAMPLE, rows))
         rss = {s.name: s.rss_mib for s in stages}  # peak so far, after each stage
         peak = rss["dispatch"]  # import..dispatch: `users import` then `bulk create --yes`
         # the same pairs for the floor; the selection is smsops' work, not durable work
@@ -466,6 +514,7 @@ def main() -> int:
         "peak_create_mib": rss["create"],
         "peak_history_mib": rss["history"],
         "seconds": mine,
+        "item_writes_per_pair": per_pair,
     }
     if floor:
         ratio = mine / seconds(floor, "import", "create", "dispatch")
@@ -482,6 +531,11 @@ def main() -> int:
             f"{target:.1f}× on {dialect} ({'OK' if ratio <= target else 'OVER'}); "
             f"import+preview+create {before:.2f}×, dispatch {in_dispatch:.2f}×"
         )
+    print(
+        f"writes : {per_pair:.2f} item rows written per pair by allocation and dispatch "
+        f"(counted by a trigger over {sampled:,} pairs) vs target ≤ {TARGET_WRITES:g} "
+        f"({'OK' if per_pair <= TARGET_WRITES else 'OVER'})"
+    )
     print(
         f"cpu    : {total_cpu:.1f} CPU s in import..dispatch, load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"

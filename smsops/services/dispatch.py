@@ -9,9 +9,10 @@ on the wire, one small transaction (the gateway's ``hand_off``) moves two marks 
 row: *handed*, the last item that may be on the wire, and *answered*, the end of the run
 of items whose answers have all come back; failures and answers out of order are
 recorded on their items then. At the end of the chunk the rest are marked sent with one
-range update per run between failures. So an item is written twice after it is created:
-when its ticket is allocated, and when it is settled. Whoever resumes a dead dispatcher
-asks the gateway which idempotency keys it accepted; when it cannot tell (Kannel), items
+range update per run between failures. So an item is written once after it is created,
+when its outcome is recorded: allocating tickets writes only the pairs left unfunded (and
+the opted-out), and every pair still pending after it is funded. Whoever resumes a dead
+dispatcher asks the gateway which idempotency keys it accepted; when it cannot tell, items
 up to *answered* were sent, items after *handed* never left (still pending, free for
 anyone once the dead row is gone), and only those between — the few in flight — are
 ``outcome_unknown`` (ticket spent, never resent). Tickets are debited once, when the
@@ -159,11 +160,7 @@ def dispatch(ctx: Context, delivery_id: int, *, join: bool = False) -> DispatchR
 def _left(ctx: Context, delivery_id: int) -> int:
     """Funded pairs not sent yet."""
     with read(ctx.engine) as conn:
-        return int(
-            conn.execute(
-                select(func.count()).where(_pending(delivery_id), items.c.ticket.is_(True))
-            ).scalar_one()
-        )
+        return int(conn.execute(select(func.count()).where(_pending(delivery_id))).scalar_one())
 
 
 def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
@@ -451,27 +448,22 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
         plan = allocate_plan(pairs, balance)
         funded = int((plan["status"] == SENT).sum())
         if funded:
-            last = plan.iloc[funded - 1]
-            s, m = int(last["seq"]), int(last["message_no"])
-            conn.execute(
-                items.update()
-                .where(
-                    _pending(delivery_id),
-                    or_(items.c.seq < s, and_(items.c.seq == s, items.c.message_no <= m)),
-                )
-                .values(ticket=True)
-            )
             conn.execute(
                 ledger.insert().values(
                     at=now, kind="debit", amount=-funded, delivery_id=delivery_id
                 )
             )
-        if funded < len(plan):
-            conn.execute(
-                items.update()
-                .where(_pending(delivery_id), items.c.ticket.is_(False))
-                .values(status="error", error="insufficient_tickets", sent_at=now)
-            )
+        if funded < len(plan):  # the pairs after the last funded one: no ticket left
+            unfunded = items.update().where(_pending(delivery_id))
+            if funded:
+                last = plan.iloc[funded - 1]
+                unfunded = unfunded.where(
+                    tuple_(items.c.seq, items.c.message_no)
+                    > tuple_(int(last["seq"]), int(last["message_no"]))
+                )
+            conn.execute(unfunded.values(status="error", error="insufficient_tickets", sent_at=now))
+        # Every pair still pending is funded now: its ticket is marked when it is settled
+        # (sent, or outcome_unknown), in the one write that records its outcome.
         conn.execute(
             deliveries.update().where(deliveries.c.id == delivery_id).values(allocated=True)
         )
@@ -509,7 +501,7 @@ def _reconcile(
             for c in stale.values()
             for r in conn.execute(
                 select(items.c.seq, items.c.message_no, items.c.error).where(
-                    _pending(delivery_id), items.c.ticket.is_(True), _claimed_by(c)
+                    _pending(delivery_id), _claimed_by(c)
                 )
             )
         ]
@@ -548,7 +540,7 @@ def _reconcile(
         settled = left[left["fate"] != "pending"]
         execute_many(
             conn,
-            "UPDATE delivery_items SET status = ?, error = ?, sent_at = ? "
+            "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, ticket = TRUE "
             "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
             [
                 ("sent", None, now, delivery_id, int(sq), int(m))
@@ -646,7 +638,6 @@ def _take_chunk(ctx: Context, session: Session, record: str | None) -> pd.DataFr
             items.update()
             .where(
                 _pending(d),
-                items.c.ticket.is_(True),
                 _between(lo, hi),
                 items.c.phone.in_(select(optouts.c.phone)),
             )
@@ -669,7 +660,7 @@ def _take_chunk(ctx: Context, session: Session, record: str | None) -> pd.DataFr
 def _funded(d: int) -> Any:
     return (
         select(items.c.seq, items.c.message_no, items.c.phone)
-        .where(_pending(d), items.c.ticket.is_(True))
+        .where(_pending(d))
         .order_by(items.c.seq, items.c.message_no)
     )
 
@@ -744,8 +735,8 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
             _settle(conn, session, _located(answers, where))
             execute_many(  # every other item of the chunk was sent
                 conn,
-                "UPDATE delivery_items SET status = 'sent', error = NULL, sent_at = ? "
-                "WHERE delivery_id = ? AND status = 'pending' AND ticket "
+                "UPDATE delivery_items SET status = 'sent', error = NULL, sent_at = ?, "
+                "ticket = TRUE WHERE delivery_id = ? AND status = 'pending' "
                 "AND (seq, message_no) >= (?, ?) AND (seq, message_no) <= (?, ?)",
                 [
                     (clock.now(), d, *lo, *hi)
@@ -856,9 +847,9 @@ def _settle(conn: Any, session: Session, answers: list[Located]) -> None:
     )
     execute_many(
         conn,
-        "UPDATE delivery_items SET status = ?, error = ?, sent_at = ? "
+        "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, ticket = ? "
         "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
-        [(st, err, now, d, s, m) for s, m, st, err in done],
+        [(st, err, now, st == "sent" or err == UNKNOWN, d, s, m) for s, m, st, err in done],
     )
     refunded = sum(st != "sent" and err != UNKNOWN for _, _, st, err in done)
     if refunded:
@@ -887,9 +878,7 @@ def _finish(ctx: Context, session: Session) -> str:
         )
         if current == "paused":
             return current
-        unfinished = conn.execute(
-            select(func.count()).where(_pending(d), items.c.ticket.is_(True))
-        ).scalar_one()
+        unfinished = conn.execute(select(func.count()).where(_pending(d))).scalar_one()
         if unfinished:
             return "sending"  # others are still at it (or will resume a dead one's)
         counts: dict[str, int] = dict(

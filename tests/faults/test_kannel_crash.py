@@ -18,7 +18,7 @@ from sites import CLI_TIMEOUT, Store, funded_site, ledger_debits, store_items, w
 
 USERS = 3_000  # 2 s at 1,500/s; killed after 1 s
 TEXT = "冬のセール、本日より！"
-IN_DOUBT = 16  # at most: the hand-off window and the requests in flight
+IN_DOUBT = 16  # at most: the hand-off window, its lead and the requests in flight (14)
 
 
 @pytest.mark.skipif(bool(missing()), reason="Kannel is not installed")
