@@ -16,6 +16,8 @@ from os import PathLike
 import numpy as np
 import pandas as pd
 
+from smsops.domain.vocabulary import Exclusion
+
 STRING = pd.StringDtype("pyarrow")
 
 _FULL_WIDTH = str.maketrans("0123456789-", "０１２３４５６７８９－")
@@ -215,10 +217,10 @@ def messy_phones(n: int, seed: int = 0) -> pd.Series:
 
     # A duplicate copies an earlier mobile's number; half keep its writing.
     mobile_rows = np.flatnonzero(kind == "mobile")
-    dup_rows = np.flatnonzero(kind == "duplicate")
+    dup_rows = np.flatnonzero(kind == Exclusion.DUPLICATE)
     before = np.searchsorted(mobile_rows, dup_rows)
     dup_rows, before = dup_rows[before > 0], before[before > 0]
-    kind[kind == "duplicate"] = "mobile"  # from here on a repeat is written like any mobile
+    kind[kind == Exclusion.DUPLICATE] = "mobile"  # from here on a repeat is written like any mobile
     src = mobile_rows[(rng.random(len(dup_rows)) * before).astype(np.int64)]
     prefix[dup_rows], a[dup_rows], b[dup_rows] = prefix[src], a[src], b[src]
     fmt[dup_rows] = np.where(rng.random(len(dup_rows)) < 0.5, fmt[src], fmt[dup_rows])
@@ -271,7 +273,7 @@ def messy_phones(n: int, seed: int = 0) -> pd.Series:
     )
 
     # Malformed: letters where digits belong, words, fragments, too many digits.
-    m = kind == "malformed"
+    m = kind == Exclusion.MALFORMED
     k = int(m.sum())
     letters = np.array(list("ABCDEFGHJKLMNPQRSTUVWXYZ"))
     code = _join(*(letters[rng.integers(0, len(letters), k)] for _ in range(4)))

@@ -39,11 +39,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from phonenumbers import NumberParseException, PhoneNumberType
 
+from smsops.domain.vocabulary import Exclusion
+
 REGION = "JP"
 
-NO_PHONE = "no_phone"
-MALFORMED = "malformed"
-NOT_MOBILE = "not_mobile"
+NO_PHONE = Exclusion.NO_PHONE
+MALFORMED = Exclusion.MALFORMED
+NOT_MOBILE = Exclusion.NOT_MOBILE
 
 STRING = pd.StringDtype("pyarrow")
 

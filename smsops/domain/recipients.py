@@ -13,20 +13,21 @@ from pandera.typing import DataFrame
 
 from smsops.domain.phones import classify_phones
 from smsops.domain.schemas import EXCLUSION_REASONS, STRING, USER_IDS, Exclusions, Recipients
+from smsops.domain.vocabulary import Exclusion
 
 # How each reason reads after a count: (singular, plural).
-_PHRASES = {
-    "phone_field_disabled": ("cannot be a candidate", "cannot be candidates"),
-    "no_phone": ("has no phone number", "have no phone number"),
-    "malformed": ("has a malformed phone number", "have malformed phone numbers"),
-    "not_mobile": (
+_PHRASES: dict[str, tuple[str, str]] = {
+    Exclusion.PHONE_FIELD_DISABLED: ("cannot be a candidate", "cannot be candidates"),
+    Exclusion.NO_PHONE: ("has no phone number", "have no phone number"),
+    Exclusion.MALFORMED: ("has a malformed phone number", "have malformed phone numbers"),
+    Exclusion.NOT_MOBILE: (
         "has a number that is not a Japanese mobile (landline, toll-free, IP phone, "
         "unallocated or foreign)",
         "have numbers that are not Japanese mobiles (landline, toll-free, IP phone, "
         "unallocated or foreign)",
     ),
-    "opted_out": ("opted out", "opted out"),
-    "duplicate": (
+    Exclusion.OPTED_OUT: ("opted out", "opted out"),
+    Exclusion.DUPLICATE: (
         "shares a number with an earlier user (sent once)",
         "share a number with an earlier user (sent once)",
     ),
@@ -57,7 +58,7 @@ class Selection:
         counts = self.counts()
         if self.users == 0:
             return f"{head}: the user table is empty"
-        if "phone_field_disabled" in counts:
+        if Exclusion.PHONE_FIELD_DISABLED in counts:
             return (
                 f"{head}: the phone field is disabled in the account's registration "
                 'fields ("use" is unchecked), so no user is a candidate (R2)'
@@ -85,7 +86,7 @@ def select_recipients(
         excluded = pd.DataFrame(
             {
                 "user_id": user_id,
-                "reason": pd.array(["phone_field_disabled"] * n, dtype=STRING),
+                "reason": pd.array([Exclusion.PHONE_FIELD_DISABLED] * n, dtype=STRING),
                 "phone": pd.array([None] * n, dtype=STRING),
                 "duplicate_of": pd.array([None] * n, dtype=STRING),
             }
@@ -98,12 +99,12 @@ def select_recipients(
     if optouts is not None:
         suppressed = suppression_set(optouts)
         hit = phones["mobile"].to_numpy() & e164.isin(suppressed).to_numpy()
-        reason[hit] = "opted_out"
+        reason[hit] = Exclusion.OPTED_OUT
     candidate = reason.isna().to_numpy()
     cand_e164 = e164[candidate]
     dup = np.zeros(n, dtype=bool)
     dup[np.flatnonzero(candidate)[cand_e164.duplicated(keep="first").to_numpy()]] = True
-    reason[dup] = "duplicate"
+    reason[dup] = Exclusion.DUPLICATE
     keep = candidate & ~dup
 
     recipients = _group(user_id[candidate], cand_e164, keep[candidate])

@@ -9,20 +9,13 @@ import pyarrow as pa_arrow
 from pandera.errors import SchemaErrors
 from pandera.typing import Series
 
+from smsops.domain.vocabulary import Exclusion, ItemError, ItemStatus
 from smsops.errors import InputError, Problem
 
 STRING = pd.StringDtype("pyarrow")
 USER_IDS = pd.ArrowDtype(pa_arrow.list_(pa_arrow.large_string()))
 
-EXCLUSION_REASONS = (
-    "phone_field_disabled",
-    "no_phone",
-    "malformed",
-    "not_mobile",
-    "opted_out",
-    "duplicate",
-)
-ITEM_STATUSES = ("pending", "sent", "error", "cancelled")
+EXCLUSION_REASONS = tuple(Exclusion)
 
 
 class Users(pa.DataFrameModel):
@@ -41,7 +34,9 @@ class PhoneClassification(pa.DataFrameModel):
     e164: Series[STRING] = pa.Field(nullable=True, str_matches=r"^\+[1-9]\d{6,16}$")
     national: Series[STRING] = pa.Field(nullable=True, str_matches=r"^0\d+$")
     mobile: Series[bool]
-    reason: Series[STRING] = pa.Field(nullable=True, isin=["no_phone", "malformed", "not_mobile"])
+    reason: Series[STRING] = pa.Field(
+        nullable=True, isin=[Exclusion.NO_PHONE, Exclusion.MALFORMED, Exclusion.NOT_MOBILE]
+    )
 
 
 class Recipients(pa.DataFrameModel):
@@ -65,7 +60,7 @@ class SendPlan(pa.DataFrameModel):
 
     seq: Series[int] = pa.Field(ge=1)
     message_no: Series[int] = pa.Field(isin=[1, 2])
-    status: Series[STRING] = pa.Field(isin=["sent", "insufficient_tickets"])
+    status: Series[STRING] = pa.Field(isin=[ItemStatus.SENT, ItemError.INSUFFICIENT_TICKETS])
 
 
 def validate(model: type[pa.DataFrameModel], frame: pd.DataFrame, source: str) -> pd.DataFrame:

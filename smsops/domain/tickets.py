@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from smsops.domain.messages import MAX_MESSAGES
+from smsops.domain.vocabulary import ItemError, ItemStatus
 
 # The frame libraries are imported by the functions that build frames: the dispatcher
 # reads SENT and tickets_needed from here, and `dispatch-due` with nothing due must start
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
 
     from smsops.domain.schemas import SendPlan
 
-SENT = "sent"
-INSUFFICIENT = "insufficient_tickets"
+# A pair's share of the tickets, the ``status`` of a send plan: what its item becomes.
+SENT = ItemStatus.SENT
+INSUFFICIENT = ItemError.INSUFFICIENT_TICKETS
 
 
 def tickets_needed(recipients: int, messages: int) -> int:
