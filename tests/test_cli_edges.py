@@ -134,6 +134,32 @@ def test_r14_a_delivery_id_the_store_cannot_hold_is_a_usage_error(cli, command):
     assert document["error"] == "usage" and "is not a delivery id" in document["message"]
 
 
+@pytest.mark.parametrize(
+    "command, line",
+    [
+        # were exit 1, "a value is out of range" or "no delivery 0" (#14)
+        (["deliveries", "errors", "99999999999999999999"], "is not a delivery id"),
+        (["deliveries", "cancel", "99999999999999999999"], "is not a delivery id"),
+        (["deliveries", "cancel", "0"], "is not a delivery id"),
+        (["report", "99999999999999999999", "--html", "r.html"], "is not a delivery id"),
+        # a port no socket takes: was exit 1, "a value is out of range"
+        (["receiver", "--port", "99999"], "--port"),
+        # Prefect refused the schedule: was exit 1, "unexpected ValidationError"
+        (["serve", "--interval", "0"], "is not a positive number of seconds"),
+        # LIMIT -1 was "no limit" on SQLite and an error on PostgreSQL
+        (["deliveries", "list", "--limit", "-1"], "--limit"),
+        (["deliveries", "show", "1", "--limit", "-1"], "--limit"),
+        (["replies", "list", "--limit", "-1"], "--limit"),
+    ],
+)
+def test_a_value_no_command_can_use_is_a_usage_error(cli, command, line):
+    """#14: malformed command-line values exit 2 before any work, as the contract says,
+    with one JSON document under --json."""
+    assert line in cli(*command, code=2).stderr
+    document = one_document(cli(*command, "--json", code=2))
+    assert document["error"] == "usage" and line in document["message"]
+
+
 def test_r11_a_ticket_balance_past_the_maximum_is_refused_clearly(cli):
     top = str(2**63 - 1)
     for count in (top, top, "99999999999999999999999"):

@@ -11,19 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from smsops import i18n
-from smsops.cli.common import (
-    JsonOpt,
-    OnOff,
-    account_app,
-    command,
-    context,
-    emit,
-    kv_table,
-    optout_app,
-    out,
-    tickets_app,
-    users_app,
-)
+from smsops.cli.common import JsonOpt, OnOff, command, context, emit, kv_table, out
 
 if TYPE_CHECKING:
     from smsops.services import drops
@@ -31,13 +19,40 @@ if TYPE_CHECKING:
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
 
+account_app = typer.Typer(
+    help="The account: plan (R1), phone field (R2), time zone of send times, language.",
+    no_args_is_help=True,
+)
+tickets_app = typer.Typer(
+    help="Prepaid tickets: one per message per recipient (R8), a ledger (R11).",
+    no_args_is_help=True,
+)
+users_app = typer.Typer(
+    help="The user table bulk deliveries select from: import CSV files, watch a drop folder.",
+    no_args_is_help=True,
+)
+optout_app = typer.Typer(
+    help="The opt-out (suppression) list: numbers never sent to (R16).", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``account``, ``tickets``, ``users`` and ``optout`` to the root ``app``."""
+    app.add_typer(account_app, name="account")
+    app.add_typer(tickets_app, name="tickets")
+    app.add_typer(users_app, name="users")
+    app.add_typer(optout_app, name="optout")
+
+
 # --- account and tickets --------------------------------------------------------------
 
 
 @account_app.command("show")
 @command
 def account_show(as_json: JsonOpt = False) -> None:
-    """Show the plan, whether the phone field is in use, and the time zone."""
+    """Show the plan (R1), the phone field (R2), the time zone and the language.
+
+    Changes nothing."""
     from smsops.services import account as accounts
 
     with context(as_json) as ctx:
@@ -73,7 +88,10 @@ def account_set(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change the plan, the phone field, the time zone or the language."""
+    """Change the plan, the phone field, the time zone or the language.
+
+    Options left out stay as they are.
+    Example: smsops account set --plan standard --timezone Asia/Tokyo"""
     from smsops.services import account as accounts
 
     with context(as_json) as ctx:
@@ -105,7 +123,10 @@ def tickets_add(
     count: Annotated[int, typer.Argument(metavar="N", help="How many tickets to add.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Buy tickets: add N to the balance (at most 1,000,000,000 in all)."""
+    """Buy tickets: add N to the balance.
+
+    Recorded in the ledger (R11). N must be positive; the balance holds at most
+    1,000,000,000."""
     from smsops.services import account as accounts
 
     with context(as_json) as ctx:
@@ -139,7 +160,10 @@ def users_import(
     encoding: Encoding = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Import user tables (CSV); all files or nothing."""
+    """Add or update users from CSV files, all files or nothing.
+
+    Each file has user_id and a phone column (R3). A problem is refused by file, row,
+    line and column, and nothing is stored. Example: smsops users import members.csv"""
     from smsops.services import people
 
     with context(as_json) as ctx:

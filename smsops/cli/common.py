@@ -1,4 +1,4 @@
-"""What every command shares: the apps, consoles, error handling and output."""
+"""What every command shares: the root group, consoles, error handling and output."""
 
 from __future__ import annotations
 
@@ -126,28 +126,6 @@ def _cli_metavars(cmd: Any) -> None:
         elif isinstance(param, TyperOption) and param.metavar is None:
             param.metavar = "" if param.is_flag else _value_metavar(annotation)
 
-
-app = typer.Typer(
-    cls=SmsopsGroup,
-    help="Bulk SMS campaigns for Japan.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-account_app = typer.Typer(help="The account: plan, phone field, time zone.", no_args_is_help=True)
-tickets_app = typer.Typer(
-    help="Prepaid tickets (one per message per recipient).", no_args_is_help=True
-)
-users_app = typer.Typer(help="The user table.", no_args_is_help=True)
-optout_app = typer.Typer(help="The opt-out (suppression) list.", no_args_is_help=True)
-bulk_app = typer.Typer(help="Bulk deliveries.", no_args_is_help=True)
-deliveries_app = typer.Typer(help="Delivery history.", no_args_is_help=True)
-app.add_typer(account_app, name="account")
-app.add_typer(tickets_app, name="tickets")
-app.add_typer(users_app, name="users")
-app.add_typer(optout_app, name="optout")
-app.add_typer(bulk_app, name="bulk")
-app.add_typer(deliveries_app, name="deliveries")
 
 # No markup: user data (texts, ids, queries) is printed as it is, never read as rich
 # markup ("[vip]" stays "[vip]"); styles are given with Text objects.
@@ -492,7 +470,3 @@ def write_csv_files(files: Sequence[tuple[str, Path, pd.DataFrame, Sequence[str]
         for temp, _, _ in temps:
             with contextlib.suppress(OSError):
                 temp.unlink()
-
-
-def main() -> None:
-    app()

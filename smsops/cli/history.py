@@ -14,7 +14,6 @@ from smsops.cli.common import (
     cell,
     command,
     context,
-    deliveries_app,
     emit,
     kv_table,
     out,
@@ -58,15 +57,29 @@ def _shown(key: str, value: object) -> str:
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
 
+deliveries_app = typer.Typer(
+    help="Delivery history (R14): list, detail, failures and cancel.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``deliveries`` to the root ``app``."""
+    app.add_typer(deliveries_app, name="deliveries")
+
+
 # --- history --------------------------------------------------------------------------
 
 
 @deliveries_app.command("list")
 @command
 def deliveries_list(
-    limit: Annotated[int | None, typer.Option(help="Only the newest N.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Only the newest N.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
+    """List deliveries, newest first (R14).
+
+    Kind, status, when, recipients, sent, errors, tickets used and the delivery it
+    resends."""
     from smsops.services import deliveries as dl
 
     with context(as_json) as ctx:
@@ -97,9 +110,14 @@ def deliveries_list(
 @command
 def deliveries_show(
     delivery_id: DeliveryId,
-    limit: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=0, help="Rows shown on the terminal (--json has every one).")
+    ] = 50,
     as_json: JsonOpt = False,
 ) -> None:
+    """Show one delivery and each (number, message) pair with its status (R14).
+
+    Each pair's error and delivery report too; numbers are masked on the terminal."""
     from smsops.domain.phones import mask_phones
     from smsops.services import account as accounts
     from smsops.services import deliveries as dl
@@ -151,7 +169,7 @@ def deliveries_show(
 @deliveries_app.command("errors")
 @command
 def deliveries_errors(
-    delivery_id: int,
+    delivery_id: DeliveryId,
     as_csv: Annotated[
         bool,
         typer.Option(
@@ -162,7 +180,9 @@ def deliveries_errors(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The (number, message) pairs that failed, with the reason."""
+    """The (number, message) pairs that failed, with the reason.
+
+    What `resend` sends again (R15). Example: smsops deliveries errors 12 --csv > failed.csv"""
     from smsops.domain.phones import mask_phones
     from smsops.services import deliveries as dl
 
@@ -194,7 +214,11 @@ def deliveries_errors(
 
 @deliveries_app.command("cancel")
 @command
-def deliveries_cancel(delivery_id: int, as_json: JsonOpt = False) -> None:
+def deliveries_cancel(delivery_id: DeliveryId, as_json: JsonOpt = False) -> None:
+    """Cancel a delivery that has not started sending (R12).
+
+    A scheduled or queued one: none of its messages go out. One already sending or
+    finished is refused."""
     from smsops.services import deliveries as dl
 
     with context(as_json) as ctx:

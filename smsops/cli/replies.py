@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from smsops import i18n
-from smsops.cli.common import JsonOpt, app, cell, command, context, emit, out
+from smsops.cli.common import JsonOpt, cell, command, context, emit, out
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -19,7 +19,11 @@ replies_app = typer.Typer(
     help="Replies received: refusals (opted out), those to review, the rest.",
     no_args_is_help=True,
 )
-app.add_typer(replies_app, name="replies")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``replies`` to the root ``app``."""
+    app.add_typer(replies_app, name="replies")
 
 
 class Action(StrEnum):
@@ -34,7 +38,7 @@ def replies_list(
     action: Annotated[
         Action | None, typer.Option(help="Only replies smsops handled this way.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the newest N.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Only the newest N.")] = None,
     show_numbers: Annotated[
         bool,
         typer.Option("--show-numbers", help="Show senders' numbers in full (personal data)."),

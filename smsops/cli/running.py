@@ -11,22 +11,40 @@ from typing import Annotated
 import typer
 
 from smsops import i18n
-from smsops.cli.common import JsonOpt, app, command, context, emit, out
+from smsops.cli.common import JsonOpt, command, context, emit, out, parse_delivery_id
 from smsops.errors import ReportError
 
 
-@app.command("report")
+def register(app: typer.Typer) -> None:
+    """Add ``report``, ``serve`` and ``receiver`` to the root ``app``."""
+    app.command("report")(report)
+    app.command("serve")(serve)
+    app.command("receiver")(receiver)
+
+
+def _positive(seconds: float) -> float:
+    """A usage error for an interval of 0 or less, which Prefect's schedule refuses."""
+    if seconds <= 0:
+        raise typer.BadParameter(f"{seconds} is not a positive number of seconds")
+    return seconds
+
+
 @command
 def report(
     delivery_id: Annotated[
-        int | None, typer.Argument(help="Delivery id; default: the latest.")
+        int | None,
+        typer.Argument(
+            metavar="ID", parser=parse_delivery_id, help="Delivery id; default: the latest."
+        ),
     ] = None,
     html: Annotated[
         Path, typer.Option("--html", help="Write the report here (one self-contained file).")
     ] = ...,  # type: ignore[assignment]
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the delivery report notebook and export it as standalone HTML, for mail."""
+    """Run the delivery report notebook and export it as standalone HTML, for mail.
+
+    Needs the notebooks extra. Example: smsops report 12 --html report.html"""
     try:  # papermill, nbconvert and matplotlib: only here
         from smsops.reports import run_report
     except ImportError as exc:
@@ -43,10 +61,14 @@ def report(
     )
 
 
-@app.command("serve")
 @command
 def serve(
-    interval: Annotated[float, typer.Option(help="Seconds between dispatch-due runs.")] = 10.0,
+    interval: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", callback=_positive, help="Seconds between dispatch-due runs."
+        ),
+    ] = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Long-running Prefect scheduler that sends scheduled deliveries at their time.
@@ -77,11 +99,12 @@ def serve(
 # --- Kannel callbacks (issue 6) -------------------------------------------------------
 
 
-@app.command("receiver")
 @command
 def receiver(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 13080,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 13080,
     as_json: JsonOpt = False,
 ) -> None:
     """Receive Kannel's delivery reports (/dlr) and replies (/mo) until interrupted.

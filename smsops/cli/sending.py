@@ -14,8 +14,6 @@ from smsops import i18n
 from smsops.cli.common import (
     DeliveryId,
     JsonOpt,
-    app,
-    bulk_app,
     check_csv_path,
     command,
     context,
@@ -34,11 +32,30 @@ from smsops.refusals import localize
 if TYPE_CHECKING:
     from smsops.services import deliveries as dl
 
+bulk_app = typer.Typer(
+    help="Bulk deliveries: preview one (R13), then create it (R1-R13).", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``send``, ``resend``, ``dispatch``, ``dispatch-due`` and ``bulk`` to ``app``."""
+    app.command("send")(send)
+    app.command("resend")(resend)
+    app.command("dispatch")(dispatch_one)
+    app.command("dispatch-due")(dispatch_due)
+    app.add_typer(bulk_app, name="bulk")
+
+
 # --- bulk -----------------------------------------------------------------------------
 
 Messages = Annotated[
     list[str],
-    typer.Option("-m", "--message", metavar="TEXT", help="Message text (1 or 2; repeat -m)."),
+    typer.Option(
+        "-m",
+        "--message",
+        metavar="TEXT",
+        help="A message, at most 70 characters, no %tags% (R6, R7); repeat -m for a second.",
+    ),
 ]
 At = Annotated[
     str | None,
@@ -143,7 +160,10 @@ def bulk_preview(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show what a bulk delivery would send, to whom, when and for how many tickets."""
+    """Show what a bulk delivery would send, to whom, when and for how many tickets (R13).
+
+    Says why users were left out (R4). Saves and sends nothing.
+    Example: smsops bulk preview -m "Winter sale" --query "tags == 'vip'" --export list.csv"""
     from smsops.services import deliveries as dl
 
     if unmasked and excluded is None:
@@ -170,10 +190,16 @@ def bulk_create(
     at: At = None,
     users: UsersFiles = None,
     query: Query = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm without asking.")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Confirm without asking (R13); needed off a terminal."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Save a bulk delivery after confirmation; it is sent now unless --at is given."""
+    """Save a bulk delivery once confirmed (R13) and send it now, or at --at (R12).
+
+    Refused, with nothing saved, below the standard plan (R1) or without enough tickets
+    (R9). Selects recipients as `bulk preview` does."""
     from smsops.services import deliveries as dl
     from smsops.services import dispatch as dispatching
 
@@ -219,14 +245,17 @@ def print_result(result: dict[str, Any]) -> None:
     out.print(text)
 
 
-@app.command("send")
 @command
 def send(
     phone: Annotated[str, typer.Argument(metavar="PHONE", help="A Japanese mobile number.")],
     message: Messages,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send to one number now (individual send; never deduplicated)."""
+    """Send to one number now (individual send; never deduplicated).
+
+    One ticket per message (R8, R9).
+    Example: smsops send 090-1234-5678 -m "Your order has shipped"
+    """
     from smsops.services import deliveries as dl
     from smsops.services import dispatch as dispatching
 
@@ -235,7 +264,6 @@ def send(
     emit(as_json, result, lambda: print_result(result))
 
 
-@app.command("resend")
 @command
 def resend(
     delivery_id: DeliveryId,
@@ -248,7 +276,10 @@ def resend(
     at: At = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send the failed (number, message) pairs of a delivery again (R15)."""
+    """Send the failed (number, message) pairs of a delivery again (R15).
+
+    As a new bulk delivery linked to it (through R8-R13 again), or with --individual one
+    individual send per failed number. Sends now unless --at."""
     from smsops.services import deliveries as dl
     from smsops.services import dispatch as dispatching
 
@@ -274,7 +305,6 @@ def resend(
     emit(as_json, result, lambda: print_result(result))
 
 
-@app.command("dispatch")
 @command
 def dispatch_one(
     delivery_id: DeliveryId,
@@ -303,10 +333,11 @@ def dispatch_one(
     )
 
 
-@app.command("dispatch-due")
 @command
 def dispatch_due(as_json: JsonOpt = False) -> None:
-    """Send every scheduled delivery whose time has come; resume any whose process died."""
+    """Send every scheduled delivery whose time has come; resume any whose process died.
+
+    `smsops serve` runs this on its interval."""
     from smsops.services import dispatch as dispatching
 
     with context(as_json) as ctx:
