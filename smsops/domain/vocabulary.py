@@ -35,6 +35,14 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    @classmethod
+    def finished(cls, sent: int, errors: int) -> DeliveryStatus:
+        """How a delivery ends, from its pairs sent and in error: ``sent`` when none
+        failed, ``failed`` when none was sent, else ``partially_sent``."""
+        if errors == 0:
+            return cls.SENT
+        return cls.FAILED if sent == 0 else cls.PARTIALLY_SENT
+
 
 # A delivery in one of these is over: nothing of it will be sent any more.
 FINAL_DELIVERY = (
@@ -69,6 +77,14 @@ class Exclusion(StrEnum):
     NOT_MOBILE = "not_mobile"
     OPTED_OUT = "opted_out"
     DUPLICATE = "duplicate"
+
+
+class ReplyAction(StrEnum):
+    """What smsops did with a reply (R16): ``replies.action``."""
+
+    OPTED_OUT = "opted_out"  # the sender is on the opt-out list now
+    REVIEW = "review"  # it may be a refusal: a person decides
+    IGNORED = "ignored"
 
 
 class DlrStatus(StrEnum):

@@ -45,6 +45,7 @@ import httpx
 import pandas as pd
 from pydantic import SecretStr
 
+from smsops.domain.vocabulary import REJECTED_PREFIX, ItemError, ItemStatus
 from smsops.errors import ConfigError
 from smsops.gateways import HandOff
 from smsops.gateways.pacing import RateLimiter, shared_limiter
@@ -52,9 +53,9 @@ from smsops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SENT, ERROR = "sent", "error"
-UNAVAILABLE = "gateway_unavailable"
-UNKNOWN = "outcome_unknown"
+SENT, ERROR = ItemStatus.SENT, ItemStatus.ERROR
+UNAVAILABLE = ItemError.GATEWAY_UNAVAILABLE
+UNKNOWN = ItemError.OUTCOME_UNKNOWN
 # Delivery reports asked for: delivered (1), undeliverable (2), rejected by the SMSC (16)
 # — the final states — and accepted by the SMSC (8), which settles a message whose answer
 # was lost (outcome_unknown) as sent; "buffered" (4) would change nothing history shows.
@@ -100,7 +101,7 @@ class CappedTransport(httpx.AsyncBaseTransport):
 def rejected(reason: str) -> str:
     """``rejected: <Kannel's reason>``, one line, cut to fit the error column."""
     text = " ".join(reason.split()).rstrip(". ") or "no reason given"
-    return f"rejected: {text}"[:_ERROR_WIDTH]
+    return f"{REJECTED_PREFIX}{text}"[:_ERROR_WIDTH]
 
 
 def callback_token(token: SecretStr | str | None, *, wanted_by: str) -> str:
@@ -373,7 +374,7 @@ class KannelGateway:
                     outcome = await self._send_one(client, phones[i], texts[i], keys[i])
                     results[i] = outcome
                     error = outcome[1]
-                    if error == UNAVAILABLE or (error or "").startswith("rejected: Author"):
+                    if error == UNAVAILABLE or (error or "").startswith(f"{REJECTED_PREFIX}Author"):
                         ended = error
                 answered.append(i)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from smsops.domain.vocabulary import ItemStatus
 from smsops.errors import GatewayError
 from smsops.gateways import Answer, HandOff
 from smsops.gateways.pacing import shared_limiter
@@ -68,11 +69,11 @@ class OutboxGateway:
                 self._limiter.wait(len(group))  # they go out in one write
             self._append(group)
             if hand_off is not None:
-                written = [(str(k), "sent", None) for k in group["idempotency_key"]]
+                written = [(str(k), ItemStatus.SENT, None) for k in group["idempotency_key"]]
         return pd.DataFrame(
             {
                 "idempotency_key": batch["idempotency_key"].to_numpy(),
-                "status": "sent",
+                "status": ItemStatus.SENT,
                 "error": None,
                 "gateway_ref": None,
             }

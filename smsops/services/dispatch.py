@@ -45,6 +45,7 @@ from sqlalchemy import and_, func, or_, select, text, tuple_
 
 from smsops import clock
 from smsops.domain.tickets import SENT, allocate_plan
+from smsops.domain.vocabulary import DeliveryStatus, ItemError, ItemStatus
 from smsops.errors import GatewayError, NotFoundError, SmsopsError, StateError
 from smsops.gateways import Answer, Gateway, HandOff, idempotency_keys
 from smsops.services.account import bulk_allowed, get_account, lock_balance
@@ -61,15 +62,15 @@ if TYPE_CHECKING:  # pandas is imported where frames are built: dispatch-due wit
 log = logging.getLogger(__name__)
 
 # The gateway may or may not have sent it: never resent, its ticket stays spent.
-UNKNOWN = "outcome_unknown"
+UNKNOWN = ItemError.OUTCOME_UNKNOWN
 # R1 at send time: the account went below Standard after a bulk delivery was saved (a
 # downgrade); its pairs are not sent, no ticket is spent, and a resend after an upgrade
 # repairs them.
-PLAN_BELOW_STANDARD = "plan_below_standard"
+PLAN_BELOW_STANDARD = ItemError.PLAN_BELOW_STANDARD
 BULK_KINDS = ("bulk", "resend")  # what R1 gates; individual sends go out on any plan
 # The gateway could not be reached (after its own retries): the message never left, so
 # it stays pending with its ticket, and the delivery pauses until dispatch-due retries.
-UNAVAILABLE = "gateway_unavailable"
+UNAVAILABLE = ItemError.GATEWAY_UNAVAILABLE
 LONGEST_PAUSE = 3600.0  # seconds
 
 
@@ -98,9 +99,15 @@ def due_ids(ctx: Context) -> list[int]:
             select(deliveries.c.id, deliveries.c.status)
             .where(
                 or_(
-                    and_(deliveries.c.status == "scheduled", deliveries.c.scheduled_at <= now),
-                    and_(deliveries.c.status == "paused", deliveries.c.resume_at <= now),
-                    deliveries.c.status.in_(("queued", "sending")),
+                    and_(
+                        deliveries.c.status == DeliveryStatus.SCHEDULED,
+                        deliveries.c.scheduled_at <= now,
+                    ),
+                    and_(
+                        deliveries.c.status == DeliveryStatus.PAUSED,
+                        deliveries.c.resume_at <= now,
+                    ),
+                    deliveries.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
                 )
             )
             .order_by(
@@ -112,7 +119,8 @@ def due_ids(ctx: Context) -> list[int]:
         return [
             r.id
             for r in rows
-            if r.status in ("scheduled", "paused") or not live_dispatchers(conn, r.id, lease)
+            if r.status in (DeliveryStatus.SCHEDULED, DeliveryStatus.PAUSED)
+            or not live_dispatchers(conn, r.id, lease)
         ]
 
 
@@ -125,7 +133,7 @@ def dispatch_due(ctx: Context) -> list[DispatchResult]:
         except StateError:
             continue  # another process took it between the listing and the claim
         done.append(result)
-        if result.status == "paused":
+        if result.status == DeliveryStatus.PAUSED:
             break  # the gateway is down: no use knocking with every other delivery too
     return done
 
@@ -167,7 +175,7 @@ def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
     """R12: a just-saved delivery without a send time goes out now; a scheduled one waits
     for dispatch-due. Returns the creation result, with the send's outcome when sent."""
     result: dict[str, object] = created.to_dict()
-    if created.status != "queued":
+    if created.status != DeliveryStatus.QUEUED:
         return result
     sent = dispatch(ctx, created.delivery_id)
     return {
@@ -262,9 +270,12 @@ def _pause(ctx: Context, session: Session, unavailable: int) -> None:
         )
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id == session.delivery_id, deliveries.c.status == "sending")
+            .where(
+                deliveries.c.id == session.delivery_id,
+                deliveries.c.status == DeliveryStatus.SENDING,
+            )
             .values(
-                status="paused",
+                status=DeliveryStatus.PAUSED,
                 paused_reason=reason[:256],
                 resume_at=now + timedelta(seconds=wait),
                 pauses=(pauses or 0) + 1,
@@ -294,7 +305,7 @@ def finish(ctx: Context, session: Session) -> DispatchResult:
     status = _finish(ctx, session)
     s = delivery_summary(ctx, session.delivery_id)
     reason = None
-    if status == "paused":
+    if status == DeliveryStatus.PAUSED:
         with read(ctx.engine) as conn:
             reason = conn.execute(
                 select(deliveries.c.paused_reason).where(deliveries.c.id == session.delivery_id)
@@ -322,26 +333,26 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
         if row.status in FINAL:
             raise StateError(f"delivery {delivery_id} is already {row.status}")
         scheduled = clock.from_store(row.scheduled_at)
-        if row.status == "scheduled" and scheduled is not None and scheduled > now:
+        if row.status == DeliveryStatus.SCHEDULED and scheduled is not None and scheduled > now:
             raise StateError(f"delivery {delivery_id} is scheduled for later")
         others = [
             o for o in live_dispatchers(conn, delivery_id, ctx.settings.lease_seconds) if o != me
         ]
         if others and not join:
             raise StateError(f"delivery {delivery_id} is being sent by {others[0]}")
-        resumed = row.status == "sending" and not others
+        resumed = row.status == DeliveryStatus.SENDING and not others
         register(conn, delivery_id)
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == delivery_id)
             .values(
-                status="sending",
+                status=DeliveryStatus.SENDING,
                 started_at=row.started_at or now,
                 paused_reason=None,
                 resume_at=None,
             )
         )
-    return resumed or row.status == "paused"
+    return resumed or row.status == DeliveryStatus.PAUSED
 
 
 def _heartbeat(ctx: Context, session: Session, stop: threading.Event) -> None:
@@ -365,6 +376,7 @@ def _renew(ctx: Context, session: Session) -> bool:
 
 Pair = tuple[int, int]  # (seq, message_no): an item's place in the send order
 Mark = Pair | None  # a pair of the current chunk, or none yet
+_STILL_PENDING = f"status = '{ItemStatus.PENDING}'"  # SQL: an item nobody settled
 _NO_CHUNK = (
     "handed_seq = NULL, handed_message_no = NULL, answered_seq = NULL, "
     "answered_message_no = NULL, from_seq = NULL, from_message_no = NULL, to_seq = NULL, "
@@ -406,7 +418,7 @@ def _lost(session: Session) -> StateError:
 
 
 def _pending(delivery_id: int) -> Any:
-    return and_(items.c.delivery_id == delivery_id, items.c.status == "pending")
+    return and_(items.c.delivery_id == delivery_id, items.c.status == ItemStatus.PENDING)
 
 
 def _allocate(ctx: Context, delivery_id: int) -> None:
@@ -426,7 +438,7 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
             conn.execute(
                 items.update()
                 .where(_pending(delivery_id))
-                .values(status="error", error=PLAN_BELOW_STANDARD, sent_at=now)
+                .values(status=ItemStatus.ERROR, error=PLAN_BELOW_STANDARD, sent_at=now)
             )
             conn.execute(
                 deliveries.update().where(deliveries.c.id == delivery_id).values(allocated=True)
@@ -435,7 +447,7 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
         conn.execute(
             items.update()
             .where(_pending(delivery_id), items.c.phone.in_(select(optouts.c.phone)))
-            .values(status="error", error="opted_out", sent_at=now)
+            .values(status=ItemStatus.ERROR, error=ItemError.OPTED_OUT, sent_at=now)
         )
         balance = lock_balance(conn)
         pairs = fetch_frame(
@@ -461,7 +473,11 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
                     tuple_(items.c.seq, items.c.message_no)
                     > tuple_(int(last["seq"]), int(last["message_no"]))
                 )
-            conn.execute(unfunded.values(status="error", error="insufficient_tickets", sent_at=now))
+            conn.execute(
+                unfunded.values(
+                    status=ItemStatus.ERROR, error=ItemError.INSUFFICIENT_TICKETS, sent_at=now
+                )
+            )
         # Every pair still pending is funded now: its ticket is marked when it is settled
         # (sent, or outcome_unknown), in the one write that records its outcome.
         conn.execute(
@@ -515,7 +531,7 @@ def _reconcile(
         told = left["owner"].isin(ours)
         keys = idempotency_keys(delivery_id, left.loc[told, "seq"], left.loc[told, "message_no"])
         left.loc[told, "fate"] = (
-            keys.isin(accepted).map({True: "sent", False: "pending"}).to_numpy()
+            keys.isin(accepted).map({True: ItemStatus.SENT, False: ItemStatus.PENDING}).to_numpy()
         )
     now = clock.now()
     with write(ctx.engine) as conn:
@@ -537,15 +553,15 @@ def _reconcile(
                 ).rowcount
             if not gone:
                 left = left[left["owner"] != owner]  # alive after all: its items are its own
-        settled = left[left["fate"] != "pending"]
+        settled = left[left["fate"] != ItemStatus.PENDING]
         execute_many(
             conn,
             "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, ticket = TRUE "
-            "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
+            f"WHERE delivery_id = ? AND seq = ? AND message_no = ? AND {_STILL_PENDING}",
             [
-                ("sent", None, now, delivery_id, int(sq), int(m))
-                if fate == "sent"
-                else ("error", UNKNOWN, now, delivery_id, int(sq), int(m))
+                (ItemStatus.SENT, None, now, delivery_id, int(sq), int(m))
+                if fate == ItemStatus.SENT
+                else (ItemStatus.ERROR, UNKNOWN, now, delivery_id, int(sq), int(m))
                 for sq, m, fate in zip(
                     settled["seq"], settled["message_no"], settled["fate"], strict=True
                 )
@@ -574,7 +590,7 @@ def _fates(left: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
     >>> class Mark:  # a dispatcher's row: answered up to (1, 2), handed up to (3, 1)
     ...     answered_seq, answered_message_no, handed_seq, handed_message_no = 1, 2, 3, 1
     >>> left = pd.DataFrame({"seq": [1, 2, 3, 3], "message_no": [2, 1, 1, 2], "owner": "a"})
-    >>> _fates(left.assign(error=None), {"a": Mark()}).tolist()
+    >>> _fates(left.assign(error=None), {"a": Mark()}).astype(str).tolist()
     ['sent', 'outcome_unknown', 'outcome_unknown', 'pending']
     """
     import pandas as pd
@@ -584,13 +600,13 @@ def _fates(left: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
     for owner, mark in marks.items():  # the dead dispatchers: a few at most
         mine = (left["owner"] == owner).to_numpy()
         if mark.handed_seq is None:
-            fates[mine] = "pending"
+            fates[mine] = ItemStatus.PENDING
             continue
-        fates[mine & (position > mark.handed_seq * 4 + mark.handed_message_no)] = "pending"
+        fates[mine & (position > mark.handed_seq * 4 + mark.handed_message_no)] = ItemStatus.PENDING
         if mark.answered_seq is not None:
             answered = position <= mark.answered_seq * 4 + mark.answered_message_no
-            fates[mine & answered] = "sent"
-    fates[(left["error"] == UNAVAILABLE).to_numpy()] = "pending"  # it never left
+            fates[mine & answered] = ItemStatus.SENT
+    fates[(left["error"] == UNAVAILABLE).to_numpy()] = ItemStatus.PENDING  # it never left
     return fates
 
 
@@ -641,7 +657,7 @@ def _take_chunk(ctx: Context, session: Session, record: str | None) -> pd.DataFr
                 _between(lo, hi),
                 items.c.phone.in_(select(optouts.c.phone)),
             )
-            .values(status="error", error="opted_out", sent_at=clock.now())
+            .values(status=ItemStatus.ERROR, error=ItemError.OPTED_OUT, sent_at=clock.now())
         ).rowcount
         if opted_out:
             conn.execute(
@@ -720,7 +736,7 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
     where = dict(zip(batch["idempotency_key"].astype(str), pairs, strict=True))
     recorded: set[str] = set()  # answers the hand-offs recorded one by one already
     results = gateway.send(batch, _hand_off(ctx, session, pairs, where, recorded))
-    failed = results[results["status"] != "sent"]
+    failed = results[results["status"] != ItemStatus.SENT]
     answers = [
         (key, status, error if isinstance(error, str) else None)
         for key, status, error in zip(
@@ -735,8 +751,8 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
             _settle(conn, session, _located(answers, where))
             execute_many(  # every other item of the chunk was sent
                 conn,
-                "UPDATE delivery_items SET status = 'sent', error = NULL, sent_at = ?, "
-                "ticket = TRUE WHERE delivery_id = ? AND status = 'pending' "
+                f"UPDATE delivery_items SET status = '{ItemStatus.SENT}', error = NULL, "
+                f"sent_at = ?, ticket = TRUE WHERE delivery_id = ? AND {_STILL_PENDING} "
                 "AND (seq, message_no) >= (?, ?) AND (seq, message_no) <= (?, ?)",
                 [
                     (clock.now(), d, *lo, *hi)
@@ -788,7 +804,11 @@ Located = tuple[int, int, str, str | None]  # seq, message_no, status, error
 def _located(answers: list[Answer], where: dict[str, tuple[int, int]]) -> list[Located]:
     """The gateway's answers by item, with a failure's reason never empty."""
     return [
-        (*where[key], status, None if status == "sent" else (error or "gateway_error"))
+        (
+            *where[key],
+            status,
+            None if status == ItemStatus.SENT else (error or ItemError.GATEWAY_ERROR),
+        )
         for key, status, error in answers
     ]
 
@@ -817,7 +837,7 @@ def _hand_off(
             back[position[answer[0]]] = 1
         while run < len(back) and back[run]:
             run += 1
-        one_by_one = [a for a in answered if a[1] != "sent" or position[a[0]] >= run]
+        one_by_one = [a for a in answered if a[1] != ItemStatus.SENT or position[a[0]] >= run]
         marks = (pairs[upto - 1], pairs[run - 1] if run else None)
         with write(ctx.engine) as conn:
             if not _renew_in(conn, ctx, session, marks=marks):
@@ -842,16 +862,19 @@ def _settle(conn: Any, session: Session, answers: list[Located]) -> None:
     execute_many(
         conn,
         "UPDATE delivery_items SET error = ? "
-        "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
+        f"WHERE delivery_id = ? AND seq = ? AND message_no = ? AND {_STILL_PENDING}",
         [(UNAVAILABLE, d, s, m) for s, m, _, _ in back],
     )
     execute_many(
         conn,
         "UPDATE delivery_items SET status = ?, error = ?, sent_at = ?, ticket = ? "
-        "WHERE delivery_id = ? AND seq = ? AND message_no = ? AND status = 'pending'",
-        [(st, err, now, st == "sent" or err == UNKNOWN, d, s, m) for s, m, st, err in done],
+        f"WHERE delivery_id = ? AND seq = ? AND message_no = ? AND {_STILL_PENDING}",
+        [
+            (st, err, now, st == ItemStatus.SENT or err == UNKNOWN, d, s, m)
+            for s, m, st, err in done
+        ],
     )
-    refunded = sum(st != "sent" and err != UNKNOWN for _, _, st, err in done)
+    refunded = sum(st != ItemStatus.SENT and err != UNKNOWN for _, _, st, err in done)
     if refunded:
         conn.execute(
             ledger.insert().values(
@@ -876,11 +899,11 @@ def _finish(ctx: Context, session: Session) -> str:
                 dispatchers.c.owner == session.owner, dispatchers.c.from_seq.is_(None)
             )
         )
-        if current == "paused":
+        if current == DeliveryStatus.PAUSED:
             return current
         unfinished = conn.execute(select(func.count()).where(_pending(d))).scalar_one()
         if unfinished:
-            return "sending"  # others are still at it (or will resume a dead one's)
+            return DeliveryStatus.SENDING  # others are still at it (or will resume a dead one's)
         counts: dict[str, int] = dict(
             conn.execute(  # type: ignore[arg-type]
                 select(items.c.status, func.count())
@@ -888,11 +911,11 @@ def _finish(ctx: Context, session: Session) -> str:
                 .group_by(items.c.status)
             ).all()
         )
-        sent, errors = counts.get("sent", 0), counts.get("error", 0)
-        status = "sent" if errors == 0 else ("failed" if sent == 0 else "partially_sent")
+        sent, errors = counts.get(ItemStatus.SENT, 0), counts.get(ItemStatus.ERROR, 0)
+        status = DeliveryStatus.finished(sent, errors)
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id == d, deliveries.c.status == "sending")
+            .where(deliveries.c.id == d, deliveries.c.status == DeliveryStatus.SENDING)
             .values(status=status, finished_at=clock.now(), pauses=0)
         )
     return status
