@@ -16,6 +16,7 @@ from sqlalchemy import Connection, and_, case, func, or_, select
 from smsops import clock
 from smsops.domain.messages import Message, validate_messages
 from smsops.domain.tickets import tickets_needed
+from smsops.domain.vocabulary import FINAL_DELIVERY, DeliveryStatus, ItemError, ItemStatus
 from smsops.errors import (
     NoRecipientsError,
     NotFoundError,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from smsops.domain.recipients import Selection
 
 SAMPLE = 10  # masked numbers shown in a confirmation
-FINAL = ("sent", "partially_sent", "failed", "cancelled")
+FINAL = FINAL_DELIVERY
 
 
 @dataclass
@@ -278,7 +279,7 @@ def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: st
 
     pairs, when = draft.pairs, draft.when
     needed = len(pairs)
-    status = "scheduled" if when is not None else "queued"
+    status = DeliveryStatus.SCHEDULED if when is not None else DeliveryStatus.QUEUED
     delivery_id = conn.execute(  # type: ignore[index]
         deliveries.insert().values(
             kind=draft.kind,
@@ -304,7 +305,7 @@ def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: st
             part["message_no"].tolist(),
             _values(part["phone"]),
             _values(part["user_id"]),
-            repeat("pending", len(part)),
+            repeat(ItemStatus.PENDING, len(part)),
             repeat(False, len(part)),
             strict=True,
         )
@@ -358,7 +359,9 @@ def send_individual(
     e164 = str(row["e164"])
     if e164 in set(people.load_optouts(ctx)):
         raise RuleError(
-            "R16", f"{mask_phone(e164)} opted out; it must not be sent to", reason="opted_out"
+            "R16",
+            f"{mask_phone(e164)} opted out; it must not be sent to",
+            reason=ItemError.OPTED_OUT,
         )
     pairs = pd.DataFrame(
         {"seq": 1, "message_no": [m.number for m in msgs], "phone": e164, "user_id": None}
@@ -372,7 +375,7 @@ def cancel(ctx: Context, delivery_id: int) -> dict[str, Any]:
     """Cancel a delivery that has not started (R12)."""
     with write(ctx.engine) as conn:
         row = _delivery(conn, delivery_id, lock=True)
-        if row.status not in ("scheduled", "queued"):
+        if row.status not in (DeliveryStatus.SCHEDULED, DeliveryStatus.QUEUED):
             raise StateError(
                 f"delivery {delivery_id} is {row.status}; only a delivery that "
                 "has not started sending can be cancelled"
@@ -380,14 +383,14 @@ def cancel(ctx: Context, delivery_id: int) -> dict[str, Any]:
         conn.execute(
             deliveries.update()
             .where(deliveries.c.id == delivery_id)
-            .values(status="cancelled", finished_at=clock.now())
+            .values(status=DeliveryStatus.CANCELLED, finished_at=clock.now())
         )
         conn.execute(
             items.update()
-            .where(items.c.delivery_id == delivery_id, items.c.status == "pending")
-            .values(status="cancelled")
+            .where(items.c.delivery_id == delivery_id, items.c.status == ItemStatus.PENDING)
+            .values(status=ItemStatus.CANCELLED)
         )
-    return {"delivery_id": delivery_id, "status": "cancelled"}
+    return {"delivery_id": delivery_id, "status": DeliveryStatus.CANCELLED}
 
 
 def _delivery(conn: Connection, delivery_id: int, lock: bool = False):  # type: ignore[no-untyped-def]
@@ -404,20 +407,22 @@ def _delivery(conn: Connection, delivery_id: int, lock: bool = False):  # type: 
 # a pair the SMSC took an error (named for the report; its ticket stays spent), and a
 # delivered or SMSC-accepted one settles an outcome_unknown pair as sent. Read here, not
 # written over the item: a report may land before dispatch records the send.
-_UNKNOWN = and_(items.c.status == "error", items.c.error == "outcome_unknown")
+_UNKNOWN = and_(items.c.status == ItemStatus.ERROR, items.c.error == ItemError.OUTCOME_UNKNOWN)
 _REPORTED_FAILED = and_(
-    or_(items.c.status == "sent", _UNKNOWN), items.c.dlr_status.in_(sorted(FAILED_DLR))
+    or_(items.c.status == ItemStatus.SENT, _UNKNOWN), items.c.dlr_status.in_(sorted(FAILED_DLR))
 )
 _REPORTED_SENT = and_(_UNKNOWN, items.c.dlr_status.in_(sorted(SETTLING_DLR)))
-ITEM_STATUS = case((_REPORTED_FAILED, "error"), (_REPORTED_SENT, "sent"), else_=items.c.status)
+ITEM_STATUS = case(
+    (_REPORTED_FAILED, ItemStatus.ERROR), (_REPORTED_SENT, ItemStatus.SENT), else_=items.c.status
+)
 ITEM_ERROR = case(
     (_REPORTED_FAILED, items.c.dlr_status), (_REPORTED_SENT, None), else_=items.c.error
 )
 
 
 def _counts(conn: Connection, ids: list[int] | None) -> dict[int, dict[str, int]]:
-    sent = func.sum(case((ITEM_STATUS == "sent", 1), else_=0))
-    errors = func.sum(case((ITEM_STATUS == "error", 1), else_=0))
+    sent = func.sum(case((ITEM_STATUS == ItemStatus.SENT, 1), else_=0))
+    errors = func.sum(case((ITEM_STATUS == ItemStatus.ERROR, 1), else_=0))
     stmt = select(items.c.delivery_id, sent, errors).group_by(items.c.delivery_id)
     if ids is not None:
         stmt = stmt.where(items.c.delivery_id.in_(ids))
@@ -436,9 +441,9 @@ def _counts(conn: Connection, ids: list[int] | None) -> dict[int, dict[str, int]
 
 def _summary(row, counts: dict[str, int], tz: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     status = row.status
-    if status in ("sent", "partially_sent", "failed"):  # as reports have since told
-        sent, errors = counts.get("sent", 0), counts.get("errors", 0)
-        status = "sent" if errors == 0 else ("failed" if sent == 0 else "partially_sent")
+    ended = (DeliveryStatus.SENT, DeliveryStatus.PARTIALLY_SENT, DeliveryStatus.FAILED)
+    if status in ended:  # as reports have since told
+        status = DeliveryStatus.finished(counts.get("sent", 0), counts.get("errors", 0))
     return {
         "id": row.id,
         "kind": row.kind,
@@ -498,11 +503,11 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
         _delivery(conn, delivery_id)
         stmt = select(*cols).where(items.c.delivery_id == delivery_id)
         if failed_only:
-            stmt = stmt.where(ITEM_STATUS == "error")
+            stmt = stmt.where(ITEM_STATUS == ItemStatus.ERROR)
         frame = fetch_frame(
             conn, stmt.order_by(items.c.seq, items.c.message_no), [c.name for c in cols]
         )
-    frame["status"] = frame["status"].replace({"sending": "pending"})
+    frame["status"] = frame["status"].replace({ItemStatus.SENDING: ItemStatus.PENDING.value})
     return frame
 
 
@@ -528,7 +533,10 @@ def waiting_demand(ctx: Context) -> pd.DataFrame:
     stmt = (
         select(deliveries.c.id, deliveries.c.kind, due.label("due"), func.count(items.c.seq))
         .join(items, items.c.delivery_id == deliveries.c.id)
-        .where(deliveries.c.status.in_(("queued", "scheduled")), items.c.status == "pending")
+        .where(
+            deliveries.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)),
+            items.c.status == ItemStatus.PENDING,
+        )
         .group_by(deliveries.c.id, deliveries.c.kind, due)
         .order_by(due, deliveries.c.id)
     )
@@ -542,7 +550,7 @@ def waiting_demand(ctx: Context) -> pd.DataFrame:
 
 # Failures that a resend must not repair: an opted-out number stays unsent (R16), and a
 # message whose outcome was lost may already have arrived.
-NOT_RESENT = ("opted_out", "outcome_unknown")  # the latter may have gone out already
+NOT_RESENT = (ItemError.OPTED_OUT, ItemError.OUTCOME_UNKNOWN)  # the latter may have gone
 
 
 def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
@@ -564,7 +572,7 @@ def failed_pairs(ctx: Context, delivery_id: int) -> pd.DataFrame:
             conn,
             select(items.c.phone, items.c.message_no).where(
                 items.c.delivery_id.in_(repairs),
-                ITEM_STATUS.in_(("sent", "pending", "sending")),
+                ITEM_STATUS.in_((ItemStatus.SENT, ItemStatus.PENDING, ItemStatus.SENDING)),
             ),
             ["phone", "message_no"],
         )

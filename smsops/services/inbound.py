@@ -14,6 +14,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from smsops import clock
+from smsops.domain.vocabulary import DlrStatus, ReplyAction
 from smsops.errors import InputError, NotFoundError, Problem, ReportRefused, SmsopsError
 from smsops.logs import mask_text
 from smsops.services.context import Context
@@ -27,19 +28,19 @@ if TYPE_CHECKING:
 
 # Kannel's DLR types (the %d of a dlr-url) and what history calls them.
 DLR_STATUSES = {
-    1: "delivered",
-    2: "undeliverable",
-    4: "buffered",
-    8: "smsc_accepted",
-    16: "smsc_rejected",
+    1: DlrStatus.DELIVERED,
+    2: DlrStatus.UNDELIVERABLE,
+    4: DlrStatus.BUFFERED,
+    8: DlrStatus.SMSC_ACCEPTED,
+    16: DlrStatus.SMSC_REJECTED,
 }
 _KNOWN_BITS = sum(DLR_STATUSES)
-FINAL_DLR = frozenset({"delivered", "undeliverable", "smsc_rejected"})
+FINAL_DLR = frozenset({DlrStatus.DELIVERED, DlrStatus.UNDELIVERABLE, DlrStatus.SMSC_REJECTED})
 # A final negative report: the pair is an error in every view and a resend repairs it
 # (R14, R15). Its ticket is not refunded: the SMSC took the message, so it was spent.
-FAILED_DLR = frozenset({"undeliverable", "smsc_rejected"})
+FAILED_DLR = frozenset({DlrStatus.UNDELIVERABLE, DlrStatus.SMSC_REJECTED})
 # The network has the message: an ``outcome_unknown`` pair was sent after all.
-SETTLING_DLR = frozenset({"delivered", "smsc_accepted"})
+SETTLING_DLR = frozenset({DlrStatus.DELIVERED, DlrStatus.SMSC_ACCEPTED})
 _KEY = re.compile(r"smsops-(\d+)-(\d+)-(\d+)")
 # An SMPP delivery receipt (``id:… sub:001 dlvrd:000 submit date:… done date:… stat:UNDELIV
 # err:001 text:…``): its state and error code are the carrier's reason; its ``text:`` (the
@@ -283,7 +284,6 @@ def record_dlrs(ctx: Context, reports: Sequence[DlrReport]) -> list[DlrResult | 
 # question, a refusal word inside other words) is kept for a person to review. Every
 # reply is stored, whatever smsops did with it.
 
-ReplyAction = Literal["opted_out", "review", "ignored"]
 # why: stop_request | already_opted_out (opted out) · negated | question | mentions_stop
 # (review) · not_a_stop_request | not_a_phone | empty (ignored)
 ReplyReason = Literal[
@@ -378,12 +378,12 @@ def classify_reply(text: str) -> tuple[ReplyAction, ReplyReason]:
     ``("ignored", "not_a_stop_request" | "empty")`` for the rest. The action is what
     :func:`handle_reply` does when the sender is a phone number.
 
-    >>> [classify_reply(t)[0] for t in ("ｽﾄｯﾌﾟ", "配信を停止してください", "停止しないで")]
+    >>> [str(classify_reply(t)[0]) for t in ("ｽﾄｯﾌﾟ", "配信を停止してください", "停止しないで")]
     ['opted_out', 'opted_out', 'review']
     """
     folded = unicodedata.normalize("NFKC", text).casefold().strip()
     if not _compact(folded):
-        return "ignored", "empty"
+        return ReplyAction.IGNORED, "empty"
     mentions = negated = question = False
     for raw in _SENTENCES.split(folded):
         sentence = raw.strip()
@@ -405,7 +405,7 @@ def classify_reply(text: str) -> tuple[ReplyAction, ReplyReason]:
             continue
         request = bool(_JA_REQUEST.search(compact))  # 停止していただけますか: not a question
         if ja and (request or not asks) and _JA_REFUSAL.fullmatch(compact):
-            return "opted_out", "stop_request"
+            return ReplyAction.OPTED_OUT, "stop_request"
         said = set(words)
         if (
             en
@@ -414,15 +414,15 @@ def classify_reply(text: str) -> tuple[ReplyAction, ReplyReason]:
             and said <= _EN_REFUSAL | _EN_FILLER
             and (bool(_EN_REFUSAL & said) or {"opt", "out"} <= said)
         ):
-            return "opted_out", "stop_request"
+            return ReplyAction.OPTED_OUT, "stop_request"
         question = question or asks
     if negated:
-        return "review", "negated"
+        return ReplyAction.REVIEW, "negated"
     if question:
-        return "review", "question"
+        return ReplyAction.REVIEW, "question"
     if mentions:
-        return "review", "mentions_stop"
-    return "ignored", "not_a_stop_request"
+        return ReplyAction.REVIEW, "mentions_stop"
+    return ReplyAction.IGNORED, "not_a_stop_request"
 
 
 def is_stop_request(text: str) -> bool:
@@ -431,7 +431,7 @@ def is_stop_request(text: str) -> bool:
     >>> [is_stop_request(t) for t in ("　ＳＴＯＰ　", "配信停止。", "停止しないで")]
     [True, True, False]
     """
-    return classify_reply(text)[0] == "opted_out"
+    return classify_reply(text)[0] == ReplyAction.OPTED_OUT
 
 
 def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
@@ -443,7 +443,7 @@ def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
 
     action, reason = classify_reply(text)
     phone: str | None = None
-    if action == "opted_out":
+    if action == ReplyAction.OPTED_OUT:
         try:
             try:
                 added = people.optout_add(ctx, sender, source="reply")
@@ -455,7 +455,7 @@ def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
             phone = str(added["phone"])
             reason = "stop_request" if added["added"] else "already_opted_out"
         except InputError:
-            action, reason = "ignored", "not_a_phone"
+            action, reason = ReplyAction.IGNORED, "not_a_phone"
     if phone is None:
         phone = _e164_or_none(sender)
     with write(ctx.engine) as conn:

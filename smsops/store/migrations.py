@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 
+from smsops.domain.vocabulary import ItemError, ItemStatus
 from smsops.store.schema import meta, metadata
 
 
@@ -226,8 +227,16 @@ def _v10_claimed_ranges(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE dispatchers ADD COLUMN gateway_record VARCHAR(512)"))
     now = datetime.now(UTC)
     at = now if conn.dialect.name == "postgresql" else now.replace(tzinfo=None)
+    # the statuses as bound values: :sending, :sent, :pending, :error, :unknown
+    words = {
+        "sending": ItemStatus.SENDING,
+        "sent": ItemStatus.SENT,
+        "pending": ItemStatus.PENDING,
+        "error": ItemStatus.ERROR,
+        "unknown": ItemError.OUTCOME_UNKNOWN,
+    }
     owners = conn.execute(
-        text("SELECT DISTINCT owner FROM delivery_items WHERE status = 'sending'")
+        text("SELECT DISTINCT owner FROM delivery_items WHERE status = :sending"), words
     ).scalars()
     for owner in list(owners):
         mark = conn.execute(
@@ -237,14 +246,15 @@ def _v10_claimed_ranges(conn: Connection) -> None:
             ),
             {"o": owner},
         ).one_or_none()
-        mine = "status = 'sending' AND owner = :o"
+        mine = "status = :sending AND owner = :o"
         if mark is not None and mark.answered_seq is not None:
             conn.execute(
                 text(
-                    f"UPDATE delivery_items SET status = 'sent', sent_at = :at, owner = NULL "
+                    f"UPDATE delivery_items SET status = :sent, sent_at = :at, owner = NULL "
                     f"WHERE {mine} AND (seq < :s OR (seq = :s AND message_no <= :m))"
                 ),
-                {"o": owner, "at": at, "s": mark.answered_seq, "m": mark.answered_message_no},
+                {"o": owner, "at": at, "s": mark.answered_seq, "m": mark.answered_message_no}
+                | words,
             )
         if mark is not None:
             after = (
@@ -254,17 +264,16 @@ def _v10_claimed_ranges(conn: Connection) -> None:
             )
             conn.execute(
                 text(
-                    "UPDATE delivery_items SET status = 'pending', owner = NULL "
-                    f"WHERE {mine}{after}"
+                    f"UPDATE delivery_items SET status = :pending, owner = NULL WHERE {mine}{after}"
                 ),
-                {"o": owner, "s": mark.handed_seq, "m": mark.handed_message_no},
+                {"o": owner, "s": mark.handed_seq, "m": mark.handed_message_no} | words,
             )
     conn.execute(  # the rest: no row left to tell, they may have gone
         text(
-            "UPDATE delivery_items SET status = 'error', error = 'outcome_unknown', "
-            "sent_at = :at, owner = NULL WHERE status = 'sending'"
+            "UPDATE delivery_items SET status = :error, error = :unknown, "
+            "sent_at = :at, owner = NULL WHERE status = :sending"
         ),
-        {"at": at},
+        {"at": at} | words,
     )
 
 
