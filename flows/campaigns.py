@@ -33,6 +33,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
 from smsops import i18n
+from smsops.domain.vocabulary import DeliveryStatus
 from smsops.errors import (
     DeliveryFailed,
     InputError,
@@ -269,7 +270,7 @@ def create_bulk(
         get_run_logger().info("not confirmed: nothing saved (run again with confirm=true)")
         return {**preview.to_dict(), "delivery_id": None}
     created = dl.create_bulk(ctx, preview)
-    if created.status != "queued":
+    if created.status != DeliveryStatus.QUEUED:
         return created.to_dict()
     return _sent_now(created.to_dict(), created.delivery_id)  # R12: now, as a subflow
 
@@ -401,7 +402,7 @@ def dispatch_delivery(
     reasons = errors_by_reason(ctx, delivery_id) if result["errors"] else {}
     _summary_artifact(ctx, delivery_id, result["status"], reasons)
     outcome = _outcome(result, reasons)
-    if result["status"] == "failed":
+    if result["status"] == DeliveryStatus.FAILED:
         get_run_logger().error("%s", outcome)
         raise DeliveryFailed(outcome, **result, errors_by_reason=reasons)
     get_run_logger().info("%s", outcome)
@@ -504,6 +505,6 @@ def resend_failures(
     """R15: a new delivery of exactly the failed pairs of ``delivery_id``."""
     created = dl.resend_bulk(_context(), delivery_id, at=at)
     result = {**created.to_dict(), "resend_of": delivery_id}
-    if created.status != "queued":
+    if created.status != DeliveryStatus.QUEUED:
         return result
     return _sent_now(result, created.delivery_id)

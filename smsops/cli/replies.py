@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from smsops import i18n
 from smsops.cli.common import JsonOpt, cell, command, context, emit, out
+from smsops.domain.vocabulary import ReplyAction
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -26,10 +26,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(replies_app, name="replies")
 
 
-class Action(StrEnum):
-    opted_out = "opted_out"
-    review = "review"
-    ignored = "ignored"
+Action = ReplyAction  # the choices of --action
 
 
 @replies_app.command("list")
@@ -64,7 +61,7 @@ def replies_list(
                 str(r.id), cell(r.received_at), r.sender, escape(r.text), r.action, cell(r.reason)
             )
         out.print(table)
-        review = sum(r.action == "review" for r in rows)
+        review = sum(r.action == ReplyAction.REVIEW for r in rows)
         out.print(
             i18n._("{n} replies, {review} to review").format(
                 n=i18n.number(len(rows)), review=i18n.number(review)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from smsops import i18n
+from smsops.domain.vocabulary import Exclusion, ItemStatus
 from smsops.errors import ReportError as ReportError  # defined there, importable here
 from smsops.i18n import N_, _, language
 from smsops.services.context import Context
@@ -40,14 +41,19 @@ _LABELS = {
     "status": N_("status"),
     "error": N_("error"),
 }
-STATUS_COLORS = {"sent": GREEN, "error": RED, "pending": GREY, "cancelled": LIGHT}
-REASON_LABELS = {
-    "phone_field_disabled": N_("phone field disabled (R2)"),
-    "no_phone": N_("no phone number (R2)"),
-    "malformed": N_("malformed number (R3)"),
-    "not_mobile": N_("not a JP mobile (R3)"),
-    "opted_out": N_("opted out (R16)"),
-    "duplicate": N_("duplicate number (R5)"),
+STATUS_COLORS: dict[str, str] = {
+    ItemStatus.SENT: GREEN,
+    ItemStatus.ERROR: RED,
+    ItemStatus.PENDING: GREY,
+    ItemStatus.CANCELLED: LIGHT,
+}
+REASON_LABELS: dict[str, str] = {
+    Exclusion.PHONE_FIELD_DISABLED: N_("phone field disabled (R2)"),
+    Exclusion.NO_PHONE: N_("no phone number (R2)"),
+    Exclusion.MALFORMED: N_("malformed number (R3)"),
+    Exclusion.NOT_MOBILE: N_("not a JP mobile (R3)"),
+    Exclusion.OPTED_OUT: N_("opted out (R16)"),
+    Exclusion.DUPLICATE: N_("duplicate number (R5)"),
 }
 # Japanese fonts matplotlib may find, best first (fonts-noto-cjk, fonts-ipaexfont, macOS,
 # Windows): a chart in Japanese drawn without one shows boxes (tofu) for every character.

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from smsops.domain.phones import mask_phones
+from smsops.domain.vocabulary import DlrStatus, ItemError, ItemStatus, ReplyAction
 from smsops.i18n import N_, _, language, local_time, number
 from smsops.reports.common import (
     _LABELS,
@@ -33,13 +34,13 @@ from smsops.services.dispatch import send_if_due
 
 # What an error reason means, beside the reason itself (which stays as it is: programs and
 # `deliveries errors --csv` read it).
-ERROR_MEANINGS = {
-    "insufficient_tickets": N_("tickets ran out (R10)"),
-    "opted_out": N_("opted out (R16)"),
-    "outcome_unknown": N_("may have gone out"),
+ERROR_MEANINGS: dict[str, str] = {
+    ItemError.INSUFFICIENT_TICKETS: N_("tickets ran out (R10)"),
+    ItemError.OPTED_OUT: N_("opted out (R16)"),
+    ItemError.OUTCOME_UNKNOWN: N_("may have gone out"),
     "rejected_by_carrier": N_("refused by the carrier"),
-    "undeliverable": N_("not delivered"),
-    "smsc_rejected": N_("refused by the SMSC"),
+    DlrStatus.UNDELIVERABLE: N_("not delivered"),
+    DlrStatus.SMSC_REJECTED: N_("refused by the SMSC"),
 }
 
 
@@ -164,7 +165,7 @@ class DeliveryReport:
         """Errors by reason; orange ones would be resent, grey ones never are (R16)."""
         if self.summary is None:
             return Note(_("_No delivery._"))
-        errors = self.items.loc[self.items["status"] == "error", "error"].value_counts()
+        errors = self.items.loc[self.items["status"] == ItemStatus.ERROR, "error"].value_counts()
         if errors.empty:
             return Note(_("**No errors**: every message that was sent was accepted."))
         fig, ax = _figure(7, 0.45 * len(errors) + 1.4)
@@ -223,7 +224,7 @@ class DeliveryReport:
     def failed_note(self, rows: int = ROWS) -> Note:
         if self.summary is None:
             return Note(_("_Nothing to show._"))
-        error = self.items.loc[self.items["status"] == "error", "error"]
+        error = self.items.loc[self.items["status"] == ItemStatus.ERROR, "error"]
         never = int(error.isin(dl.NOT_RESENT).sum())  # opted out, or may have gone out
         repaired = len(error) - never - len(self.failed_pairs)  # by resends, or opted out since
         if self.failed_pairs.empty:
@@ -292,10 +293,8 @@ class DeliveryReport:
         if frame.empty:
             return Note(_("**No replies**{since}.").format(since=since))
         counts = frame["action"].value_counts()
-        review = int(counts.get("review", 0))
-        by = ", ".join(
-            f"{number(int(counts.get(a, 0)))} {a}" for a in ("opted_out", "review", "ignored")
-        )
+        review = int(counts.get(ReplyAction.REVIEW, 0))
+        by = ", ".join(f"{number(int(counts.get(a, 0)))} {a}" for a in ReplyAction)
         note = _("**{n} replies**{since}: {by}.").format(n=number(len(frame)), since=since, by=by)
         if review:
             shown = (
@@ -312,7 +311,7 @@ class DeliveryReport:
     def replies(self, rows: int = ROWS) -> pd.DataFrame | None:
         """The replies to review (a refusal or not? R16), newest first, senders masked."""
         frame, _since = self._replies_since()
-        review = frame[frame["action"] == "review"].head(rows)
+        review = frame[frame["action"] == ReplyAction.REVIEW].head(rows)
         if review.empty:
             return None
         out = review.set_index("id")[["received_at", "sender", "text", "reason"]]
