@@ -64,3 +64,12 @@ def allocate_plan(pairs: pd.DataFrame, balance: int) -> DataFrame[SendPlan]:
     out = pairs[["seq", "message_no"]].reset_index(drop=True)
     out = out.assign(status=pd.array(status, dtype=STRING))
     return DataFrame[SendPlan](out)
+
+
+def funded_pairs(pairs: int, balance: int) -> int:
+    """R10: how many of ``pairs`` waiting in send order ``balance`` tickets fund — the
+    first ones, as :func:`allocate_plan` plans them (the store needs only the count and
+    the last funded pair, never the pairs themselves)."""
+    if pairs < 0 or balance < 0:
+        raise ValueError(f"pairs and balance must be >= 0, got {pairs} and {balance}")
+    return min(pairs, balance)

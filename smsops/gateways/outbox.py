@@ -60,16 +60,20 @@ class OutboxGateway:
         the group before it as answered (its lines are on disk): after a crash only the
         last group is in doubt to a resume that cannot read this outbox."""
         step = len(batch) if self._limiter is None else max(1, math.ceil(self._limiter.rate / 20))
-        written: list[Answer] = []
+        written: pd.DataFrame | None = None  # the group before: on disk, so answered
         for start in range(0, len(batch), max(step, 1)):
             group = batch.iloc[start : start + step]
             if hand_off is not None:
-                hand_off(start + len(group), written)
+                answered: list[Answer] = (
+                    []
+                    if written is None
+                    else [(str(k), ItemStatus.SENT, None) for k in written["idempotency_key"]]
+                )
+                hand_off(start + len(group), answered)
             if self._limiter is not None:
                 self._limiter.wait(len(group))  # they go out in one write
             self._append(group)
-            if hand_off is not None:
-                written = [(str(k), ItemStatus.SENT, None) for k in group["idempotency_key"]]
+            written = group
         return pd.DataFrame(
             {
                 "idempotency_key": batch["idempotency_key"].to_numpy(),
@@ -82,7 +86,11 @@ class OutboxGateway:
     def _append(self, batch: pd.DataFrame) -> None:
         with self._locked():
             self._catch_up()
-            fresh = batch[~batch["idempotency_key"].astype(str).isin(self._held)]
+            # the batch's keys against the held set, not the set against the batch:
+            # the set grows with the file (every key any process wrote to it)
+            held = self._held
+            fresh_rows = [str(k) not in held for k in batch["idempotency_key"]]
+            fresh = batch if all(fresh_rows) else batch[fresh_rows]
             if fresh.empty:
                 return
             self._write(_lines(fresh))

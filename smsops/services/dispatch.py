@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select, text, tuple_
 
 from smsops import clock
-from smsops.domain.tickets import SENT, allocate_plan
+from smsops.domain.tickets import funded_pairs
 from smsops.domain.vocabulary import DeliveryStatus, ItemError, ItemStatus
 from smsops.errors import GatewayError, NotFoundError, SmsopsError, StateError
 from smsops.gateways import Answer, Gateway, HandOff, idempotency_keys
@@ -53,7 +53,7 @@ from smsops.services.context import Context
 from smsops.services.deliveries import FINAL, Created, delivery_summary
 from smsops.services.liveness import db_now, live_dispatchers, process_id, register
 from smsops.store import read, write
-from smsops.store.bulk import execute_many, execute_one, fetch_frame
+from smsops.store.bulk import execute_many, execute_one
 from smsops.store.schema import deliveries, dispatchers, items, ledger, optouts
 
 if TYPE_CHECKING:  # pandas is imported where frames are built: dispatch-due with nothing
@@ -423,7 +423,7 @@ def _pending(delivery_id: int) -> Any:
 
 def _allocate(ctx: Context, delivery_id: int) -> None:
     """R10 at send time: opted-out numbers leave (R16), then the balance is spent over the
-    pairs in order (allocate_plan) and debited at once (R11); the rest are errors. A bulk
+    pairs in order (funded_pairs) and debited at once (R11); the rest are errors. A bulk
     delivery of an account no longer on Standard or above sends nothing (R1)."""
     with write(ctx.engine) as conn:
         allocated, kind = conn.execute(
@@ -450,28 +450,25 @@ def _allocate(ctx: Context, delivery_id: int) -> None:
             .values(status=ItemStatus.ERROR, error=ItemError.OPTED_OUT, sent_at=now)
         )
         balance = lock_balance(conn)
-        pairs = fetch_frame(
-            conn,
-            select(items.c.seq, items.c.message_no)
-            .where(_pending(delivery_id))
-            .order_by(items.c.seq, items.c.message_no),
-            ["seq", "message_no"],
-        )
-        plan = allocate_plan(pairs, balance)
-        funded = int((plan["status"] == SENT).sum())
+        # R10: the first pairs in send order are funded, the rest are not — counted and
+        # bounded in the store, the pairs never read out (1.5M of them at 1M users)
+        pending = select(items.c.seq, items.c.message_no).where(_pending(delivery_id))
+        total = conn.execute(select(func.count()).select_from(pending.subquery())).scalar_one()
+        funded = funded_pairs(total, balance)
         if funded:
             conn.execute(
                 ledger.insert().values(
                     at=now, kind="debit", amount=-funded, delivery_id=delivery_id
                 )
             )
-        if funded < len(plan):  # the pairs after the last funded one: no ticket left
+        if funded < total:  # the pairs after the last funded one: no ticket left
             unfunded = items.update().where(_pending(delivery_id))
             if funded:
-                last = plan.iloc[funded - 1]
+                last = conn.execute(
+                    pending.order_by(items.c.seq, items.c.message_no).offset(funded - 1).limit(1)
+                ).one()
                 unfunded = unfunded.where(
-                    tuple_(items.c.seq, items.c.message_no)
-                    > tuple_(int(last["seq"]), int(last["message_no"]))
+                    tuple_(items.c.seq, items.c.message_no) > tuple_(last.seq, last.message_no)
                 )
             conn.execute(
                 unfunded.values(

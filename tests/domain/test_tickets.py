@@ -76,3 +76,15 @@ def test_r10_never_more_than_the_balance_and_always_a_prefix(recipients, message
 def test_r6_r10_impossible_inputs_are_a_clear_value_error(args, said):
     with pytest.raises(ValueError, match=said):
         allocate_tickets(*args)
+
+
+@pytest.mark.parametrize(
+    ("recipients", "messages", "balance"), [(10, 2, 15), (3, 1, 0), (4, 2, 8), (5, 2, 99)]
+)
+def test_r10_funded_pairs_counts_what_the_plan_funds(recipients, messages, balance):
+    """The dispatcher counts funded pairs in the store (funded_pairs); the plan says the
+    same: the first ``balance`` pairs in send order."""
+    from smsops.domain.tickets import allocate_tickets, funded_pairs
+
+    plan = allocate_tickets(recipients, messages, balance)
+    assert funded_pairs(recipients * messages, balance) == int((plan["status"] == "sent").sum())
