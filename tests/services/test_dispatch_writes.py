@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pandas as pd
 from sqlalchemy import text
-from support import mobile
+from support import add_users, mobile
 
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services.dispatch import dispatch
-from smsops.services.people import optout_add, upsert_users
+from smsops.services.people import optout_add
 
 SQLITE_TRIGGER = [
     "CREATE TABLE item_writes (delivery_id INTEGER, seq INTEGER, message_no INTEGER)",
@@ -52,12 +51,7 @@ def _writes(ctx, delivery_id: int) -> Counter[tuple[int, int]]:
 
 def test_issue12_each_item_is_written_at_most_twice_by_dispatch(ctx):
     n = 60  # × 2 messages, in chunks of 7 (the test settings): many chunk boundaries
-    upsert_users(
-        ctx,
-        pd.DataFrame(
-            {"user_id": [f"u{i}" for i in range(n)], "phone": [mobile(i) for i in range(n)]}
-        ),
-    )
+    add_users(ctx, [mobile(i) for i in range(n)])
     accounts.add_tickets(ctx, 2 * n)
     created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["一通目", "二通目"]))
     for i in range(3):  # R10: the balance drops before it is sent
