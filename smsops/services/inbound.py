@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from smsops import clock
@@ -95,6 +96,23 @@ def installation_id(ctx: Context) -> str:
     """This installation's id (made on first use), which its delivery reports carry."""
     with write(ctx.engine) as conn:
         return schema.installation_id(conn)
+
+
+# An installation's id never changes once made: read once per database, not per batch of
+# reports (a round trip each on PostgreSQL).
+_INSTALLATIONS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def _installation(conn: Connection) -> str:
+    known = _INSTALLATIONS.get(conn.engine)
+    if known is None:
+        known = conn.execute(
+            select(schema.meta.c.value).where(schema.meta.c.key == schema.INSTALLATION_KEY)
+        ).scalar()
+        if known is None:  # made in this transaction: remembered once it has committed
+            return schema.installation_id(conn)
+        _INSTALLATIONS[conn.engine] = known
+    return known
 
 
 def _replaces(current: str | None, current_at: datetime | None, new: str, at: datetime) -> bool:
@@ -204,7 +222,7 @@ def record_dlrs(ctx: Context, reports: Sequence[DlrReport]) -> list[DlrResult | 
     outcomes: list[DlrResult | SmsopsError] = []
     changes: dict[tuple[int, int, int], dict[str, object]] = {}
     with write(ctx.engine) as conn:
-        ours = schema.installation_id(conn) if any(r.installation for r in reports) else None
+        ours = _installation(conn) if any(r.installation for r in reports) else None
         # (status, at, ref) of each message, as this batch leaves it so far
         rows = conn.execute(
             select(
