@@ -89,8 +89,10 @@ class OutboxGateway:
             # the batch's keys against the held set, not the set against the batch:
             # the set grows with the file (every key any process wrote to it)
             held = self._held
-            fresh_rows = [str(k) not in held for k in batch["idempotency_key"]]
-            fresh = batch if all(fresh_rows) else batch[fresh_rows]
+            fresh = batch
+            if held:  # usually empty: only keys other processes wrote are held
+                fresh_rows = [str(k) not in held for k in batch["idempotency_key"]]
+                fresh = batch if all(fresh_rows) else batch[fresh_rows]
             if fresh.empty:
                 return
             self._write(_lines(fresh))
