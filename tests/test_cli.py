@@ -96,6 +96,32 @@ def test_users_import_is_all_or_nothing_and_names_file_row_column(cli):
     cli("users", "import", str(cli.tmp / "missing.csv"), code=1)
 
 
+def test_issue11_users_import_mode_replace_makes_missing_users_inactive_never_deleted(cli):
+    """`users import --mode replace` (#11): a full export; stored users it lacks become
+    inactive — counted, kept in the table and in history (R14), never selected — and the
+    default (upsert) makes a user it holds active again."""
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2), mobile(3)])))
+    cli("tickets", "add", "3")
+    sent = as_json(cli("bulk", "create", "-m", "hi", "--yes", "--json"))
+
+    full = users_csv(cli.tmp, [mobile(1)], "full.csv")  # u1 only
+    shown = cli("users", "import", str(full), "--mode", "replace")
+    assert "2 users not in the export are now inactive" in shown.stdout
+    again = as_json(cli("users", "import", str(full), "--mode", "replace", "--json"))
+    assert again == {"rows": 1, "users_total": 3, "phone_column": "phone", "deactivated": 0}
+    preview = as_json(cli("bulk", "preview", "-m", "hi", "--json"))
+    assert preview["recipients"] == 1
+    assert "2 inactive users" in preview["diagnosis"]
+    history = as_json(cli("deliveries", "show", str(sent["delivery_id"]), "--json"))
+    assert [i["phone"] for i in history["items"]] == [e164(1), e164(2), e164(3)]
+
+    # upsert (the default) adds and updates only; the file's u2 is active again
+    back = users_csv(cli.tmp, [mobile(1), mobile(2)], "back.csv")
+    assert "deactivated" not in as_json(cli("users", "import", str(back), "--json"))
+    assert as_json(cli("bulk", "preview", "-m", "hi", "--json"))["recipients"] == 2
+    cli("users", "import", str(back), "--mode", "delete", code=2)
+
+
 def test_optout_import_add_remove(cli):
     path = cli.tmp / "optouts.csv"
     path.write_text(f"phone\n{mobile(1)}\n{mobile(2)}\n", encoding="utf-8")

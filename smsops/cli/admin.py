@@ -153,35 +153,57 @@ Encoding = Annotated[
 ]
 
 
+class ImportMode(enum.Enum):
+    upsert = "upsert"
+    replace = "replace"
+
+
 @users_app.command("import")
 @command
 def users_import(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="User table CSV files.")],
+    mode: Annotated[
+        ImportMode,
+        typer.Option(
+            help="upsert: add and update users; replace: the files are a full export, and "
+            "users missing from them become inactive (kept with their history, never "
+            "selected)."
+        ),
+    ] = ImportMode.upsert,
     encoding: Encoding = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Add or update users from CSV files, all files or nothing.
 
     Each file has user_id and a phone column (R3). A problem is refused by file, row,
-    line and column, and nothing is stored. Example: smsops users import members.csv"""
+    line and column, and nothing is stored. With --mode replace, stored users the files
+    do not hold become inactive (never deleted). Example: smsops users import members.csv
+    --mode replace"""
     from smsops.services import people
 
     with context(as_json) as ctx:
-        result = people.import_users(ctx, files, encoding=encoding)
-    emit(
-        as_json,
-        result.to_dict(),
-        lambda: out.print(
+        result = people.import_users(
+            ctx, files, encoding=encoding, replace=mode is ImportMode.replace
+        )
+
+    def show() -> None:
+        out.print(
             i18n._("imported {rows} rows; {users} users in total").format(
                 rows=i18n.number(result.rows), users=i18n.number(result.users_total)
             )
-        ),
-    )
+        )
+        if result.deactivated is not None:
+            out.print(
+                i18n._("{count} users not in the export are now inactive").format(
+                    count=i18n.number(result.deactivated)
+                )
+            )
+
+    emit(as_json, result.to_dict(), show)
 
 
-class WatchMode(enum.Enum):
-    upsert = "upsert"
-    replace = "replace"
+# `users watch` takes the same modes
+WatchMode = ImportMode
 
 
 @users_app.command("watch")
