@@ -454,9 +454,12 @@ def main() -> int:
 
         def history() -> tuple[list[dict[str, object]], int, int]:
             listed = deliveries.list_deliveries(ctx)
-            every = deliveries.delivery_items(ctx, created.delivery_id)
-            failed = deliveries.delivery_items(ctx, created.delivery_id, failed_only=True)
-            return listed, len(every), len(failed)
+            # the detail read batch by batch, as `deliveries show` and notebooks page it:
+            # memory bounded by a batch, not by the history (#12)
+            d = created.delivery_id
+            every = sum(map(len, deliveries.iter_delivery_items(ctx, d)))
+            failed = sum(map(len, deliveries.iter_delivery_items(ctx, d, failed_only=True)))
+            return listed, every, failed
 
         listed, item_rows, failed_rows = timed(
             stages, "history", pairs, "pairs", history, counted=False

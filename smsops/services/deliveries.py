@@ -4,7 +4,7 @@ R12), individual sends, cancel, history (R14) and resend (R15). Sending is dispa
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
@@ -484,8 +484,32 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
     """R14: every (number, message) of a delivery with its status and error reason.
     ``sending`` (handed to the gateway, outcome not recorded yet) reads as pending; a
     final negative delivery report reads as an error named for it (``undeliverable``,
-    ``smsc_rejected``), a delivered one as settling ``outcome_unknown`` (sent)."""
-    from smsops.store.bulk import fetch_frame
+    ``smsc_rejected``), a delivered one as settling ``outcome_unknown`` (sent).
+    Read in batches (:func:`iter_delivery_items`): never more than the frame and one
+    batch as Python rows (#12)."""
+    import pandas as pd
+
+    parts = list(iter_delivery_items(ctx, delivery_id, failed_only=failed_only))
+    if len(parts) == 1:
+        return parts[0]
+    # a batch whose times are all missing holds them as None (object): the whole frame
+    # has them as datetimes with NaT, as one read of every row would
+    times = {c for p in parts for c in p.columns if p[c].dtype.kind == "M"}
+    frame = pd.concat(parts, ignore_index=True)
+    del parts
+    for name in times:
+        frame[name] = pd.to_datetime(frame[name])
+    return frame
+
+
+def iter_delivery_items(
+    ctx: Context, delivery_id: int, *, failed_only: bool = False, batch: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """:func:`delivery_items` in frames of at most ``batch`` rows (default
+    ``settings.write_batch``), in (seq, message_no) order, read one batch at a time from
+    one snapshot: a history of millions of pairs in bounded memory (#12). Always yields
+    at least one frame (empty when there is nothing to read)."""
+    from smsops.store.bulk import fetch_frames
 
     cols = [
         items.c.seq,
@@ -499,16 +523,24 @@ def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False)
         items.c.dlr_at,
         items.c.dlr_reason,  # the SMSC's answer with the report (``stat:UNDELIV err:001``)
     ]
+    names = [c.name for c in cols]
     with read(ctx.engine) as conn:
         _delivery(conn, delivery_id)
         stmt = select(*cols).where(items.c.delivery_id == delivery_id)
         if failed_only:
             stmt = stmt.where(ITEM_STATUS == ItemStatus.ERROR)
-        frame = fetch_frame(
-            conn, stmt.order_by(items.c.seq, items.c.message_no), [c.name for c in cols]
-        )
-    frame["status"] = frame["status"].replace({ItemStatus.SENDING: ItemStatus.PENDING.value})
-    return frame
+        stmt = stmt.order_by(items.c.seq, items.c.message_no)
+        empty = True
+        for frame in fetch_frames(conn, stmt, names, batch or ctx.settings.write_batch):
+            empty = False
+            frame["status"] = frame["status"].replace(
+                {ItemStatus.SENDING: ItemStatus.PENDING.value}
+            )
+            yield frame
+        if empty:
+            import pandas as pd
+
+            yield pd.DataFrame(columns=names)
 
 
 def iso_times(values: pd.Series, tz: str) -> pd.Series:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -94,6 +94,22 @@ def fetch_frame(conn: Connection, stmt: Executable, columns: Sequence[str]) -> p
 
     rows = conn.execute(stmt).all()
     return pd.DataFrame([tuple(r) for r in rows], columns=list(columns))
+
+
+def fetch_frames(
+    conn: Connection, stmt: Executable, columns: Sequence[str], batch: int
+) -> Iterator[pd.DataFrame]:
+    """A query's rows as DataFrames of at most ``batch`` rows each, as :func:`fetch_frame`
+    builds them, fetched batch by batch (a server-side cursor on PostgreSQL): only one
+    batch is ever held as Python rows (#12)."""
+    import pandas as pd
+
+    result = conn.execution_options(yield_per=max(batch, 1)).execute(stmt)
+    try:
+        for rows in result.partitions():
+            yield pd.DataFrame([tuple(r) for r in rows], columns=list(columns))
+    finally:
+        result.close()
 
 
 def driver_time(conn: Connection, value: datetime) -> object:

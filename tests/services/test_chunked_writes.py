@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pg import create_database
 from sqlalchemy import select
@@ -149,3 +150,24 @@ def test_a_bad_row_in_the_last_batch_imports_nothing(stores, tmp_path):
     assert "bad.csv" in str(refused.value)
     assert "row 5, column 'user_id': is empty (required) (line 6)" in str(refused.value)
     assert _users(small) == before  # the earlier batches' updates and users are not there
+
+
+def test_r14_history_is_read_batch_by_batch_and_matches_one_read(stores, tmp_path):
+    """#12: a delivery's detail (R14) comes out ``write_batch`` rows at a time, never the
+    whole history as Python rows; the batches together are the one-read frame."""
+    small, _ = stores
+    _run(small, tmp_path)
+    (last,) = dl.list_deliveries(small, limit=1)
+    batches = list(dl.iter_delivery_items(small, last["id"]))
+    assert [len(b) for b in batches] == [SMALL] * 5 + [1]  # 16 pairs, 3 at a time
+    whole = dl.delivery_items(small, last["id"])
+    assert len(whole) == 16
+    joined = pd.concat(batches, ignore_index=True)
+    assert joined.astype(object).where(joined.notna(), None).values.tolist() == (
+        whole.astype(object).where(whole.notna(), None).values.tolist()
+    )
+    assert [(s, m) for s, m in zip(whole["seq"], whole["message_no"], strict=True)] == [
+        (s, m) for s in range(1, 9) for m in (1, 2)
+    ]
+    failed = list(dl.iter_delivery_items(small, last["id"], failed_only=True))
+    assert [len(b) for b in failed] == [0]  # nothing sent yet: one empty frame
