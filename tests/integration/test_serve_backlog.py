@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,12 +39,15 @@ def test_serve_collapses_a_backlog_of_dispatch_due_runs_and_still_runs_create_bu
     assert took < 90, f"create-bulk took {took:.0f} s behind the backlog"
     lines = (tmp_path / "outbox.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 20
-    # the backlog collapsed: at most one overdue run did the work (besides the schedule's
-    # own first run), every other one was cancelled without running
-    kinds = [s.type.value for s, _ in states]
-    assert kinds.count("COMPLETED") <= 2, kinds
-    assert kinds.count("CANCELLED") >= BACKLOG - 1, kinds
-    assert not [s for s, _ in states if s.type.value not in ("COMPLETED", "CANCELLED")]
+    # the backlog collapsed: one overdue run did the work and cancelled the others. Two
+    # may run: Prefect's deployment limit can, rarely, let a second run take the slot
+    # while the first is collapsing the rest (CI saw 2 completed, 28 cancelled); the
+    # schedule's own first run is at the next whole hour, so it is not among them.
+    kinds = Counter(s.type.value for s, _ in states)
+    seen = Counter((s.type.value, s.name, m) for s, m in states)  # the whole story on failure
+    assert len(states) >= BACKLOG, seen
+    assert 1 <= kinds["COMPLETED"] <= 2, seen
+    assert kinds["CANCELLED"] == len(states) - kinds["COMPLETED"], seen
     reasons = {m for s, m in states if s.type.value == "CANCELLED"}
     assert all(
         r.startswith("collapsed into run") or r == "Deployment concurrency limit reached."
