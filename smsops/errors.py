@@ -1,7 +1,8 @@
 """The errors smsops raises. Every refusal is an :class:`SmsopsError` with one clear line.
 
-Front doors print ``str(error)`` and exit 1; nothing below them prints or exits. Each
-error has a ``code`` (the ``"error"`` of a ``--json`` document) and says whether it is
+Front doors print ``error.human()`` (the line in the reader's language, #15; ``str`` of
+the error stays English) and exit 1; nothing below them prints or exits. Each error has a
+``code`` (the ``"error"`` of a ``--json`` document) and says whether it is
 ``transient``: whether the same work, tried again later with nothing changed, may
 succeed. Prefect retries only transient ones (``flows/campaigns.py``).
 
@@ -37,10 +38,90 @@ Every error pickles to the same type, line and attributes (``__reduce__``, as dl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from smsops.i18n import N_
 from smsops.logs import mask_text
+
+
+class Text(str):
+    """An English line that keeps its template and values (#15): ``str`` of it is the
+    English line, which ``--json``, Prefect states and logs keep; :meth:`render` is the
+    line in the reader's language, ``_(template).format(**values)``, numbers written as
+    the reader writes them. Mark the template with ``N_()`` where it is written, so that
+    the catalog has it::
+
+        raise ConfigError(Text(N_("unknown gateway {name}"), name=repr(name)))
+
+    A value may be a Text itself (rendered too); :meth:`joined` puts several together.
+    """
+
+    template: str
+    params: dict[str, object]
+    parts: tuple[Text, ...]
+    sep: str
+
+    def __new__(cls, template: str, /, **params: object) -> Text:
+        self = super().__new__(cls, template.format(**params))
+        self.template, self.params, self.parts, self.sep = template, params, (), ""
+        return self
+
+    @classmethod
+    def joined(cls, parts: Sequence[Text], sep: str = "; ") -> Text:
+        """``parts`` as one line, ``sep`` between them (``; `` is ``。`` in Japanese)."""
+        self = super().__new__(cls, sep.join(parts))
+        self.template, self.params, self.parts, self.sep = "", {}, tuple(parts), sep
+        return self
+
+    def render(self) -> str:
+        """The line in the reader's language (English: the line itself)."""
+        from smsops.i18n import _, language, number
+
+        if language() == "en":
+            return str(self)
+        if self.parts:
+            sep = _JOINS.get(self.sep, self.sep)
+            return sep.join(part.render() for part in self.parts)
+
+        def value(v: object) -> object:
+            if isinstance(v, Text):
+                return v.render()
+            return number(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+        return _(self.template).format(**{k: value(v) for k, v in self.params.items()})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_text, (self.template, self.params, self.parts, self.sep))
+
+
+_JOINS = {"; ": "。", ", ": "、", ": ": "："}  # how Japanese joins clauses
+
+# The reasons the OS gives for a file smsops cannot make, open or write, as catalog entries:
+# errno's own English (strerror) is what --json and logs keep.
+OS_REASONS: tuple[str, ...] = (
+    N_("No such file or directory"),
+    N_("Permission denied"),
+    N_("File exists"),
+    N_("Not a directory"),
+    N_("Is a directory"),
+    N_("No space left on device"),
+    N_("File too large"),
+    N_("Read-only file system"),
+    N_("Disk quota exceeded"),
+)
+
+
+def os_reason(exc: OSError) -> str:
+    """Why the OS refused, as its English reason; a :class:`Text` (translated when shown)
+    when the catalog has it."""
+    reason = exc.strerror or str(exc)
+    return Text(reason) if reason in OS_REASONS else reason
+
+
+def _text(template: str, params: dict[str, object], parts: tuple[Text, ...], sep: str) -> Text:
+    return Text.joined(parts, sep) if parts else Text(template, **params)
 
 
 class SmsopsError(Exception):
@@ -52,12 +133,24 @@ class SmsopsError(Exception):
     transient: ClassVar[bool] = False
 
     def __init__(self, message: str, **details: object) -> None:
+        # the template and values of a line raised as a Text (#15), for human()
+        self.text = message if isinstance(message, Text) else None
         # Errors travel far (stderr, Prefect states and logs, notebooks): a phone number
         # in one, say the value a user typed, is masked here, once for every front door.
-        message = mask_text(message)
+        message = mask_text(str(message))
         super().__init__(message)
         self.message = message
         self.details = {k: mask_text(v) if isinstance(v, str) else v for k, v in details.items()}
+
+    def human(self) -> str:
+        """The line a person reads, in their language (#15): a line raised as a
+        :class:`Text` is rendered from its template; any other is matched against the
+        English templates of :mod:`smsops.refusals`. ``message`` stays English."""
+        if self.text is not None:
+            return mask_text(self.text.render())
+        from smsops.refusals import localize
+
+        return localize(self.message)
 
     def to_dict(self) -> dict[str, object]:
         return {"error": self.code, "message": self.message, **self.details}
@@ -92,6 +185,12 @@ class RuleError(SmsopsError):
     def __init__(self, rule: str, message: str, **details: object) -> None:
         super().__init__(f"{rule}: {message}", rule=rule, **details)
         self.rule = rule
+        self.text = message if isinstance(message, Text) else None
+
+    def human(self) -> str:
+        if self.text is not None:
+            return f"{self.rule}: {mask_text(self.text.render())}"
+        return super().human()
 
 
 class PlanError(RuleError):
@@ -180,6 +279,14 @@ class InputError(SmsopsError):
         )
         self.source = source
         self.problems = problems
+        self.limit = limit
+
+    def human(self) -> str:
+        """Source and problems in the reader's language, rebuilt from the problems (not
+        matched out of the English line)."""
+        from smsops.refusals import input_error
+
+        return mask_text(input_error(self))
 
 
 class QueryError(InputError):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from smsops.i18n import N_, _, language, number
+from smsops.errors import OS_REASONS, InputError, Problem
+from smsops.i18n import N_, _, language, ngettext, number
 
 # A placeholder with one of these names matches a number (1550 or 1,550) only, so that
 # "{n} users have no phone number" cannot swallow the clause before it.
@@ -34,8 +35,15 @@ _NUMERIC = frozenset(
         "got",
         "picked",
         "of",
+        "row",
+        "line",
+        "byte",
+        "offset",
     }
 )
+# A placeholder with one of these names holds a clause of its own, translated in turn:
+# "{problem} (line {line})" around any problem of a table.
+_NESTED = frozenset({"problem", "other", "failed", "detail"})
 
 TEMPLATES: tuple[str, ...] = (
     # R1
@@ -95,6 +103,19 @@ TEMPLATES: tuple[str, ...] = (
     N_("cannot read the send time {text}: use ISO 8601 such as 2026-12-01 10:00"),
     N_("the send time {at} is in the past (now {now})"),
     N_("the send time has passed since the preview; preview again"),
+    # the sending window (#11)
+    N_("the send time {at} is outside the sending window {window} ({tz})"),
+    N_("now ({now}) is outside the sending window {window} ({tz})"),
+    N_(
+        "the next time it could go is {at} (give --at then, or --outside-window to send "
+        "outside it on purpose)"
+    ),
+    N_("cannot read the sending window {text}: use HH:MM-HH:MM such as 09:00-20:00, or off"),
+    N_("the sending window {text} names a time that does not exist"),
+    N_(
+        "the sending window {text} is empty or the whole day: start and end must differ "
+        "(off: no window)"
+    ),
     # R13
     N_("a delivery is saved only once confirmed: review `smsops bulk preview`, then add --yes"),
     N_("not confirmed; nothing was saved"),
@@ -116,7 +137,131 @@ TEMPLATES: tuple[str, ...] = (
     N_("{phone} is not on the opt-out list"),
     # tickets
     N_("count must be positive, got {got}"),
+    # bad input files (smsops/tables.py): where a problem is, then each problem
+    N_("users CSV"),
+    N_("{problem} (line {line})"),
+    N_("{problem} (in {source}, line {line})"),
+    N_("{problem} (in {source})"),
+    N_("{problem}, and {other}"),
+    N_("found: {names}"),
+    N_("no file given"),
+    N_("file not found"),
+    N_("file is empty"),
+    N_("cannot read the file: {detail}"),
+    N_("cannot parse the CSV: {detail}"),
+    N_("cannot read the header line: {detail}"),
+    N_("holds a NUL byte, which no text has (a binary or damaged file?)"),
+    N_("unknown encoding {encoding}: use auto, utf-8, cp932 or utf-16"),
+    N_("not UTF-16 (broken at byte {byte})"),
+    N_(
+        "looks like {codec} without a byte order mark, but is broken at byte {byte}; save it "
+        "again from Excel as CSV UTF-8"
+    ),
+    N_("looks like UTF-16 (Excel's Unicode text), not {codec}; pass --encoding utf-16 or auto"),
+    N_(
+        "not UTF-16 (no byte order mark and no UTF-16 text); pass --encoding auto, which "
+        "detects UTF-8 and CP932 too"
+    ),
+    N_("looks like UTF-8, not CP932; pass --encoding utf-8 or auto"),
+    N_(
+        "mixes encodings: it reads as UTF-8 up to line {m}, but line {line} is not UTF-8 "
+        "(byte {hex} at offset {offset}; CP932/Shift_JIS?); save the whole file again in one "
+        "encoding"
+    ),
+    N_(
+        "mixes encodings: it reads as CP932/Shift_JIS from line {line}, but line {m} is "
+        "UTF-8; save the whole file again in one encoding"
+    ),
+    N_("not {failed}; pass the right --encoding (utf-8, cp932 or utf-16)"),
+    N_("{failed} nor {other}"),
+    N_("{codec} (byte {hex} at offset {offset}, line {line})"),
+    N_(
+        "file is larger than {size}, the largest file smsops reads at once: split it and "
+        "import the parts one by one"
+    ),
+    N_(
+        "file is {size} ({n} bytes); the largest file smsops reads at once is {most}: split "
+        "it and import the parts one by one"
+    ),
+    N_(
+        "the files are together {size} ({n} bytes); one import reads at most {most}: import "
+        "them in several runs"
+    ),
+    N_(
+        "the header has {n} columns; the most smsops reads is {limit}: delete the columns the "
+        "users table does not need"
+    ),
+    N_("header column {numbers} holds a NUL byte, which no text has (a binary or damaged file?)"),
+    N_("header columns {numbers} holds a NUL byte, which no text has (a binary or damaged file?)"),
+    N_(
+        "header column {numbers} is a name of {n} characters; the longest smsops reads is "
+        "{limit} (is the first line a header?)"
+    ),
+    N_(
+        "header columns {numbers} are names of up to {n} characters; the longest smsops reads "
+        "is {limit} (is the first line a header?)"
+    ),
+    N_("the header line has no column names"),
+    N_(
+        "the header line has no column names, only byte order marks (U+FEFF: one added on "
+        "every save?)"
+    ),
+    N_(
+        "the row that starts on line {line} has a quoted cell that is not closed properly "
+        "({detail})"
+    ),
+    N_("is larger than 1 MiB ({n} bytes): a quote left open?"),
+    N_("has {n} field, expected {m}"),
+    N_("has {n} fields, expected {m}"),
+    N_("is longer than {n} characters"),
+    N_(
+        "phone looks like a number mangled by Excel (scientific notation); format the column "
+        "as text and export again"
+    ),
+    N_("column name appears more than once in the header"),
+    N_("required column {name} is missing"),
+    N_("is empty (required)"),
+    N_("is longer than {n} characters, the longest id the store keeps"),
+    N_("repeats the header line (files pasted together?)"),
+    N_("{value} repeats row {row} (user_id must be unique)"),
+    N_("{value} is already in {source} row {row}"),
+    N_("no 'phone' or '電話番号' column, and more than one column"),
+    # settings and servers raised as plain English elsewhere (gateways/kannel.py, the store's
+    # migrations, flows/): their lines, matched here
+    N_(
+        "{wanted_by} needs SMSOPS_RECEIVER_TOKEN, the shared secret every callback to smsops "
+        "receiver carries (make one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    ),
+    N_(
+        "SMSOPS_RECEIVER_TOKEN must be 16 to 256 of A-Z a-z 0-9 - _ . ~ (it travels unescaped "
+        "in Kannel's callback URLs)"
+    ),
+    N_("cannot load the Prefect Secret block {name}: {kind}"),
+    N_(
+        "the kannel gateway needs SMSOPS_KANNEL_USER and SMSOPS_KANNEL_PASSWORD (or "
+        "SMSOPS_KANNEL_PASSWORD_BLOCK, a Prefect Secret block)"
+    ),
+    N_("the DLR URL must not contain '%' (Kannel reads it as an escape)"),
+    N_("SMSOPS_KANNEL_URL {url} is not an http(s) URL"),
+    N_("SMSOPS_KANNEL_{what} must be ASCII (it travels in a header)"),
+    N_("an installation id is 1 to 64 of A-Z a-z 0-9 _ -"),
+    N_("database schema version {n} is newer than this smsops ({m})"),
+    N_(
+        "{folder}: a run watches only the configured drop folder {drops} (SMSOPS_DROPS) or a "
+        "folder under the import root"
+    ),
+    N_("cannot listen on {where}: {detail}"),
+    N_("the Prefect server exited; see {path}"),
+    N_("the Prefect server did not start in {seconds} s"),
+    # output files (smsops/cli/common.py)
+    N_("is a folder; give a file name"),
+    N_("folder {folder} does not exist"),
+    N_("{folder} is not a folder"),
+    N_("name the same file; give each its own"),
+    N_("cannot write: {detail}"),
 )
+
+TEMPLATES += OS_REASONS  # "cannot read the file: Permission denied"
 
 _RULE = re.compile(r"(R\d+): (.*)", re.DOTALL)
 
@@ -136,9 +281,17 @@ def _patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
     return tuple(compiled)
 
 
+_ALL = re.compile(r", … \((\d[\d,]*) in all\)$")
+
+
 def _value(name: str, value: str) -> str:
     if name in _NUMERIC:
         return number(int(value.replace(",", "")))
+    if name in _NESTED:
+        return _translate(value)
+    if name == "numbers":  # "3, 4 and 7", "3, 4, 7, … (12 in all)" (tables._numbers)
+        value = _ALL.sub(lambda m: _("… ({n} in all)").format(n=m.group(1)), value)
+        return value.replace(" and ", "、").replace(", ", "、")
     return value
 
 
@@ -195,3 +348,31 @@ def localize(text: str) -> str:
     if m:
         return f"{m.group(1)}: {_translate(m.group(2))}"
     return _translate(text)
+
+
+def input_error(error: InputError) -> str:
+    """A bad-input refusal (:class:`~smsops.errors.InputError`) in the reader's language,
+    rebuilt from its source and problems: ``users.csv：2件の問題：データ行 3、列 'phone'：…``."""
+    if language() == "en":
+        return error.message
+    problems = error.problems
+
+    def text(p: Problem) -> str:
+        said = _translate(p.problem)
+        return f"{said}（{_translate(p.content)}）" if p.content else said
+
+    source = _translate(error.source)
+    if len(problems) == 1 and problems[0].row is None and problems[0].column is None:
+        return f"{source}：{text(problems[0])}"
+    shown = []
+    for p in problems[: error.limit]:
+        where = []
+        if p.row is not None:
+            where.append(_("row {row}").format(row=number(p.row)))
+        if p.column is not None:
+            where.append(_("column {column}").format(column=repr(p.column)))
+        shown.append(f"{'、'.join(where) or _('table')}：{text(p)}")
+    count = ngettext("{n} problem", "{n} problems", len(problems)).format(n=number(len(problems)))
+    more = len(problems) - error.limit
+    rest = _(" (and {n} more)").format(n=number(more)) if more > 0 else ""
+    return f"{source}：{count}：{'。'.join(shown)}{rest}"

@@ -3,13 +3,15 @@ down (no import-time global, so tests build their own)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from smsops.errors import ConfigError
+from smsops.errors import ConfigError, Text
+from smsops.i18n import N_
 
 
 class Settings(BaseSettings):
@@ -73,10 +75,36 @@ class Settings(BaseSettings):
     busy_timeout: float = Field(60.0, gt=0)
 
 
-def _explain(exc: ValidationError) -> str:
+# pydantic's messages for the values a setting gets wrong, as catalog entries (#15): each
+# is used only when it reads exactly as pydantic's own, so the English line never changes
+_PYDANTIC = {
+    "literal_error": N_("Input should be {expected}"),
+    "greater_than": N_("Input should be greater than {gt}"),
+    "greater_than_equal": N_("Input should be greater than or equal to {ge}"),
+    "less_than_equal": N_("Input should be less than or equal to {le}"),
+    "int_parsing": N_("Input should be a valid integer, unable to parse string as an integer"),
+    "int_from_float": N_("Input should be a valid integer, got a number with a fractional part"),
+    "float_parsing": N_("Input should be a valid number, unable to parse string as a number"),
+    "bool_parsing": N_("Input should be a valid boolean, unable to interpret input"),
+}
+
+
+def _explain(exc: ValidationError) -> Text:
+    """One clause per bad setting, naming the variable (a password's value never shown)."""
     parts = []
     for e in exc.errors(include_url=False):
         name = "SMSOPS_" + "_".join(str(p) for p in e["loc"]).upper()
         shown = "" if "PASSWORD" in name else f"={e.get('input')!r}"
-        parts.append(f"{name}{shown}: {e['msg']}")
-    return "; ".join(parts)
+        problem: str = e["msg"]
+        template = _PYDANTIC.get(e["type"])
+        if template is not None:
+            with contextlib.suppress(KeyError, IndexError):
+                # pydantic writes a bound of 0.0 as 0
+                ctx = {
+                    k: int(v) if isinstance(v, float) and v.is_integer() else v
+                    for k, v in e.get("ctx", {}).items()
+                }
+                said = Text(template, **ctx)
+                problem = said if said == e["msg"] else problem
+        parts.append(Text(N_("{name}{shown}: {problem}"), name=name, shown=shown, problem=problem))
+    return Text.joined(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -159,9 +160,7 @@ def test_issue15_account_language_is_the_default(cli):
 def test_issue15_locale_ja_jp_refusal_as_the_real_cli(tmp_path: Path):
     """The issue's "must show": LANG=ja_JP.UTF-8 smsops bulk create … with too few tickets
     prints the refusal in Japanese naming needed, balance and shortfall; exit 1."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("SMSOPS_LANG", "LC_ALL", "LC_MESSAGES")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("SMSOPS_LANG", "LC_ALL", "LC_MESSAGES")}
     env |= {
         "LANG": "ja_JP.UTF-8",
         "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}",
@@ -211,3 +210,121 @@ def test_issue15_japanese_chart_draws_every_glyph_else_english_and_one_note(clea
     assert note is not None and "日本語フォントが見つかりません" in str(note)
     clean.setenv("SMSOPS_LANG", "en")
     assert font_note(("No Such Font JP",)) is None  # English needs no Japanese font
+
+
+# --- the refusals of common failures, each in Japanese (a review found them English) ----
+
+# What a Japanese reader may still see in Latin letters: quoted values, paths, commands in
+# backticks, options, variable names. Two English words in a row after those are taken
+# out are a line nobody translated.
+_NOT_PROSE = re.compile(
+    r"'[^']*'|`[^`]*`|\S*/\S*|--[\w-]+|SMSOPS_\w+|[\w.-]+\.(?:csv|jsonl|db)\b|python -c .*\)"
+)
+
+
+def _english_left(line: str) -> list[str]:
+    return re.findall(r"\b[A-Za-z]{2,}(?:[ ,]+[A-Za-z]{2,})+\b", _NOT_PROSE.sub(" ", line))
+
+
+def _japanese(line: str) -> bool:
+    return re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", line) is not None
+
+
+def _failures(cli) -> list[tuple[str, dict[str, str], tuple[str, ...]]]:
+    """(what, environment, command) of the failures a person meets first."""
+    tmp = cli.tmp
+    (tmp / "bad.csv").write_text(
+        f"user_id,phone\nu1,{mobile(1)}\n,{mobile(2)}\nu1,9.01235E+09\nu4,1,2\n", encoding="utf-8"
+    )
+    (tmp / "nohead.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    (tmp / "mixed.csv").write_bytes(b"user_id,phone\nu1,\x82\xa0\xe3\x81\x82\n")
+    (tmp / "blocker").write_text("a file where the outbox's folder should be")
+    return [
+        ("bad CSV rows", {}, ("users", "import", str(tmp / "bad.csv"))),
+        ("missing columns", {}, ("users", "import", str(tmp / "nohead.csv"))),
+        ("unreadable encoding", {}, ("users", "import", str(tmp / "mixed.csv"))),
+        ("a missing file", {}, ("users", "import", str(tmp / "none.csv"))),
+        ("unknown gateway", {"SMSOPS_GATEWAY": "sms"}, ("tickets", "balance")),
+        ("bad config value", {"SMSOPS_LEASE_SECONDS": "0"}, ("tickets", "balance")),
+        ("not a number", {"SMSOPS_CHUNK_SIZE": "many"}, ("tickets", "balance")),
+        ("bad database URL", {"SMSOPS_DATABASE_URL": "smsops.db"}, ("tickets", "balance")),
+        (
+            "outbox folder cannot be made",
+            {"SMSOPS_OUTBOX": str(tmp / "blocker" / "outbox.jsonl")},
+            ("send", mobile(1), "-m", "hi"),
+        ),
+        (
+            "an output file in a missing folder",
+            {},
+            ("bulk", "preview", "-m", "hi", "--excluded", str(tmp / "no" / "x.csv")),
+        ),
+    ]
+
+
+def test_issue15_common_failures_refused_in_japanese_json_stays_english(cli):
+    cli("tickets", "add", "5")
+    base = dict(cli.env)
+    for what, env, args in _failures(cli):
+        cli.env.clear()
+        cli.env.update(base | env | {"SMSOPS_LANG": "en"})
+        english = cli(*args, code=1).stderr.strip()
+        assert english.startswith("smsops: ") and _english_left(english), (what, english)
+        doc = json.loads(cli(*args, "--json", code=1).stdout)
+        cli.env["SMSOPS_LANG"] = "ja"
+        japanese = cli(*args, code=1).stderr.strip()
+        assert _japanese(japanese) and not _english_left(japanese), (what, japanese)
+        assert json.loads(cli(*args, "--json", code=1).stdout) == doc, what  # unchanged
+        assert doc["message"] in english  # --json keeps the English line
+
+
+def test_issue15_bad_csv_rows_each_in_japanese_where_and_what(cli):
+    cli.env["SMSOPS_LANG"] = "ja"
+    cli("tickets", "balance")
+    (bad, *_) = _failures(cli)
+    line = cli(*bad[2], code=1).stderr.strip()
+    assert line == (
+        f"smsops: {cli.tmp / 'bad.csv'}：4件の問題："
+        "データ行 2、列 'user_id'：空です（必須）（3行目）。"
+        "データ行 3、列 'user_id'：'u1' はデータ行 1 と重複しています（user_id は一意でなければ"
+        "なりません）（4行目）。"
+        "データ行 3、列 'phone'：電話番号が Excel で指数表記に変えられています。列を文字列形式"
+        "にして書き出し直してください（4行目）。"
+        "データ行 4：項目が 3個です（2個のはず）（5行目）"
+    )
+
+
+def test_issue15_error_raised_with_a_template_renders_it_english_stays_its_str(clean):
+    import pickle
+
+    from smsops.errors import ConfigError, StoreError, Text
+
+    line = Text("SMSOPS_DATABASE_URL {url} is not a database URL", url="'x'")
+    error = pickle.loads(
+        pickle.dumps(StoreError(Text("cannot open the database: {detail}", detail=line)))
+    )
+    assert (
+        str(error)
+        == error.message
+        == "cannot open the database: SMSOPS_DATABASE_URL 'x' is not a database URL"
+    )
+    assert error.human() == error.message  # English: the line itself
+    clean.setenv("SMSOPS_LANG", "ja")
+    assert (
+        error.human()
+        == "データベースを開けません：SMSOPS_DATABASE_URL 'x' はデータベースの URL ではありません"
+    )
+    assert str(error) == error.to_dict()["message"] == error.message  # programs read English
+    # a number in a value is written as the reader writes it; a phone number stays masked
+    parts = [
+        Text("Input should be greater than or equal to {ge}", ge=1550),
+        Text("{phone} opted out; it must not be sent to", phone="09012345678"),
+    ]
+    joined = ConfigError(Text.joined(parts))
+    assert joined.message == (
+        "Input should be greater than or equal to 1550; "
+        "090-****-5678 opted out; it must not be sent to"
+    )
+    assert (
+        joined.human()
+        == "1,550 以上の値を指定してください。090-****-5678 は配信停止済みです。送信できません"
+    )

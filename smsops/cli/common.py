@@ -29,7 +29,6 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 from smsops import i18n
 from smsops.errors import InputError, Problem, SmsopsError
 from smsops.logs import mask_text
-from smsops.refusals import localize
 
 # Every command, and every --help, imports this module: what only some commands need
 # (pandas, phonenumbers, the settings and the store, rich's progress display) is imported
@@ -158,7 +157,7 @@ def command(fn: F) -> F:
             return fn(*args, **kwargs)
         except SmsopsError as exc:
             # --json keeps the English line (programs read it); a person reads theirs (#15)
-            fail(exc.to_dict(), localize(exc.message))
+            fail(exc.to_dict(), exc.human())
         except KeyboardInterrupt:
             fail({"error": "interrupted", "message": "interrupted"}, i18n._("interrupted"), 130)
         except (typer.Exit, typer.Abort, SystemExit, UsageError):

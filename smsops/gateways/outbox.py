@@ -29,9 +29,10 @@ from pathlib import Path
 import pandas as pd
 
 from smsops.domain.vocabulary import ItemStatus
-from smsops.errors import GatewayError
+from smsops.errors import ConfigError, GatewayError, Text, os_reason
 from smsops.gateways import Answer, HandOff
 from smsops.gateways.pacing import shared_limiter
+from smsops.i18n import N_
 
 _KEY = re.compile(rb'"idempotency_key":"([^"]+)"')
 
@@ -41,9 +42,28 @@ class OutboxGateway:
 
     def __init__(self, path: Path | str, rate_limit: float | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where the folder should be, no permission, …
+            raise ConfigError(
+                Text(
+                    N_("SMSOPS_OUTBOX {path}: cannot make its folder {folder}: {detail}"),
+                    path=str(self.path),
+                    folder=str(self.path.parent),
+                    detail=os_reason(exc),
+                )
+            ) from None
         self.record: str | None = f"outbox:{socket.gethostname()}:{self.path.resolve()}"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                Text(
+                    N_("SMSOPS_OUTBOX {path}: cannot open it for writing: {detail}"),
+                    path=str(self.path),
+                    detail=os_reason(exc),
+                )
+            ) from None
         self._limiter = (
             shared_limiter(("outbox", str(self.path.resolve())), rate_limit) if rate_limit else None
         )
@@ -127,10 +147,17 @@ class OutboxGateway:
                 os.fsync(self._fd)
             except OSError:
                 pass  # the next lock cuts a torn line off in any case
-            reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EFBIG) else exc
+            full = exc.errno in (errno.ENOSPC, errno.EFBIG)
             raise GatewayError(
-                f"outbox {self.path}: {reason} ({exc.strerror or exc}); the messages not "
-                "yet written stay pending: free space, then run `smsops dispatch-due`"
+                Text(
+                    N_(
+                        "outbox {path}: {reason} ({detail}); the messages not yet written "
+                        "stay pending: free space, then run `smsops dispatch-due`"
+                    ),
+                    path=str(self.path),
+                    reason=Text(N_("the disk is full")) if full else str(exc),
+                    detail=os_reason(exc),
+                )
             ) from None
 
     def accepted_keys(self, delivery_id: int) -> set[str]:

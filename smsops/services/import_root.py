@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path, PurePath
 
-from smsops.errors import PathError
+from smsops.errors import PathError, Text
+from smsops.i18n import N_
 from smsops.logs import mask_text
 
 
@@ -29,16 +30,31 @@ def confine(paths: Sequence[str | Path], root: str | Path) -> list[Path]:
 def _under(raw: str, base: Path) -> Path:
     shown = mask_text(repr(raw))
     if not raw.strip() or "\0" in raw:
-        raise PathError(f"{shown} is not a file name")
+        raise PathError(Text(N_("{path} is not a file name"), path=shown))
+    root = repr(str(base))
     if "://" in raw:
-        raise PathError(f"{shown}: only files under the import root {str(base)!r} can be read")
+        raise PathError(
+            Text(
+                N_("{path}: only files under the import root {root} can be read"),
+                path=shown,
+                root=root,
+            )
+        )
     if ".." in PurePath(raw).parts:
-        raise PathError(f"{shown}: '..' is not allowed; name a file under {str(base)!r}")
+        raise PathError(
+            Text(N_("{path}: '..' is not allowed; name a file under {root}"), path=shown, root=root)
+        )
     path = Path(raw).expanduser()
     real = (path if path.is_absolute() else base / path).resolve()
     if not real.is_relative_to(base):
-        raise PathError(
-            f"{shown} is outside the import root {str(base)!r} (SMSOPS_IMPORT_ROOT)"
-            + (" through a symbolic link" if (base / path).absolute().is_relative_to(base) else "")
+        linked = (base / path).absolute().is_relative_to(base)
+        line = (
+            N_(
+                "{path} is outside the import root {root} (SMSOPS_IMPORT_ROOT) through a "
+                "symbolic link"
+            )
+            if linked
+            else N_("{path} is outside the import root {root} (SMSOPS_IMPORT_ROOT)")
         )
+        raise PathError(Text(line, path=shown, root=root))
     return real

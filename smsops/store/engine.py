@@ -11,7 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from smsops.clock import now
-from smsops.errors import StoreError, StoreUnavailable  # defined there, importable here
+from smsops.errors import StoreError, StoreUnavailable, Text  # defined there, importable here
+from smsops.i18n import N_
 from smsops.store.migrations import migrate
 from smsops.store.schema import ensure_account
 
@@ -22,7 +23,9 @@ def connect(url: str, busy_timeout: float = 60.0) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise StoreError(f"SMSOPS_DATABASE_URL {url!r} is not a database URL") from None
+        raise StoreError(
+            Text(N_("SMSOPS_DATABASE_URL {url} is not a database URL"), url=repr(url))
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         engine = _sqlite(url, parsed.database, busy_timeout)
     else:
@@ -32,9 +35,10 @@ def connect(url: str, busy_timeout: float = 60.0) -> Engine:
             migrate(conn)
             ensure_account(conn, now())
     except RuntimeError as exc:  # a schema this smsops cannot handle
-        raise StoreError(str(exc)) from None
+        raise StoreError(str(exc)) from None  # refusals.py has its template
     except StoreUnavailable as exc:
-        raise StoreError(f"cannot open the database: {exc.message}") from None
+        detail = exc.text if exc.text is not None else exc.message
+        raise StoreError(Text(N_("cannot open the database: {detail}"), detail=detail)) from None
     return engine
 
 
@@ -94,10 +98,15 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
     except OperationalError as exc:
         where = engine.url.render_as_string()  # hides the password
         orig = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        what = "is locked by another process" if "locked" in orig else "is unavailable"
-        raise StoreUnavailable(f"the database {where} {what}: {orig}") from None
+        if "locked" in orig:
+            line = N_("the database {where} is locked by another process: {detail}")
+        else:
+            line = N_("the database {where} is unavailable: {detail}")
+        raise StoreUnavailable(Text(line, where=where, detail=orig)) from None
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
         where = engine.url.render_as_string()
-        raise StoreUnavailable(f"lost the connection to the database {where}") from None
+        raise StoreUnavailable(
+            Text(N_("lost the connection to the database {where}"), where=where)
+        ) from None
