@@ -29,12 +29,13 @@ LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 _HUGE_YEAR = re.compile(r"\s*\+?(\d{5,})-")
 
 
-def send_time(at: str | None, tz: str) -> datetime | None:
-    """R12: ``None`` sends now; any text, even an empty one, must be a send time.
+def send_time(at: str | None, tz: str, *, not_before: datetime | None = None) -> datetime | None:
+    """R12: ``None`` sends now; any text, even an empty one, must be a send time (after
+    ``not_before``, default now).
 
     An empty ``--at ""`` (an unset shell variable) is refused, never read as "now".
     """
-    return None if at is None else parse_at(at, tz)
+    return None if at is None else parse_at(at, tz, not_before=not_before)
 
 
 def parse_at(text: str, tz: str, *, not_before: datetime | None = None) -> datetime:

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
 @account_app.command("show")
 @command
 def account_show(as_json: JsonOpt = False) -> None:
-    """Show the plan (R1), the phone field (R2), the time zone and the language.
+    """Show the plan (R1), the phone field (R2), the time zone, the language and the window.
 
     Changes nothing."""
     from smsops.services import account as accounts
@@ -86,12 +86,21 @@ def account_set(
             "SMSOPS_LANG or the locale (LANG=ja_JP.UTF-8) says otherwise (#15).",
         ),
     ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HH:MM-HH:MM|off",
+            help="The sending window (quiet hours) in the account's time zone, e.g. "
+            "09:00-20:00: sends outside it are refused and a send still running at its "
+            "close pauses until it opens; off removes it.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change the plan, the phone field, the time zone or the language.
+    """Change the plan, the phone field, the time zone, the language or the sending window.
 
     Options left out stay as they are.
-    Example: smsops account set --plan standard --timezone Asia/Tokyo"""
+    Example: smsops account set --plan standard --timezone Asia/Tokyo --window 09:00-20:00"""
     from smsops.services import account as accounts
 
     with context(as_json) as ctx:
@@ -100,6 +109,7 @@ def account_set(
             plan=plan,
             timezone=timezone,
             language=language,
+            window=window,
             phone_field=None if phone_field is None else phone_field is OnOff.on,
         )
     emit(as_json, acct.to_dict(), lambda: out.print(kv_table(acct.to_dict())))

@@ -67,6 +67,14 @@ At = Annotated[
         "has an offset. Leave it out to send now; an empty one is refused.",
     ),
 ]
+OutsideWindow = Annotated[
+    bool,
+    typer.Option(
+        "--outside-window",
+        help="Send outside the account's sending window on purpose (#11): refused without "
+        "it, and sent to the end without pausing at the window's close.",
+    ),
+]
 UsersFiles = Annotated[
     list[Path] | None,
     typer.Option(
@@ -92,9 +100,7 @@ def show_preview(p: dl.Preview) -> None:
 def confirmation_lines(p: dl.Preview) -> list[tuple[str, str]]:
     """The confirmation (R13) as (label, text) lines in the reader's language (#15): the
     CLI prints them, the notebook and the Prefect artifact show the same."""
-    when = (
-        i18n.when(p.scheduled_at, p.timezone) if p.scheduled_at else _("now (immediately)")
-    )
+    when = i18n.when(p.scheduled_at, p.timezone) if p.scheduled_at else _("now (immediately)")
     lines = [
         (_("Recipients"), i18n.number(p.recipients)),
         (_("Send at"), when),
@@ -194,12 +200,14 @@ def bulk_create(
         bool,
         typer.Option("--yes", "-y", help="Confirm without asking (R13); needed off a terminal."),
     ] = False,
+    outside_window: OutsideWindow = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Save a bulk delivery once confirmed (R13) and send it now, or at --at (R12).
 
-    Refused, with nothing saved, below the standard plan (R1) or without enough tickets
-    (R9). Selects recipients as `bulk preview` does."""
+    Refused, with nothing saved, below the standard plan (R1), without enough tickets
+    (R9) or outside the sending window (unless --outside-window). Selects recipients as
+    `bulk preview` does."""
     from smsops.services import deliveries as dl
     from smsops.services import dispatch as dispatching
 
@@ -221,7 +229,7 @@ def bulk_create(
                 )
             if not confirmed:
                 raise RuleError("R13", "not confirmed; nothing was saved")
-        created = dl.create_bulk(ctx, p)
+        created = dl.create_bulk(ctx, p, outside_window=outside_window)
         result = dispatching.send_if_due(ctx, created)
     emit(as_json, result, lambda: print_result(result))
 
@@ -249,6 +257,7 @@ def print_result(result: dict[str, Any]) -> None:
 def send(
     phone: Annotated[str, typer.Argument(metavar="PHONE", help="A Japanese mobile number.")],
     message: Messages,
+    outside_window: OutsideWindow = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Send to one number now (individual send; never deduplicated).
@@ -260,7 +269,8 @@ def send(
     from smsops.services import dispatch as dispatching
 
     with context(as_json) as ctx:
-        result = dispatching.send_if_due(ctx, dl.send_individual(ctx, phone, message))
+        created = dl.send_individual(ctx, phone, message, outside_window=outside_window)
+        result = dispatching.send_if_due(ctx, created)
     emit(as_json, result, lambda: print_result(result))
 
 
@@ -274,6 +284,7 @@ def resend(
         str | None, typer.Option(metavar="PHONE", help="With --individual: only this number.")
     ] = None,
     at: At = None,
+    outside_window: OutsideWindow = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Send the failed (number, message) pairs of a delivery again (R15).
@@ -289,7 +300,9 @@ def resend(
                 raise UsageError("--at applies to a bulk resend; individual sends go now")
             results = [
                 {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
-                for created in dl.resend_individual(ctx, delivery_id, phone)
+                for created in dl.resend_individual(
+                    ctx, delivery_id, phone, outside_window=outside_window
+                )
             ]
 
             def human() -> None:
@@ -300,7 +313,7 @@ def resend(
             return
         if phone:
             raise UsageError("--phone applies to --individual")
-        created = dl.resend_bulk(ctx, delivery_id, at=at)
+        created = dl.resend_bulk(ctx, delivery_id, at=at, outside_window=outside_window)
         result = {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
     emit(as_json, result, lambda: print_result(result))
 

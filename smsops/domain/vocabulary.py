@@ -44,6 +44,14 @@ class DeliveryStatus(StrEnum):
         return cls.FAILED if sent == 0 else cls.PARTIALLY_SENT
 
 
+class PauseReason(StrEnum):
+    """What paused a delivery (status ``paused``): ``deliveries.paused_for``. Either way
+    ``dispatch-due`` resumes it at ``resume_at``."""
+
+    GATEWAY_DOWN = "gateway_down"  # the gateway could not be reached; tried again later
+    WINDOW_CLOSED = "window_closed"  # the sending window closed (#11); resumes at its opening
+
+
 # A delivery in one of these is over: nothing of it will be sent any more.
 FINAL_DELIVERY = (
     DeliveryStatus.SENT,

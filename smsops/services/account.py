@@ -1,13 +1,16 @@
-"""The account (plan, phone field, time zone) and its ticket ledger (R1, R9, R11)."""
+"""The account (plan, phone field, time zone, sending window) and its ticket ledger (R1, R9,
+R11)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, func, select
 
 from smsops import clock, i18n
-from smsops.errors import InputError, PlanError, Problem, TicketError
+from smsops.domain.windows import Window
+from smsops.errors import InputError, PlanError, Problem, ScheduleError, TicketError
 from smsops.services.context import Context
 from smsops.store import read, write
 from smsops.store.schema import account, ledger
@@ -26,12 +29,18 @@ class Account:
     phone_field_enabled: bool
     timezone: str
     language: str | None = None  # ja / en: its people's default language (#15); None: none
+    window: str | None = None  # the sending window (#11), "09:00-20:00"; None: none
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
-        if self.language is None:  # as before #15: an account that chose none says nothing
-            del out["language"]
+        for key in ("language", "window"):  # as before #15 and #11: none chosen, none said
+            if out[key] is None:
+                del out[key]
         return out
+
+    @property
+    def sending_window(self) -> Window | None:
+        return Window.parse_stored(self.window)
 
 
 def get_account(ctx: Context, conn: Connection | None = None) -> Account:
@@ -39,7 +48,9 @@ def get_account(ctx: Context, conn: Connection | None = None) -> Account:
         with read(ctx.engine) as c:
             return get_account(ctx, c)
     row = conn.execute(select(account).where(account.c.id == 1)).one()
-    return Account(row.plan, bool(row.phone_field_enabled), row.timezone, row.language)
+    return Account(
+        row.plan, bool(row.phone_field_enabled), row.timezone, row.language, row.send_window
+    )
 
 
 def set_account(
@@ -49,8 +60,18 @@ def set_account(
     phone_field: bool | None = None,
     timezone: str | None = None,
     language: str | None = None,
+    window: str | None = None,
 ) -> Account:
+    """Change what is given; ``window`` is ``HH:MM-HH:MM`` in the account's zone, or
+    ``off`` for none (#11)."""
     values: dict[str, object] = {}
+    if window is not None:
+        try:
+            values["send_window"] = (
+                None if window.strip().lower() == "off" else str(Window.parse(window))
+            )
+        except ValueError as exc:
+            raise InputError("--window", [Problem(None, None, str(exc))]) from None
     if language is not None:
         try:
             values["language"] = i18n.parse_language(language)
@@ -91,6 +112,28 @@ def require_bulk_plan(acct: Account) -> None:
             plan=acct.plan,
             required=BULK_PLAN,
         )
+
+
+def require_window(acct: Account, when: datetime | None, now: datetime) -> None:
+    """#11: a delivery scheduled outside the account's sending window, or sent now while
+    it is shut, is refused with the next time it could go (R12's way of refusing a time)."""
+    window, tz = acct.sending_window, acct.timezone
+    moment = when or now
+    if window is None or window.contains(moment, tz):
+        return
+    shown = (
+        f"the send time {clock.local_iso(when, tz)}"
+        if when is not None
+        else f"now ({clock.local_iso(now, tz)})"
+    )
+    opening = clock.local_iso(window.next_opening(moment, tz), tz)
+    raise ScheduleError(
+        "R12",
+        f"{shown} is outside the sending window {window} ({tz}); the next time it could go "
+        f"is {opening} (give --at then, or --outside-window to send outside it on purpose)",
+        window=str(window),
+        next_opening=opening,
+    )
 
 
 def balance(ctx: Context, conn: Connection | None = None) -> int:

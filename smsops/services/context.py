@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 
 from sqlalchemy import Engine
 
+from smsops import clock as clocks
 from smsops import store
 from smsops.gateways import Gateway, make_gateway
 from smsops.settings import Settings
@@ -27,6 +29,11 @@ class Context:
     settings: Settings
     gateway_factory: Callable[[Settings], Gateway] = make_gateway
     progress: Progress = field(default=no_progress)
+    # What time it is (aware, UTC) for the decisions of a send: a send time in the past
+    # (R12), the sending window (#11), the completion estimate, what is due. Tests put a
+    # clock here that they move to 10:00 tomorrow instead of waiting for it (#14). Leases
+    # are judged by the database's clock, never by this one.
+    clock: Callable[[], datetime] = field(default=clocks.now)
 
     @classmethod
     def open(cls, settings: Settings | None = None, **kwargs: object) -> Context:

@@ -138,7 +138,7 @@ def preview_bulk(
     acct = accounts.get_account(ctx)
     accounts.require_bulk_plan(acct)
     msgs = validate_messages(messages)
-    when = clock.send_time(at, acct.timezone)  # "" is refused, not "now" (R12)
+    when = clock.send_time(at, acct.timezone, not_before=ctx.clock())  # "": refused (R12)
     users = (
         read_users_csvs(list(users_files))
         if users_files
@@ -197,15 +197,16 @@ class Created:
         return dict(self.__dict__)
 
 
-def create_bulk(ctx: Context, preview: Preview) -> Created:
-    """Save a confirmed bulk delivery (R13): refused with 0 recipients (R4) or too few
-    tickets (R9); scheduled when it has a time (R12), else queued to send now."""
+def create_bulk(ctx: Context, preview: Preview, *, outside_window: bool = False) -> Created:
+    """Save a confirmed bulk delivery (R13): refused with 0 recipients (R4), too few
+    tickets (R9), or outside the sending window unless ``outside_window`` (#11); scheduled
+    when it has a time (R12), else queued to send now."""
     import numpy as np
     import pandas as pd
 
     if preview.recipients == 0:
         raise NoRecipientsError("R4", preview.diagnosis, excluded=preview.excluded)
-    if preview.scheduled_at is not None and preview.scheduled_at <= clock.now():
+    if preview.scheduled_at is not None and preview.scheduled_at <= ctx.clock():
         raise RuleError("R12", "the send time has passed since the preview; preview again")
     r = preview.selection.recipients
     k = len(preview.messages)
@@ -229,6 +230,7 @@ def create_bulk(ctx: Context, preview: Preview) -> Created:
         preview.scheduled_at,
         None,
         preview.timezone,
+        outside_window,
     )
 
 
@@ -242,6 +244,7 @@ class _Draft:
     recipients: int
     when: datetime | None  # UTC; None = send now
     resend_of: int | None
+    outside_window: bool = False  # on purpose outside the sending window (#11)
 
 
 def _save(
@@ -253,19 +256,26 @@ def _save(
     when: datetime | None,
     resend_of: int | None,
     tz: str,
+    outside_window: bool = False,
 ) -> Created:
     """Check tickets (R9) and insert the delivery and its items in one transaction."""
-    return _save_all(ctx, [_Draft(kind, texts, pairs, recipients, when, resend_of)], tz)[0]
+    draft = _Draft(kind, texts, pairs, recipients, when, resend_of, outside_window)
+    return _save_all(ctx, [draft], tz)[0]
 
 
 def _save_all(ctx: Context, drafts: Sequence[_Draft], tz: str) -> list[Created]:
     """Check tickets (R9) against what all the deliveries need together and insert them in
     one transaction: all of them or, refused, none. A delivery to send now is sent by this
     process: a gateway it cannot use (say Kannel without credentials) refuses it before
-    anything is saved."""
+    anything is saved. Each must go inside the sending window, or say it goes outside on
+    purpose (#11)."""
+    now = ctx.clock()
+    acct = accounts.get_account(ctx)
+    for draft in drafts:
+        if not draft.outside_window:
+            accounts.require_window(acct, draft.when, now)
     if any(d.when is None for d in drafts):
         ctx.gateway().close()
-    now = clock.now()
     created = []
     with write(ctx.engine) as conn:
         accounts.check_tickets(sum(len(d.pairs) for d in drafts), accounts.lock_balance(conn))
@@ -290,6 +300,7 @@ def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: st
             created_at=now,
             scheduled_at=when,
             allocated=False,
+            outside_window=draft.outside_window,
         )
     ).inserted_primary_key[0]
     if when is None:
@@ -337,10 +348,16 @@ def _values(column: pd.Series) -> list[Any]:
 
 
 def send_individual(
-    ctx: Context, phone: str, messages: Sequence[str], resend_of: int | None = None
+    ctx: Context,
+    phone: str,
+    messages: Sequence[str],
+    resend_of: int | None = None,
+    *,
+    outside_window: bool = False,
 ) -> Created:
-    """Save an individual send to one number (never deduplicated, R5); R3, R6, R7, R9 and
-    R16 apply. The caller dispatches it."""
+    """Save an individual send to one number (never deduplicated, R5); R3, R6, R7, R9,
+    R16 and the sending window (#11, unless ``outside_window``) apply. The caller
+    dispatches it."""
     import pandas as pd
 
     from smsops.domain.phones import classify_phones, mask_phone
@@ -367,7 +384,15 @@ def send_individual(
         {"seq": 1, "message_no": [m.number for m in msgs], "phone": e164, "user_id": None}
     )
     return _save(
-        ctx, "individual", [m.text for m in msgs], pairs, 1, None, resend_of, acct.timezone
+        ctx,
+        "individual",
+        [m.text for m in msgs],
+        pairs,
+        1,
+        None,
+        resend_of,
+        acct.timezone,
+        outside_window,
     )
 
 
@@ -629,12 +654,14 @@ def _resends_of(conn: Connection, delivery_id: int) -> list[int]:
     return found
 
 
-def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Created:
+def resend_bulk(
+    ctx: Context, delivery_id: int, at: str | None = None, *, outside_window: bool = False
+) -> Created:
     """R15: a new delivery of exactly the failed (number, message) pairs, linked to the one
-    it repairs; R1, R8–R13 and R16 apply again."""
+    it repairs; R1, R8–R13, R16 and the sending window (#11) apply again."""
     acct = accounts.get_account(ctx)
     accounts.require_bulk_plan(acct)
-    when = clock.send_time(at, acct.timezone)  # "" is refused, not "now" (R12)
+    when = clock.send_time(at, acct.timezone, not_before=ctx.clock())  # "": refused (R12)
     original = delivery_summary(ctx, delivery_id)
     pairs = failed_pairs(ctx, delivery_id)
     if pairs.empty:
@@ -648,10 +675,13 @@ def resend_bulk(ctx: Context, delivery_id: int, at: str | None = None) -> Create
         when,
         delivery_id,
         acct.timezone,
+        outside_window,
     )
 
 
-def resend_individual(ctx: Context, delivery_id: int, phone: str | None = None) -> list[Created]:
+def resend_individual(
+    ctx: Context, delivery_id: int, phone: str | None = None, *, outside_window: bool = False
+) -> list[Created]:
     """R15, one number at a time: an individual send per failed number (or just
     ``phone``), each with that number's failed messages, linked to ``delivery_id``.
 
@@ -692,6 +722,7 @@ def resend_individual(ctx: Context, delivery_id: int, phone: str | None = None) 
             1,
             None,
             delivery_id,
+            outside_window,
         )
         for number, group in pairs.groupby("phone", sort=False)
     ]

@@ -297,6 +297,16 @@ def _v12_drop_folder(conn: Connection) -> None:
     )
 
 
+def _v13_sending_window(conn: Connection) -> None:
+    """Version 13: the account's sending window (quiet hours, #11); a delivery created
+    outside it on purpose says so, and a paused one says what paused it."""
+    conn.execute(text("ALTER TABLE account ADD COLUMN send_window VARCHAR(16)"))
+    conn.execute(text("ALTER TABLE deliveries ADD COLUMN paused_for VARCHAR(24)"))
+    conn.execute(
+        text("ALTER TABLE deliveries ADD COLUMN outside_window BOOLEAN NOT NULL DEFAULT FALSE")
+    )
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
@@ -310,6 +320,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v10_claimed_ranges,
     _v11_account_language,
     _v12_drop_folder,
+    _v13_sending_window,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
     select,
     true,
@@ -47,6 +48,8 @@ account = Table(
     Column("timezone", String(64), nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("language", String(8)),  # ja / en: the default of its people (#15); NULL: none
+    # the sending window (#11), "09:00-20:00" in the account's zone; NULL: none (v13)
+    Column("send_window", String(16)),
 )
 
 users = Table(
@@ -88,6 +91,10 @@ deliveries = Table(
     Column("paused_reason", String(256)),
     Column("resume_at", DateTime),
     Column("pauses", Integer, nullable=False, default=0, server_default="0"),  # in a row
+    # what paused it (PauseReason: the gateway, or the sending window closing) (v13)
+    Column("paused_for", String(24)),
+    # created on purpose outside the sending window (#11): it never pauses for it (v13)
+    Column("outside_window", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_deliveries_due", "status", "scheduled_at"),
 )
 

@@ -165,3 +165,33 @@ def test_r11_version_9_items_left_sending_are_settled_by_their_marks_on_migratio
         (4, 1, "error", "outcome_unknown"),  # no row left to tell: it may have gone
         (4, 2, "error", "outcome_unknown"),
     ]
+
+
+def test_version_12_database_gains_the_sending_window_and_keeps_its_deliveries(settings):
+    """#11: v13 adds the account's window (none), and a delivery's outside_window (false)
+    and paused_for (none: a pause before v13 was the gateway's)."""
+    url = settings.database_url
+    engine = create_engine(url)
+    with engine.begin() as conn:  # a database as version 12 left it
+        for step in MIGRATIONS[:12]:
+            step(conn)
+        conn.execute(meta.insert().values(key="schema_version", value="12"))
+        conn.exec_driver_sql(
+            "INSERT INTO account (id, plan, phone_field_enabled, timezone, updated_at) "
+            "VALUES (1, 'standard', TRUE, 'Asia/Tokyo', '2026-01-01 00:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO deliveries (kind, status, messages, recipients, created_at, allocated,"
+            " paused_reason) VALUES ('bulk', 'paused', '[\"a\"]', 1, '2026-01-01 00:00:00', "
+            "TRUE, 'the gateway could not be reached')"
+        )
+    engine.dispose()
+    upgraded = store.connect(url)
+    with upgraded.connect() as conn:
+        assert schema_version(conn) == SCHEMA_VERSION >= 13
+        account = conn.exec_driver_sql("SELECT plan, send_window FROM account").one()
+        assert tuple(account) == ("standard", None)
+        row = conn.exec_driver_sql(
+            "SELECT status, outside_window, paused_for, paused_reason FROM deliveries"
+        ).one()
+        assert (row.status, bool(row.outside_window), row.paused_for) == ("paused", False, None)
