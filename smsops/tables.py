@@ -431,7 +431,7 @@ def _open(path: str | Path, encoding: str, named: bool) -> _Table:
         data = data.replace(b"\r", b"\n")
     t.data = data.lstrip(b"\r\n")
     t.skipped = data.count(b"\n", 0, len(data) - len(t.data))
-    if not t.data.strip():
+    if not t.data or t.data.isspace():  # strip() would copy the whole file (#12)
         return t.fail("file is empty")
     if not t.data.endswith(b"\n"):  # the parser cannot skip a header line that never ends
         t.data += b"\n"
@@ -519,6 +519,7 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
     t.first, t.records = int(has_header), table.num_rows + len(bad) + has_header
     sizes = [pc.binary_length(c) for c in table.columns]
     oversized = any(pc.any(pc.greater(size, MAX_CELL)).as_py() for size in sizes)
+    sizes = sizes if oversized else []  # kept only to name the oversized cells
     # more lines than rows: blank lines, or cells spanning lines, which is legal but also
     # what a quote left open does to every row after it
     if (
@@ -540,8 +541,12 @@ def _parse(t: _Table, names: list[str], has_header: bool) -> _Table:
     rows = np.setdiff1d(np.arange(1, table.num_rows + len(bad) + 1), broken, assume_unique=True)
     frame = table.to_pandas(types_mapper={pa.string(): STRING}.get)
     frame.columns = pd.Index(names)
+    del table  # the frame holds its columns; what only the table held goes now (#12)
     blank = frame.isna().all(axis=1).to_numpy()  # Excel's trailing ",,," rows
-    t.frame, t.rows = frame[~blank].reset_index(drop=True), rows[~blank]
+    # no blank row (the usual case): the frame as it is, not a filtered copy of every
+    # column, which doubled the table in memory (#12)
+    t.frame = frame[~blank].reset_index(drop=True) if blank.any() else frame
+    t.rows = rows[~blank]
     for name, size in zip(names, sizes, strict=True) if oversized else ():
         cells = pc.fill_null(size, 0).to_numpy()[~blank]
         big = cells > MAX_CELL
@@ -714,6 +719,8 @@ def read_users_csvs(paths: Sequence[str | Path], encoding: str = "auto") -> pd.D
         _cross_file_repeats(tables)
     _raise(tables)
     frames = [t.frame for t in tables if t.frame is not None]
+    for t in tables:  # every problem is known: the files' text goes before the writes (#12)
+        t.data, t._lines = b"", None
     users = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True).astype(STRING)
     # the contract check only: its coerced copy would turn string[pyarrow] into NaN-style str
     validate(Users, users, ", ".join(t.source for t in tables))
