@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import gettext
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -236,3 +238,38 @@ def translate_markdown(notebook: Any, lang: str | None = None) -> None:
     for cell in notebook.cells:
         if cell.cell_type == "markdown" and cell.source.strip():
             cell.source = t.gettext(cell.source)
+
+
+# --- the demo's narration (scripts/demo) -------------------------------------------------
+
+_SAY = re.compile(r"""^\s*say\s+(["'])(.+?)\1""")
+
+
+def extract_narration(
+    fileobj: Any, keywords: object, comment_tags: object, options: object
+) -> Iterator[tuple[int, str | None, str, list[str]]]:
+    """Babel extraction method for shell scripts (babel.cfg): each ``say "…"`` line's text
+    is one catalog entry."""
+    for lineno, line in enumerate(fileobj.read().decode("utf-8").splitlines(), start=1):
+        m = _SAY.match(line)
+        if m:
+            yield lineno, None, m.group(2), []
+
+
+def main(argv: list[str]) -> int:
+    """``python -m smsops.i18n TEXT [NAME=VALUE ...]``: TEXT in the reader's language, its
+    ``{NAME}`` parts filled (whole numbers written as the reader writes them): how a shell
+    script such as scripts/demo speaks from the same catalog."""
+    if not argv:
+        print("usage: python -m smsops.i18n TEXT [NAME=VALUE ...]", file=sys.stderr)
+        return 2
+    values: dict[str, object] = {}
+    for pair in argv[1:]:
+        name, _sep, value = pair.partition("=")
+        values[name] = number(int(value)) if value.strip().isdigit() else value
+    print(_(argv[0]).format(**values))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

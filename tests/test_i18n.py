@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -328,3 +329,56 @@ def test_issue15_error_raised_with_a_template_renders_it_english_stays_its_str(c
         joined.human()
         == "1,550 以上の値を指定してください。090-****-5678 は配信停止済みです。送信できません"
     )
+
+
+def test_issue15_users_watch_pass_in_japanese_json_unchanged(cli):
+    drops = cli.tmp / "drops"
+    drops.mkdir()
+    (drops / "u.csv").write_text(f"user_id,phone\nu1,{mobile(1)}\nu2,{mobile(2)}\n")
+    (drops / "bad.csv").write_text(f"user_id,phone\n,{mobile(3)}\nu4,9.01E+09\n")
+    settled = time.time() - 3600  # written an hour ago: whole, not still being written
+    for f in drops.iterdir():
+        os.utime(f, (settled, settled))
+    cli.env["SMSOPS_LANG"] = "ja"
+    shown = cli("users", "watch", str(drops)).stdout
+    assert (
+        "拒否（何も取り込んでいません）：2件の問題（データ行 1、列 user_id：空です（必須）。…）"
+        in shown
+    )
+    assert "2行を取り込みました" in shown and "取り込み済み" in shown
+    assert "取り込み 1件、拒否 1件、スキップ（重複） 0件、書き込み中 0件" in shown
+    for line in shown.splitlines():
+        assert not _english_left(line), line
+    missing = cli("users", "watch", str(cli.tmp / "none"), code=1).stderr
+    assert "ドロップフォルダー" in missing and "そのフォルダーはありません" in missing
+    (drops / "processed" / "u.csv").rename(drops / "again.csv")
+    os.utime(drops / "again.csv", (settled, settled))
+    doc = json.loads(cli("users", "watch", str(drops), "--json").stdout)
+    assert doc["files"][0]["outcome"] == "skipped_duplicate"  # values stay as they are
+    assert doc["files"][0]["detail"].startswith("skipped: the same content as u.csv")
+
+
+def test_issue15_demo_narrates_in_japanese(tmp_path: Path):
+    """scripts/demo (make demo) as a person runs it, with SMSOPS_LANG=ja: each line of
+    narration (its `say "…"` lines, catalog entries through babel.cfg) is Japanese."""
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "SMSOPS_LANG": "ja",
+        "SMSOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
+        "SMSOPS_OUTBOX": str(tmp_path / "outbox.jsonl"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    run = subprocess.run(
+        ["bash", "scripts/demo"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    said = [
+        line.split("# ", 1)[1].removesuffix("\x1b[0m")
+        for line in run.stdout.splitlines()
+        if line.startswith("\x1b[3m# ")
+    ]
+    script = (root / "scripts" / "demo").read_text()
+    assert len(said) == script.count("\nsay ") >= 5
+    for line in said:
+        assert _japanese(line) and not _english_left(line), line
+    assert f"{tmp_path / 'outbox.jsonl'} に 1,550行。最初の1行：" in said

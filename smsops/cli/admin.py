@@ -272,18 +272,62 @@ def users_watch(
                 return
 
 
+# what a pass did with a file, as a person reads it (#15); --json keeps the outcome's value
+_OUTCOMES = {
+    "imported": i18n.N_("imported"),
+    "rejected": i18n.N_("rejected"),
+    "skipped_duplicate": i18n.N_("skipped duplicate"),
+    "still_being_written": i18n.N_("still being written"),
+}
+
+
 def _print_drop_pass(done: drops.DropPass) -> None:
-    """Each file and what became of it, then the counts."""
+    """Each file and what became of it, then the counts, in the reader's language."""
     from rich.table import Table
 
+    from smsops.services import drops
+
+    _, number = i18n._, i18n.number
     if done.files:
-        table = Table("file", "outcome", "rows", "detail", box=None, pad_edge=False)
+        table = Table(_("file"), _("outcome"), _("rows"), _("detail"), box=None, pad_edge=False)
         for f in done.files:
             name = f.name if f.inbox == "users" else f"optouts/{f.name}"
-            rows = "" if f.rows is None else f"{f.rows:,}"
-            table.add_row(name, f.outcome.value.replace("_", " "), rows, f.detail)
+            rows = "" if f.rows is None else number(f.rows)
+            outcome = _OUTCOMES.get(f.outcome.value, f.outcome.value.replace("_", " "))
+            table.add_row(name, _(outcome), rows, _drop_detail(f))
         out.print(table)
-    out.print(done.summary())
+    c = done.counts()
+    line = _(
+        "{imported} imported, {rejected} rejected, {duplicate} skipped (duplicate), "
+        "{writing} still being written"
+    ).format(
+        imported=number(c["imported"]),
+        rejected=number(c["rejected"]),
+        duplicate=number(c["skipped_duplicate"]),
+        writing=number(c["still_being_written"]),
+    )
+    if c["rejected"]:
+        line += _(": see {files}").format(files=f"{drops.REJECTED}/*.errors.csv")
+    out.print(line)
+
+
+def _drop_detail(f: drops.DropFile) -> str:
+    """A file's detail line; a rejected file's rebuilt from its first problem in Japanese
+    (the English line nests the problem in parentheses, no template's to take apart)."""
+    from smsops.refusals import localize
+    from smsops.services.drops import Outcome
+
+    _ = i18n._
+    if i18n.language() == "en" or f.outcome is not Outcome.rejected or not f.problems:
+        return localize(f.detail)
+    first = f.problems[0]
+    where = [] if first.get("row") is None else [_("row {row}").format(row=first["row"])]
+    column = first.get("column")
+    where.append(_("column {column}").format(column=column) if column else _("table"))
+    n = len(f.problems)
+    count = i18n.ngettext("{n} problem", "{n} problems", n).format(n=i18n.number(n))
+    said = f"{'、'.join(where)}：{localize(str(first['problem']))}{'。…' * (n > 1)}"
+    return _("rejected, nothing imported: {count} ({first})").format(count=count, first=said)
 
 
 @optout_app.command("import")
