@@ -48,7 +48,7 @@ from smsops.refusals import localize
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services import dispatch as dispatching
-from smsops.services import drops, inbound, people
+from smsops.services import drops, estimates, inbound, people
 from smsops.services.context import Context
 from smsops.services.import_root import confine
 from smsops.settings import Settings
@@ -221,6 +221,7 @@ def _confirmation_artifacts(preview: dl.Preview) -> None:
                     _("tickets needed"): d["tickets_needed"],
                     _("balance"): d["balance"],
                     _("shortfall"): d["shortfall"],
+                    **_completion_rows(preview),
                 }
             )
             + "\n\n### "
@@ -235,6 +236,17 @@ def _confirmation_artifacts(preview: dl.Preview) -> None:
         table=[{"seq": i + 1, "phone": phone} for i, phone in enumerate(d["sample"])],
         description="First recipients (masked)",
     )
+
+
+def _completion_rows(preview: dl.Preview) -> dict[str, str]:
+    """When the last message leaves at the rate cap, and the warnings (#11)."""
+    c = preview.completion
+    if c is None:
+        return {}
+    rows = {_("last message leaves"): estimates.last_message(c, preview.timezone)}
+    if c.warnings:
+        rows[_("warnings")] = "; ".join(estimates.warning_lines(c)).replace("|", "/")
+    return rows
 
 
 @flow(name="preview-bulk")

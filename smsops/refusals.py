@@ -107,8 +107,8 @@ TEMPLATES: tuple[str, ...] = (
     N_("the send time {at} is outside the sending window {window} ({tz})"),
     N_("now ({now}) is outside the sending window {window} ({tz})"),
     N_(
-        "the next time it could go is {at} (give --at then, or --outside-window to send "
-        "outside it on purpose)"
+        "the next time it could go is {at}: give --at then, or --outside-window to send "
+        "outside it on purpose"
     ),
     N_("cannot read the sending window {text}: use HH:MM-HH:MM such as 09:00-20:00, or off"),
     N_("the sending window {text} names a time that does not exist"),
@@ -116,19 +116,14 @@ TEMPLATES: tuple[str, ...] = (
         "the sending window {text} is empty or the whole day: start and end must differ "
         "(off: no window)"
     ),
-    # the sending window (#11)
-    N_("the send time {at} is outside the sending window {window} ({tz})"),
-    N_("now ({now}) is outside the sending window {window} ({tz})"),
+    N_("the sending window {window} ({tz}) closed"),
+    N_("{n} messages wait until it opens at {at}"),
     N_(
-        "the next time it could go is {at} (give --at then, or --outside-window to send "
-        "outside it on purpose)"
+        "at {rate} messages/s it does not fit in the sending window {window}: it pauses at "
+        "{close} and goes on at {opening}"
     ),
-    N_("cannot read the sending window {text}: use HH:MM-HH:MM such as 09:00-20:00, or off"),
-    N_("the sending window {text} names a time that does not exist"),
-    N_(
-        "the sending window {text} is empty or the whole day: start and end must differ "
-        "(off: no window)"
-    ),
+    N_("{n} pauses in all"),
+    N_("the last message leaves after delivery {id} is due to start ({at})"),
     # R13
     N_("a delivery is saved only once confirmed: review `smsops bulk preview`, then add --yes"),
     N_("not confirmed; nothing was saved"),

@@ -37,8 +37,12 @@ LABELS = {
     "tickets_used": N_("tickets"),
     "resend_of": N_("resend of"),
     "texts": N_("texts"),
+    "paused_for": N_("paused for"),
+    "paused_reason": N_("why paused"),
+    "resume_at": N_("resumes at"),
+    "outside_window": N_("outside the window"),
 }
-_TIMES = ("created_at", "scheduled_at", "finished_at")
+_TIMES = ("created_at", "scheduled_at", "finished_at", "resume_at")
 
 
 def _shown(key: str, value: object) -> str:
@@ -46,6 +50,10 @@ def _shown(key: str, value: object) -> str:
     writes them (#15)."""
     if value is None:
         return ""
+    if key == "paused_reason" and isinstance(value, str):
+        from smsops.refusals import localize
+
+        return cell(localize(value))
     if language() == "en":
         return cell(value)
     if key in _TIMES and isinstance(value, str):
@@ -53,6 +61,7 @@ def _shown(key: str, value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and key not in ("id", "resend_of"):
         return number(value)
     return cell(value)
+
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -140,13 +149,9 @@ def deliveries_show(
         )
         return
     out.print(
-        kv_table(
-            {_(LABELS.get(k, k)): _shown(k, v) for k, v in summary.items() if v is not None}
-        )
+        kv_table({_(LABELS.get(k, k)): _shown(k, v) for k, v in summary.items() if v is not None})
     )
-    table = Table(
-        _("seq"), _("phone"), _("message"), _("status"), _("error"), _("delivery report")
-    )
+    table = Table(_("seq"), _("phone"), _("message"), _("status"), _("error"), _("delivery report"))
     shown = frame.head(limit)
     for row, masked in zip(shown.itertuples(), mask_phones(shown["phone"]), strict=True):
         table.add_row(
@@ -160,9 +165,7 @@ def deliveries_show(
     out.print(table)
     if len(frame) > limit:
         out.print(
-            _("… {n} more (use --json or `deliveries errors`)").format(
-                n=number(len(frame) - limit)
-            )
+            _("… {n} more (use --json or `deliveries errors`)").format(n=number(len(frame) - limit))
         )
 
 

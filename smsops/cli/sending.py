@@ -104,6 +104,7 @@ def confirmation_lines(p: dl.Preview) -> list[tuple[str, str]]:
     lines = [
         (_("Recipients"), i18n.number(p.recipients)),
         (_("Send at"), when),
+        *completion_lines(p),
     ]
     if p.sample:
         more = (
@@ -134,6 +135,17 @@ def confirmation_lines(p: dl.Preview) -> list[tuple[str, str]]:
     )
     lines.append((_("Selection"), localize(p.diagnosis)))
     return lines
+
+
+def completion_lines(p: dl.Preview) -> list[tuple[str, str]]:
+    """When the last message leaves at the rate cap, and the warnings (#11)."""
+    from smsops.services.estimates import last_message, warning_lines
+
+    c = p.completion
+    if c is None:
+        return []
+    lines = [(_("Last message"), last_message(c, p.timezone))]
+    return lines + [(_("Warning"), w) for w in warning_lines(c)]
 
 
 def print_confirmation(lines: list[tuple[str, str]]) -> None:

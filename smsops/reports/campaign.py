@@ -33,6 +33,7 @@ from smsops.services import account as accounts
 from smsops.services import deliveries as dl
 from smsops.services.context import Context
 from smsops.services.dispatch import send_if_due
+from smsops.services.estimates import last_message, warning_lines
 
 
 @dataclass
@@ -98,6 +99,11 @@ class Campaign:
                 " **Warning:** deliveries waiting to go out before it will leave it {short} "
                 "short at its send time (R10: the last pairs become errors)."
             ).format(short=i18n.tickets(short))
+        if p.completion is not None:  # the sending window, the next delivery (#11)
+            later += "".join(
+                " " + _("**Warning:** {warning}.").format(warning=text)
+                for text in warning_lines(p.completion)
+            )
         return Note(
             _(
                 "**{recipients} recipients** will get {messages} message(s), sent {when}. "
@@ -128,8 +134,17 @@ class Campaign:
                 _("ticket balance"): i18n.tickets(p.balance),
                 _("shortfall"): i18n.tickets(p.shortfall),
                 _("selection"): localize(p.diagnosis),
+                **self._completion(),
             }
         )
+
+    def _completion(self) -> dict[str, str]:
+        """When the last message leaves (#11), and the warnings."""
+        c, tz = self.preview.completion, self.preview.timezone
+        if c is None:
+            return {}
+        warned = {_("warnings"): "; ".join(warning_lines(c))} if c.warnings else {}
+        return {_("last message leaves"): last_message(c, tz), **warned}
 
     def exclusions(self) -> pd.DataFrame | None:
         """Users left out, per reason (R2–R5, R16)."""

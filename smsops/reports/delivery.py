@@ -12,6 +12,7 @@ from matplotlib.ticker import MaxNLocator
 from smsops.domain.phones import mask_phones
 from smsops.domain.vocabulary import DlrStatus, ItemError, ItemStatus, ReplyAction
 from smsops.i18n import N_, _, language, local_time, number
+from smsops.refusals import localize
 from smsops.reports.common import (
     _LABELS,
     GREY,
@@ -86,9 +87,7 @@ class DeliveryReport:
             )
         else:
             repairs = (
-                _(", a resend of delivery {id}").format(id=s["resend_of"])
-                if s["resend_of"]
-                else ""
+                _(", a resend of delivery {id}").format(id=s["resend_of"]) if s["resend_of"] else ""
             )
             note = _(
                 "**Delivery {id}** ({kind}{repairs}) is **{status}**: {recipients} recipients × "
@@ -104,6 +103,10 @@ class DeliveryReport:
                 errors=number(s["errors"]),
                 used=number(s["tickets_used"]),
             )
+            if s.get("paused_reason"):  # why it waits, and until when (#11)
+                note += " " + _("**Paused:** {reason}; `smsops dispatch-due` resumes it.").format(
+                    reason=localize(s["paused_reason"])
+                )
         return Note(note if missing_font is None else f"{note}\n\n{missing_font}")
 
     def overview(self) -> pd.DataFrame | Note:
@@ -125,6 +128,9 @@ class DeliveryReport:
             _("tickets used"): s["tickets_used"],
             _("resend of"): s["resend_of"],
         }
+        if s.get("paused_reason"):
+            rows[_("why paused")] = localize(s["paused_reason"])
+            rows[_("resumes at")] = self._time(s["resume_at"])
         rows[_("resent in")] = ", ".join(f"#{d['id']} ({d['status']})" for d in self.resends)
         return _key_values({_("delivery"): s["id"], **rows, **texts})
 
@@ -235,8 +241,9 @@ class DeliveryReport:
                     else _("their numbers opted out since")
                 )
                 return Note(
-                    _("**Nothing left to resend**: {n} failed pairs were taken care of ({by})")
-                    .format(n=number(repaired), by=by)
+                    _(
+                        "**Nothing left to resend**: {n} failed pairs were taken care of ({by})"
+                    ).format(n=number(repaired), by=by)
                     + (
                         _("; {n} more are never resent (R16, outcome unknown).").format(
                             n=number(never)

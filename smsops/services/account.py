@@ -130,7 +130,7 @@ def require_window(acct: Account, when: datetime | None, now: datetime) -> None:
     raise ScheduleError(
         "R12",
         f"{shown} is outside the sending window {window} ({tz}); the next time it could go "
-        f"is {opening} (give --at then, or --outside-window to send outside it on purpose)",
+        f"is {opening}: give --at then, or --outside-window to send outside it on purpose",
         window=str(window),
         next_opening=opening,
     )

@@ -16,7 +16,13 @@ from sqlalchemy import Connection, and_, case, func, or_, select
 from smsops import clock
 from smsops.domain.messages import Message, validate_messages
 from smsops.domain.tickets import tickets_needed
-from smsops.domain.vocabulary import FINAL_DELIVERY, DeliveryStatus, ItemError, ItemStatus
+from smsops.domain.vocabulary import (
+    FINAL_DELIVERY,
+    DeliveryStatus,
+    ItemError,
+    ItemStatus,
+    PauseReason,
+)
 from smsops.errors import (
     NoRecipientsError,
     NotFoundError,
@@ -26,6 +32,7 @@ from smsops.errors import (
 from smsops.logs import mask_text
 from smsops.services import account as accounts
 from smsops.services.context import Context
+from smsops.services.estimates import Completion, completion
 from smsops.services.inbound import FAILED_DLR, SETTLING_DLR
 from smsops.services.liveness import register
 from smsops.store import read, write
@@ -56,6 +63,8 @@ class Preview:
     diagnosis: str
     sample: list[str]  # masked numbers
     selection: Selection = field(repr=False)
+    # when the last message leaves at the rate cap, the sending window kept (#11)
+    completion: Completion | None = None
 
     @property
     def tickets_needed(self) -> int:
@@ -116,6 +125,17 @@ class Preview:
             ],
             "sample": self.sample,
             "diagnosis": self.diagnosis,
+        } | self._completion()
+
+    def _completion(self) -> dict[str, Any]:
+        c = self.completion
+        if c is None:
+            return {}
+        return {
+            "finish_estimate": clock.local_iso(c.finish, self.timezone),
+            "rate_limit": c.rate,
+            "window": c.window,
+            "warnings": c.warnings,
         }
 
 
@@ -171,8 +191,9 @@ def preview_bulk(
             f"{diagnosis}; {inactive:,} inactive user{'s' * (inactive != 1)} "
             "(not in the latest full export) not selected"
         )
+    recipients = len(selection.recipients)
     return Preview(
-        recipients=len(selection.recipients),
+        recipients=recipients,
         messages=msgs,
         balance=accounts.balance(ctx),
         scheduled_at=when,
@@ -181,6 +202,7 @@ def preview_bulk(
         diagnosis=diagnosis,
         sample=mask_phones(selection.recipients["phone"].head(SAMPLE)).tolist(),
         selection=selection,
+        completion=completion(ctx, acct, when, tickets_needed(recipients, len(msgs))),
     )
 
 
@@ -502,6 +524,12 @@ def delivery_summary(ctx: Context, delivery_id: int) -> dict[str, Any]:
         counts = _counts(conn, [delivery_id]).get(delivery_id, {})
     out = _summary(row, counts, tz)
     out["texts"] = json.loads(row.messages)
+    if row.status == DeliveryStatus.PAUSED:  # why, and when dispatch-due resumes it (#11)
+        out["paused_for"] = row.paused_for or PauseReason.GATEWAY_DOWN  # before v13: it
+        out["paused_reason"] = row.paused_reason
+        out["resume_at"] = clock.local_iso(row.resume_at, tz)
+    if row.outside_window:
+        out["outside_window"] = True
     return out
 
 

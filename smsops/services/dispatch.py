@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select, text, tuple_
 
 from smsops import clock
+from smsops.domain import windows
 from smsops.domain.tickets import funded_pairs
-from smsops.domain.vocabulary import DeliveryStatus, ItemError, ItemStatus
+from smsops.domain.vocabulary import DeliveryStatus, ItemError, ItemStatus, PauseReason
 from smsops.errors import GatewayError, NotFoundError, SmsopsError, StateError
 from smsops.gateways import Answer, Gateway, HandOff, idempotency_keys
 from smsops.services.account import bulk_allowed, get_account, lock_balance
@@ -84,6 +85,7 @@ class DispatchResult:
     resumed: bool
     handled: int = 0  # pairs this dispatcher itself handed to the gateway
     reason: str | None = None  # why it is paused (the gateway was down), when it is
+    paused_for: str | None = None  # PauseReason: the gateway, or the sending window
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -92,7 +94,7 @@ class DispatchResult:
 def due_ids(ctx: Context) -> list[int]:
     """Deliveries to send now: scheduled ones whose time has come, queued ones, and ones
     every dispatcher of which died — oldest first."""
-    now = clock.now()
+    now = ctx.clock()
     lease = ctx.settings.lease_seconds
     with read(ctx.engine) as conn:
         rows = conn.execute(
@@ -133,7 +135,7 @@ def dispatch_due(ctx: Context) -> list[DispatchResult]:
         except StateError:
             continue  # another process took it between the listing and the claim
         done.append(result)
-        if result.status == DeliveryStatus.PAUSED:
+        if result.paused_for == PauseReason.GATEWAY_DOWN:
             break  # the gateway is down: no use knocking with every other delivery too
     return done
 
@@ -146,6 +148,10 @@ class Session:
     owner: str
     resumed: bool
     texts: tuple[str, ...] = ()  # the messages, read once
+    # the account's sending window (#11) and zone, read once; none for a delivery made
+    # outside it on purpose
+    window: str | None = None
+    timezone: str = "UTC"
 
 
 def dispatch(ctx: Context, delivery_id: int, *, join: bool = False) -> DispatchResult:
@@ -191,9 +197,11 @@ def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
     """Register as a dispatcher of the delivery and allocate its tickets (once, R10)."""
     owner = process_id()
     _settle_leftover(ctx, owner)
-    session = Session(
-        delivery_id, owner, _claim(ctx, delivery_id, owner, join), tuple(_texts(ctx, delivery_id))
-    )
+    resumed = _claim(ctx, delivery_id, owner, join)
+    texts, outside_window = _texts(ctx, delivery_id)
+    acct = get_account(ctx)
+    window = None if outside_window else acct.window
+    session = Session(delivery_id, owner, resumed, tuple(texts), window, acct.timezone)
     _allocate(ctx, delivery_id)
     return session
 
@@ -239,7 +247,14 @@ def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
     successor stops the send: what was not handed over stays pending for dispatch-due.
     """
     _reconcile(ctx, gateway, session.delivery_id, session.owner)
-    chunk = _take_chunk(ctx, session, gateway.record)
+    # the sending window (#11): a chunk no longer than what leaves before it closes (at
+    # the rate cap), and none while it is shut — the delivery pauses until it opens
+    window = windows.Window.parse_stored(session.window)
+    room = windows.room(ctx.clock(), ctx.settings.rate_limit, window, session.timezone)
+    if room == 0 and window is not None:
+        _pause_for_window(ctx, session, window)
+        return 0
+    chunk = _take_chunk(ctx, session, gateway.record, room)
     if chunk.empty:
         return 0
     try:
@@ -263,25 +278,59 @@ def _pause(ctx: Context, session: Session, unavailable: int) -> None:
             select(deliveries.c.pauses).where(deliveries.c.id == session.delivery_id)
         ).scalar_one()
         wait = min(ctx.settings.pause_seconds * 2 ** (pauses or 0), LONGEST_PAUSE)
-        now = clock.now()
+        now = ctx.clock()
         reason = (
             f"the gateway could not be reached ({unavailable:,} messages not handed over); "
             f"trying again from {clock.local_iso(now + timedelta(seconds=wait), 'UTC')}"
         )
-        conn.execute(
-            deliveries.update()
-            .where(
-                deliveries.c.id == session.delivery_id,
-                deliveries.c.status == DeliveryStatus.SENDING,
-            )
-            .values(
-                status=DeliveryStatus.PAUSED,
-                paused_reason=reason[:256],
-                resume_at=now + timedelta(seconds=wait),
-                pauses=(pauses or 0) + 1,
-            )
+        _paused(
+            conn,
+            session,
+            PauseReason.GATEWAY_DOWN,
+            reason,
+            now + timedelta(seconds=wait),
+            pauses=(pauses or 0) + 1,
         )
-        conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
+
+
+def _pause_for_window(ctx: Context, session: Session, window: windows.Window) -> None:
+    """The sending window closed (#11): the delivery pauses — its unsent pairs pending,
+    their tickets kept — and dispatch-due resumes it when the window next opens."""
+    now, tz = ctx.clock(), session.timezone
+    opens = window.next_opening(now, tz)
+    reason = (
+        f"the sending window {window} ({tz}) closed; "
+        f"{_left(ctx, session.delivery_id):,} messages wait until it opens at "
+        f"{clock.local_iso(opens, tz)}"
+    )
+    with write(ctx.engine) as conn:
+        _paused(conn, session, PauseReason.WINDOW_CLOSED, reason, opens)
+
+
+def _paused(
+    conn: Any,
+    session: Session,
+    why: PauseReason,
+    reason: str,
+    resume_at: Any,
+    pauses: int | None = None,
+) -> None:
+    """Record the pause (while the delivery is still sending) and leave it."""
+    conn.execute(
+        deliveries.update()
+        .where(
+            deliveries.c.id == session.delivery_id,
+            deliveries.c.status == DeliveryStatus.SENDING,
+        )
+        .values(
+            status=DeliveryStatus.PAUSED,
+            paused_for=why,
+            paused_reason=reason[:256],
+            resume_at=resume_at,
+            **({} if pauses is None else {"pauses": pauses}),
+        )
+    )
+    conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
     log.warning("delivery %s paused: %s", session.delivery_id, reason)
 
 
@@ -304,12 +353,14 @@ def finish(ctx: Context, session: Session) -> DispatchResult:
     """Leave the delivery; the last dispatcher out records its final status."""
     status = _finish(ctx, session)
     s = delivery_summary(ctx, session.delivery_id)
-    reason = None
+    reason = paused_for = None
     if status == DeliveryStatus.PAUSED:
         with read(ctx.engine) as conn:
-            reason = conn.execute(
-                select(deliveries.c.paused_reason).where(deliveries.c.id == session.delivery_id)
-            ).scalar_one()
+            reason, paused_for = conn.execute(
+                select(deliveries.c.paused_reason, deliveries.c.paused_for).where(
+                    deliveries.c.id == session.delivery_id
+                )
+            ).one()
     return DispatchResult(
         session.delivery_id,
         status,
@@ -318,12 +369,13 @@ def finish(ctx: Context, session: Session) -> DispatchResult:
         int(s["tickets_used"]),
         session.resumed,
         reason=reason,
+        paused_for=paused_for or (PauseReason.GATEWAY_DOWN if reason else None),
     )
 
 
 def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
     """Register this dispatcher; True when continuing work that others left."""
-    now = clock.now()
+    now = ctx.clock()
     with write(ctx.engine) as conn:
         row = conn.execute(
             select(deliveries).where(deliveries.c.id == delivery_id).with_for_update()
@@ -349,6 +401,7 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
                 status=DeliveryStatus.SENDING,
                 started_at=row.started_at or now,
                 paused_reason=None,
+                paused_for=None,
                 resume_at=None,
             )
         )
@@ -607,10 +660,12 @@ def _fates(left: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
     return fates
 
 
-def _take_chunk(ctx: Context, session: Session, record: str | None) -> pd.DataFrame:
-    """Claim the next funded pending pairs in send order that no other dispatcher's
-    range holds — as a range on our own row, writing no item, with the ``record`` of the
-    gateway it goes through — and return them."""
+def _take_chunk(
+    ctx: Context, session: Session, record: str | None, limit: int | None = None
+) -> pd.DataFrame:
+    """Claim the next funded pending pairs in send order (at most a chunk, and at most
+    ``limit``) that no other dispatcher's range holds — as a range on our own row, writing
+    no item, with the ``record`` of the gateway it goes through — and return them."""
     import pandas as pd
 
     d, me = session.delivery_id, session.owner
@@ -630,7 +685,8 @@ def _take_chunk(ctx: Context, session: Session, record: str | None) -> pd.DataFr
                 )
             )
         )
-        rows = _free_run(conn, d, taken, ctx.settings.chunk_size)
+        size = ctx.settings.chunk_size if limit is None else min(limit, ctx.settings.chunk_size)
+        rows = _free_run(conn, d, taken, size)
         if not rows:
             return pd.DataFrame(columns=["seq", "message_no", "phone"])
         lo, hi = (rows[0][0], rows[0][1]), (rows[-1][0], rows[-1][1])
@@ -701,15 +757,15 @@ def _free_run(conn: Any, d: int, taken: list[tuple[Pair, Pair]], n: int) -> list
     return list(conn.execute(stmt.limit(n)).all())
 
 
-def _texts(ctx: Context, delivery_id: int) -> list[str]:
+def _texts(ctx: Context, delivery_id: int) -> tuple[list[str], bool]:
+    """The delivery's messages, and whether it goes outside the sending window (#11)."""
     with read(ctx.engine) as conn:
-        return list(
-            json.loads(
-                conn.execute(
-                    select(deliveries.c.messages).where(deliveries.c.id == delivery_id)
-                ).scalar_one()
+        messages, outside = conn.execute(
+            select(deliveries.c.messages, deliveries.c.outside_window).where(
+                deliveries.c.id == delivery_id
             )
-        )
+        ).one()
+    return list(json.loads(messages)), bool(outside)
 
 
 def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame) -> int:

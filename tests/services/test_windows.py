@@ -49,8 +49,8 @@ def test_r12_send_now_outside_the_window_is_refused_naming_the_next_opening(nigh
         dl.create_bulk(night, p)
     assert str(refused.value) == (
         "R12: now (2026-12-01T22:00:00+09:00) is outside the sending window 09:00-20:00 "
-        "(Asia/Tokyo); the next time it could go is 2026-12-02T09:00:00+09:00 (give --at "
-        "then, or --outside-window to send outside it on purpose)"
+        "(Asia/Tokyo); the next time it could go is 2026-12-02T09:00:00+09:00: give --at then, "
+        "or --outside-window to send outside it on purpose"
     )
     assert _count(night) == 0 and accounts.balance(night) == 100  # nothing saved
 
@@ -89,3 +89,34 @@ def test_the_window_follows_the_accounts_time_zone(night):
     accounts.set_account(night, timezone="Europe/London")  # 22:00 in Tokyo is 13:00 there
     created = dl.create_bulk(night, dl.preview_bulk(night, ["Sale"]))
     assert created.status == "queued"
+
+
+def test_preview_estimates_the_last_message_at_the_rate_cap_and_warns(settings):
+    """#11: the completion estimate — at 2 messages/s, 20 pairs take 10 s; from 19:59:55
+    they do not fit before 20:00 and finish after 09:00; a delivery scheduled before the
+    finish is named."""
+    clock = Clock(jst(2026, 12, 1, 12), frozen=True)
+    ctx = Context.open(settings.model_copy(update={"rate_limit": 2.0}), clock=clock)
+    add_users(ctx, [mobile(i) for i in range(1, 11)])
+    accounts.add_tickets(ctx, 100)
+    plain = dl.preview_bulk(ctx, ["一", "二"]).to_dict()
+    assert plain["finish_estimate"] == "2026-12-01T12:00:10+09:00" and plain["warnings"] == []
+    accounts.set_account(ctx, window="09:00-20:00")
+    dl.create_bulk(ctx, dl.preview_bulk(ctx, ["後"], at="2026-12-02 09:00:05"))
+    clock.jump_to(jst(2026, 12, 1, 19, 59, 55))
+    late = dl.preview_bulk(ctx, ["一", "二"]).to_dict()
+    assert late["finish_estimate"] == "2026-12-02T09:00:06+09:00"  # 8 before 20:00, 12 after
+    assert late["warnings"] == [
+        "at 2 messages/s it does not fit in the sending window 09:00-20:00: it pauses at "
+        "2026-12-01T20:00:00+09:00 and goes on at 2026-12-02T09:00:00+09:00",
+        "the last message leaves after delivery 1 is due to start (2026-12-02T09:00:05+09:00)",
+    ]
+    night = dl.preview_bulk(ctx, ["一"], at="2026-12-01 22:00").to_dict()
+    assert night["warnings"][0].startswith("R12: the send time 2026-12-01T22:00:00+09:00 is out")
+    ctx.close()
+
+
+def test_preview_without_a_rate_cap_has_no_estimate(ctx):
+    add_users(ctx, [mobile(1)])
+    d = dl.preview_bulk(ctx, ["一"]).to_dict()
+    assert d["finish_estimate"] is None and d["rate_limit"] is None
