@@ -73,11 +73,13 @@ _ERROR_WIDTH = 64  # delivery_items.error is VARCHAR(64)
 # and enough of them that guessing is hopeless (token_urlsafe(32) gives 43).
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 # Rows announced to hand_off at a time, and how many announced rows may still be left to
-# go when the next announcement starts (so it is usually durable before they are gone):
-# at most WINDOW + LEAD + concurrency messages are in doubt after a crash (4 in flight:
-# 14), and announcements are rare enough not to slow sending.
-WINDOW = 8
-LEAD = 2
+# go when the next announcement starts: at most WINDOW + LEAD + concurrency messages are
+# in doubt after a crash (4 in flight: 28). A sender never waits for an announcement while
+# LEAD rows last, the time of some LEAD requests (8 ms at 1,000/s): on a busy 2-core
+# machine 8 rows at a time, 2 ahead, kept the senders waiting 4–12 % of the time; 16 at a
+# time, 8 ahead, 0.2–6 %, with half the commits.
+WINDOW = 16
+LEAD = 8
 
 T = TypeVar("T")
 Outcome = tuple[str, str | None]  # (status, error)
