@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # the shared secret every callback to `smsops receiver` (/dlr, /mo) carries as
     # ?token=…; the receiver refuses to start without it
     receiver_token: SecretStr | None = None
+    # where `smsops receiver` and the receiver of `smsops serve` listen
+    receiver_host: str = "127.0.0.1"
+    receiver_port: int = Field(13080, ge=0, le=65535)
     # flows read files only under this folder (their parameters may come from anyone who
     # reaches the Prefect API); the CLI reads what its user can
     import_root: Path = Path("data")

@@ -6,13 +6,17 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from smsops import i18n
 from smsops.cli.common import JsonOpt, command, context, emit, out, parse_delivery_id
-from smsops.errors import ReportError
+from smsops.errors import ReportError, ServerError
+
+if TYPE_CHECKING:
+    from smsops.receiver import Receiver
+    from smsops.services.context import Context
 
 
 def register(app: typer.Typer) -> None:
@@ -69,31 +73,98 @@ def serve(
             metavar="SECONDS", callback=_positive, help="Seconds between dispatch-due runs."
         ),
     ] = 10.0,
+    ui: Annotated[
+        bool,
+        typer.Option(
+            "--ui/--no-ui",
+            help="Serve the Prefect UI from the private Prefect server and print its URL.",
+        ),
+    ] = True,
+    receiver: Annotated[
+        bool,
+        typer.Option(
+            "--receiver/--no-receiver",
+            help="Receive Kannel's delivery reports and replies in this process, on "
+            "SMSOPS_RECEIVER_HOST:SMSOPS_RECEIVER_PORT (default 127.0.0.1:13080); needs "
+            "SMSOPS_RECEIVER_TOKEN.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Long-running Prefect scheduler that sends scheduled deliveries at their time.
+    """Everything a sending host runs, in one process, until SIGTERM or Ctrl-C (#11).
 
-    Serves the smsops deployments, with dispatch-due on an interval. Uses PREFECT_API_URL
-    if set, else starts a private Prefect server on loopback. With --json, stdout carries
-    one JSON document (the API URL and the deployments) and Prefect's own output goes to
-    stderr.
+    Serves the smsops deployments — dispatch-due every SECONDS, import-drops every 60 s
+    over SMSOPS_DROPS, and the rest on demand — the receiver (/dlr, /mo) and the Prefect
+    UI. Uses PREFECT_API_URL if set, else starts a private Prefect server on loopback.
+    On SIGTERM or Ctrl-C it takes no new run, cancels the runs in progress (dispatch-due
+    resumes a delivery they were sending, each pair exactly once), stops the receiver and
+    the private server, and exits 0. With --json, stdout carries one JSON document (the
+    URLs and the deployments) and Prefect's own output goes to stderr. Example:
+    SMSOPS_RECEIVER_TOKEN=... smsops serve
     """
+    import logging
+
+    from flows.serve import Serving
     from flows.serve import serve as run
     from smsops.logs import install_masking
 
     install_masking()
-
     stdout = sys.stdout
 
-    def ready(url: str, deployments: list[str]) -> None:
-        if as_json:
-            info = {"api_url": url, "deployments": deployments, "interval": interval}
-            print(json.dumps(info), file=stdout, flush=True)
-        else:
-            out.print(f"serving {', '.join(deployments)} via {url}")
+    with contextlib.ExitStack() as stack:
+        beside = None
+        receiver_url = None
+        if receiver:
+            from smsops.gateways.kannel import callback_token
+            from smsops.receiver import Receiver
 
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        run(interval=interval, ready=ready)
+            ctx = stack.enter_context(context(True))
+            settings = ctx.settings
+            # before anything starts: no token (or a taken port) is one line, exit 1
+            callback_token(
+                settings.receiver_token,
+                wanted_by="the receiver of smsops serve (--no-receiver turns it off)",
+            )
+            logging.getLogger("smsops.receiver").setLevel(logging.INFO)
+            beside = _listening(Receiver, ctx, settings.receiver_host, settings.receiver_port)
+            receiver_url = beside.url
+
+        def ready(started: Serving) -> None:
+            if as_json:
+                info = {
+                    "api_url": started.api_url,
+                    "ui_url": started.ui_url,
+                    "receiver_url": receiver_url,
+                    "deployments": started.deployments,
+                    "interval": interval,
+                }
+                print(json.dumps(info), file=stdout, flush=True)
+                return
+            out.print(
+                i18n._("serving {deployments} via {url}").format(
+                    deployments=", ".join(started.deployments), url=started.api_url
+                )
+            )
+            if started.ui_url:
+                out.print(i18n._("Prefect UI: {url}").format(url=started.ui_url))
+            if receiver_url:
+                out.print(
+                    i18n._("receiver: {url} (/dlr, /mo with ?token=$SMSOPS_RECEIVER_TOKEN)").format(
+                        url=receiver_url
+                    )
+                )
+            out.print(i18n._("SIGTERM or Ctrl-C stops everything"))
+
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            run(interval=interval, ready=ready, ui=ui, beside=beside)
+
+
+def _listening(receiver_class: type[Receiver], ctx: Context, host: str, port: int) -> Receiver:
+    """The receiver, listening (not yet answering); a taken port is one clear line."""
+    try:
+        return receiver_class(ctx, host, port)
+    except OSError as exc:
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 # --- Kannel callbacks (issue 6) -------------------------------------------------------
@@ -101,10 +172,18 @@ def serve(
 
 @command
 def receiver(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to listen on (default: SMSOPS_RECEIVER_HOST, 127.0.0.1)."),
+    ] = None,
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
-    ] = 13080,
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port to listen on, 0: any free one (default: SMSOPS_RECEIVER_PORT, 13080).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Receive Kannel's delivery reports (/dlr) and replies (/mo) until interrupted.
@@ -132,4 +211,6 @@ def receiver(
         sys.stdout.flush()
 
     with context(True) as ctx:
+        host = ctx.settings.receiver_host if host is None else host
+        port = ctx.settings.receiver_port if port is None else port
         receiving.serve(ctx, host, port, ready=ready)

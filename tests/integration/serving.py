@@ -1,5 +1,5 @@
 """A real ``smsops serve`` for tests: its own Prefect home and store, started in its own
-process group, waited for, and stopped (SIGTERM, then SIGKILL)."""
+process group, waited for, and stopped (SIGTERM, then SIGKILL); what it left running."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,15 +47,22 @@ def cli(env: dict[str, str], *args: str) -> dict:
 class Served:
     api_url: str
     started: dict  # what `smsops serve --json` printed
+    process: subprocess.Popen
+
+
+# The receiver (which needs a token and a port) and the UI are off unless a test asks.
+LEAN = ("--no-receiver", "--no-ui")
 
 
 @contextmanager
-def served(tmp_path: Path, env: dict[str, str], interval: int) -> Iterator[Served]:
-    """``smsops serve --interval INTERVAL`` until the block ends."""
+def served(
+    tmp_path: Path, env: dict[str, str], interval: int, options: Sequence[str] = LEAN
+) -> Iterator[Served]:
+    """``smsops serve --interval INTERVAL OPTIONS`` until the block ends."""
     log_path, out_path = tmp_path / "serve.log", tmp_path / "serve.json"
     with open(log_path, "w") as log, open(out_path, "w") as out:
         serve = subprocess.Popen(
-            [SMSOPS, "serve", "--interval", str(interval), "--json"],
+            [SMSOPS, "serve", "--interval", str(interval), *options, "--json"],
             env=env,
             stdout=out,
             stderr=log,
@@ -68,10 +75,38 @@ def served(tmp_path: Path, env: dict[str, str], interval: int) -> Iterator[Serve
                 assert time.monotonic() < deadline, "smsops serve did not start"
                 time.sleep(1)
             started = json.loads(out_path.read_text())
-            yield Served(started["api_url"], started)
+            yield Served(started["api_url"], started, serve)
         finally:
-            os.killpg(serve.pid, signal.SIGTERM)
-            try:
-                serve.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
+            if serve.poll() is None:  # not stopped by the test
+                os.killpg(serve.pid, signal.SIGTERM)
+                try:
+                    serve.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(serve.pid, signal.SIGKILL)
+
+
+def stop(serve: Served, timeout: float = 90) -> int:
+    """SIGTERM to the serve process alone (as systemd's ``KillMode=mixed`` or ``kill PID``
+    sends it); its exit code."""
+    serve.process.send_signal(signal.SIGTERM)
+    return serve.process.wait(timeout=timeout)
+
+
+def left_running(tmp_path: Path) -> list[str]:
+    """The processes still running for the site in ``tmp_path`` (the serve process, its
+    Prefect server, flow runs: everything started with its environment), as "PID CMD"."""
+    mark = str(tmp_path).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark not in (proc / "environ").read_bytes():
+                continue
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if stat[0] != "Z":  # a zombie has ended (its parent has yet to reap it)
+            found.append(f"{proc.name} {cmd.strip()}")
+    return found
