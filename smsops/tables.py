@@ -10,7 +10,7 @@ import re
 import stat
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -620,8 +620,9 @@ def _check_phones(t: _Table, column: str) -> None:
         )
 
 
-def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
-    """Read one users CSV and check it, collecting every problem."""
+def _users_header(path: str | Path, encoding: str, named: bool) -> tuple[_Table, list[str]]:
+    """Open one users CSV and read its header: the table and its column names, the
+    required ones under their canonical names; problems of the header recorded."""
     t = _open(path, encoding, named)
     names = [name or f"column_{i + 1}" for i, name in enumerate(t.header)]
     phones = _phone_columns(names)
@@ -633,6 +634,12 @@ def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
     for name in REQUIRED:
         if t.header and name not in names:
             t.fail(f"required column {name!r} is missing", name, content=f"found: {_names(names)}")
+    return t, names
+
+
+def _users_table(path: str | Path, encoding: str, named: bool) -> _Table:
+    """Read one users CSV and check it, collecting every problem."""
+    t, names = _users_header(path, encoding, named)
     frame = None if t.problems else _parse(t, names, has_header=True).frame
     if frame is None:
         return t
@@ -730,6 +737,149 @@ def read_users_csvs(paths: Sequence[str | Path], encoding: str = "auto") -> pd.D
         dict.fromkeys(name for t in tables for name in t.other_phones)
     )
     return users
+
+
+class Unstreamable(Exception):
+    """A users file the streamed read leaves to :func:`read_users_csvs`: it has a problem
+    to name exactly (by row, line and column), or a shape only the whole table shows
+    (cells spanning lines, unnamed columns, NUL bytes, rows the parser cannot split)."""
+
+
+# Bytes of CSV text the streamed read parses at a time: about 12,000 rows of a typical
+# user table, so memory holds one batch of frames, not the table (#12).
+STREAM_BLOCK = 1 << 20
+
+
+@dataclass
+class UsersStream:
+    """Users files read batch by batch (#12): :meth:`batches` yields frames of checked
+    users in file and row order, as :func:`read_users_csvs` would give them whole.
+
+    Only files without a problem stream: any problem (or any shape the checks need the
+    whole table for) raises :class:`Unstreamable`, possibly after some batches were
+    yielded (a repeated user_id is known only at the end), and the caller, who wrote
+    those batches in one transaction, rolls it back and reads the files with
+    :func:`read_users_csvs`, which names every problem exactly."""
+
+    tables: list[_Table]
+    names: list[list[str]]  # each file's column names
+    columns: list[str]  # every file's columns, in the order pd.concat gives them
+    block: int = STREAM_BLOCK
+    rows: int = 0  # users yielded so far
+
+    @property
+    def phone_columns(self) -> list[str]:
+        return list(dict.fromkeys(t.phone_column or "phone" for t in self.tables))
+
+    @property
+    def estimate(self) -> int:
+        """Users at most (lines after each header), for progress displays."""
+        return sum(max(t.data.count(b"\n") - 1, 0) for t in self.tables)
+
+    def batches(self) -> Iterator[pd.DataFrame]:
+        ids: list[pa.Array] = []  # compact keys: every user_id, for users must be unique
+        for t, names in zip(self.tables, self.names, strict=True):
+            for frame in _stream_table(t, names, self.block):
+                uid = pa.array(frame["user_id"].array)  # an Array, or a ChunkedArray
+                chunks = uid.chunks if isinstance(uid, pa.ChunkedArray) else [uid]
+                ids += [chunk.cast(pa.string()) for chunk in chunks]
+                self.rows += len(frame)
+                if len(self.tables) > 1:
+                    frame = frame.reindex(columns=self.columns).astype(STRING)
+                yield frame
+        every = pa.chunked_array(ids, type=pa.string())
+        if pc.count_distinct(every).as_py() != len(every):  # a repeat, in a file or across
+            raise Unstreamable("a user_id repeats")
+        for t in self.tables:
+            t.data, t._lines = b"", None
+
+
+def stream_users_csvs(
+    paths: Sequence[str | Path], encoding: str = "auto", block: int | None = None
+) -> UsersStream:
+    """Open users CSVs to read them batch by batch (:class:`UsersStream`); raises
+    :class:`Unstreamable` at once for a file the stream leaves to :func:`read_users_csvs`
+    (a header problem, an unnamed column, NUL bytes, files over the size limit together)."""
+    sizes = [os.stat(p).st_size if os.path.isfile(p) else 0 for p in paths]
+    if not paths or (len(paths) > 1 and sum(sizes) > MAX_FILE):
+        raise Unstreamable("no file, or the files are too big together")
+    tables, names = [], []
+    for path in paths:
+        t, columns = _users_header(path, encoding, named=len(paths) > 1)
+        # an unnamed column is dropped only when empty in the whole file: not streamed
+        if t.problems or not all(t.header) or b"\x00" in t.data:
+            raise Unstreamable(f"{path}: read whole")
+        tables.append(t)
+        names.append(columns)
+    union = list(dict.fromkeys(name for columns in names for name in columns))
+    return UsersStream(tables, names, union, block or STREAM_BLOCK)
+
+
+def _stream_table(t: _Table, names: list[str], block: int) -> Iterator[pd.DataFrame]:
+    """The data rows of one opened users file, ``block`` bytes of text at a time, each
+    batch checked as :func:`_users_table` and :func:`read_users_csvs` check the whole
+    table (except that user ids are unique across batches, which the stream checks at its
+    end); :class:`Unstreamable` at the first problem."""
+    cols = [f"c{i}" for i in range(len(names))]
+
+    def refuse(row: pv.InvalidRow) -> str:
+        return "error"  # a row of the wrong width: the whole-file reader names it
+
+    try:
+        reader = pv.open_csv(
+            pa.BufferReader(t.data),
+            read_options=pv.ReadOptions(
+                use_threads=False, block_size=block, column_names=cols, skip_rows=1
+            ),
+            parse_options=pv.ParseOptions(
+                delimiter=t.delimiter, newlines_in_values=True, invalid_row_handler=refuse
+            ),
+            convert_options=pv.ConvertOptions(
+                column_types=dict.fromkeys(cols, pa.string()),
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
+        header = dict(zip(names, t.header, strict=True))
+        for batch in reader:
+            yield _checked_batch(batch, names, header, t.source)
+    except pa.ArrowException as exc:  # a row wider than a block, a broken quote...
+        raise Unstreamable(str(exc)) from None
+
+
+def _checked_batch(
+    batch: pa.RecordBatch, names: list[str], header: dict[str, str], source: str
+) -> pd.DataFrame:
+    """One parsed batch as a users frame, or :class:`Unstreamable` at its first problem."""
+    for column in batch.columns:
+        if pc.any(pc.greater(pc.binary_length(column), MAX_CELL)).as_py():
+            raise Unstreamable("a cell is too big")
+        if pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py():
+            raise Unstreamable("a cell spans lines")  # legal: the whole-file reader checks
+    frame = batch.to_pandas(types_mapper={pa.string(): STRING}.get)
+    frame.columns = pd.Index(names)
+    blank = frame.isna().all(axis=1).to_numpy()  # Excel's trailing ",,," rows
+    if blank.any():
+        frame = frame[~blank].reset_index(drop=True)
+    uid = frame["user_id"] = frame["user_id"].str.strip()
+    phone = frame["phone"]
+    bad = (
+        uid.isna()
+        | uid.eq("")
+        | uid.str.len().gt(MAX_USER_ID)
+        | (uid.eq(header["user_id"]) & phone.str.strip().eq(header["phone"]))
+        | phone.str.len().gt(MAX_PHONE)
+    )
+    if bad.fillna(False).to_numpy(dtype=bool).any():
+        raise Unstreamable("a row has a problem")
+    maybe = phone.str.contains("e", case=False, regex=False).fillna(False).to_numpy(dtype=bool)
+    if maybe.any() and phone[maybe].str.match(_SCIENTIFIC).fillna(False).any():
+        raise Unstreamable("a phone mangled by Excel")  # the regex only where it can match
+    try:
+        validate(Users, frame, source)  # this batch's part of the contract
+    except InputError:
+        raise Unstreamable("a row breaks the users contract") from None
+    return frame
 
 
 def phone_column_note(users: pd.DataFrame) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,12 @@ from smsops.services.context import Context
 from smsops.store import read, write
 from smsops.store.bulk import copy_rows, driver_time, execute_many, execute_one, fetch_strings
 from smsops.store.schema import optouts, users
-from smsops.tables import read_phone_list, read_users_csvs
+from smsops.tables import (
+    Unstreamable,
+    read_phone_list,
+    read_users_csvs,
+    stream_users_csvs,
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,17 @@ def import_users(
 ) -> ImportResult:
     """Read every file (all problems reported at once), then upsert all rows by user_id in
     one transaction: a bad file changes nothing. ``replace``: the files are a full export,
-    and stored users they do not hold become inactive (kept, never selected; #11)."""
+    and stored users they do not hold become inactive (kept, never selected; #11).
+
+    Files stream (#12): each batch is checked and written in the one transaction, and
+    only the user ids stay in memory. At the first problem (or a shape only the whole
+    table shows) the transaction rolls back and the files are read whole, which names
+    every problem by file, row, line and column."""
+    try:
+        stream = stream_users_csvs(list(paths), encoding=encoding)
+        return _upsert(ctx, stream.batches(), stream.phone_columns, stream.estimate, replace, also)
+    except Unstreamable:
+        stream = None  # its files' text goes before they are read again
     frame = read_users_csvs(list(paths), encoding=encoding)
     return upsert_users(ctx, frame, replace=replace, also=also)
 
@@ -76,16 +90,34 @@ def upsert_users(
     One transaction, written ``settings.write_batch`` rows at a time: only one batch is
     ever held as Python values (#12). The frame has been checked whole before (the table
     readers refuse a file with any bad row), so a batch never fails half-way on a row."""
+    step = max(ctx.settings.write_batch, 1)
+    parts = (frame.iloc[start : start + step] for start in range(0, len(frame), step))
+    columns = frame.attrs.get("phone_columns") or ["phone"]
+    return _upsert(ctx, parts, columns, len(frame), replace, also)
+
+
+def _upsert(
+    ctx: Context,
+    frames: Iterable[pd.DataFrame],
+    phone_columns: Sequence[str],
+    total: int,
+    replace: bool,
+    also: InTransaction | None,
+) -> ImportResult:
+    """:func:`upsert_users` of the users in ``frames`` (checked batches, in order; one of
+    them may raise, which rolls every write back), ``total`` their number as far as known
+    (for the progress display)."""
     deactivated = None
+    rows = 0
     with write(ctx.engine) as conn:
         now = driver_time(conn, clock.now())
-        batch = ctx.settings.write_batch
+        batches = _user_rows(frames, numbered=conn.dialect.name == "postgresql")
         if conn.dialect.name == "postgresql":
-            _upsert_by_copy(ctx, conn, _user_rows(frame, batch, numbered=True), len(frame), now)
+            rows = _upsert_by_copy(ctx, conn, batches, total, now)
         else:
-            for done, part in _user_rows(frame, batch, tail=(now,)):
-                execute_many(conn, _UPSERT + _VALUES, part)
-                ctx.progress(done, len(frame), "importing users")
+            for rows, part in batches:
+                execute_many(conn, _UPSERT + _VALUES, [(*row, now) for row in part])
+                ctx.progress(rows, max(total, rows), "importing users")
         if replace:  # every user of the file was written just now, stamped ``now``
             deactivated = execute_one(
                 conn,
@@ -93,34 +125,29 @@ def upsert_users(
                 (now, now),
             )
         if also is not None:
-            also(conn, len(frame))
+            also(conn, rows)
         total = conn.execute(select(func.count()).select_from(users)).scalar_one()
-    return ImportResult(
-        len(frame),
-        int(total),
-        ", ".join(frame.attrs.get("phone_columns") or ["phone"]),
-        deactivated,
-    )
+    return ImportResult(rows, int(total), ", ".join(phone_columns), deactivated)
 
 
 def _user_rows(
-    frame: pd.DataFrame, batch: int, *, numbered: bool = False, tail: tuple = ()
+    frames: Iterable[pd.DataFrame], *, numbered: bool = False
 ) -> Iterator[tuple[int, list[tuple]]]:
-    """(rows done, [([n,] user_id, phone, attrs JSON or None, *tail), ...]) per ``batch``
-    rows of ``frame``, in frame order (``n`` the row's place in the frame): the other
-    columns as one JSON object per user."""
-    extra = [c for c in frame.columns if c not in ("user_id", "phone")]
-    for start in range(0, len(frame), max(batch, 1)):
-        part = frame.iloc[start : start + batch]
+    """(rows done, [([n,] user_id, phone, attrs JSON or None), ...]) per frame of
+    ``frames``, in order (``n`` the row's place among all rows): the other columns as one
+    JSON object per user."""
+    start = 0
+    for part in frames:
+        extra = [c for c in part.columns if c not in ("user_id", "phone")]
         columns: list[Iterable[Any]] = [
             part["user_id"].tolist(),
             _nullable(part["phone"]),
             _attrs_json(part, extra),
-            *(repeat(value, len(part)) for value in tail),
         ]
         if numbered:
             columns.insert(0, range(start, start + len(part)))
-        yield start + len(part), list(zip(*columns, strict=True))
+        start += len(part)
+        yield start, list(zip(*columns, strict=True))
 
 
 def _nullable(column: pd.Series) -> list[Any]:
@@ -170,7 +197,7 @@ def _upsert_by_copy(
     batches: Iterator[tuple[int, list[tuple]]],
     total: int,
     now: object,
-) -> None:
+) -> int:
     """PostgreSQL: COPY the rows into a temporary table, then upsert them in one statement
     (in file order, so new users are numbered in registration order). Twice as fast as
     executemany. The user ids are unique: the table readers refuse repeats."""
@@ -178,9 +205,10 @@ def _upsert_by_copy(
         "CREATE TEMPORARY TABLE users_in (n bigint, user_id text, phone text, attrs text) "
         "ON COMMIT DROP"
     )
+    done = 0
     for done, part in batches:
         copy_rows(conn, "users_in", ["n", "user_id", "phone", "attrs"], part)
-        ctx.progress(done, total, "importing users")
+        ctx.progress(done, max(total, done), "importing users")
     # the ORDER BY sorts every row (its attributes too): in memory rather than in files
     # beside the server's default 4 MB (a quarter off a 1M-user import, #12)
     conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
@@ -188,6 +216,7 @@ def _upsert_by_copy(
         f"{_UPSERT} SELECT user_id, phone, attrs, %s FROM users_in ORDER BY n {_ON_CONFLICT}",
         (now,),
     )
+    return done
 
 
 # Plain SQL that SQLite and PostgreSQL both speak; executemany of tuples is several times

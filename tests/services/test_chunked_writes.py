@@ -13,6 +13,7 @@ import pytest
 from pg import create_database
 from sqlalchemy import select
 
+from smsops import tables
 from smsops.errors import InputError
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
@@ -171,3 +172,65 @@ def test_r14_history_is_read_batch_by_batch_and_matches_one_read(stores, tmp_pat
     ]
     failed = list(dl.iter_delivery_items(small, last["id"], failed_only=True))
     assert [len(b) for b in failed] == [0]  # nothing sent yet: one empty frame
+
+
+def _big(tmp_path: Path, name: str, n: int, bad_row: int | None = None) -> Path:
+    """``n`` users, each with a number of its own; ``bad_row`` (1-based) without an id."""
+    lines = ["user_id,phone,name"] + [
+        f"{'' if i == bad_row else f'u{i:04d}'},090-2000-{i:04d},名前{i}" for i in range(1, n + 1)
+    ]
+    return _csv(tmp_path, name, "\n".join(lines) + "\n")
+
+
+def test_issue12_users_files_stream_in_checked_batches(tmp_path):
+    """#12: a users file is read a block at a time, each batch checked on its own, and
+    only user ids kept across batches; the batches together are the whole-file frame."""
+    first, second = _big(tmp_path, "a.csv", 400), _csv(tmp_path, "b.csv", SECOND)
+    stream = tables.stream_users_csvs([first, second], block=2_000)
+    batches = list(stream.batches())
+    assert len(batches) > 5  # 400 rows of ~27 bytes in blocks of 2,000 bytes
+    assert max(len(b) for b in batches) < 100
+    whole = tables.read_users_csvs([first, second])
+    joined = pd.concat(batches, ignore_index=True)
+    assert list(joined.columns) == list(whole.columns)
+    assert joined.astype(object).where(joined.notna(), None).values.tolist() == (
+        whole.astype(object).where(whole.notna(), None).values.tolist()
+    )
+    assert stream.rows == len(whole) == 405
+
+
+def test_issue12_a_bad_row_stops_the_stream_at_its_batch(tmp_path):
+    """The checks run per batch: the batches before the bad row come out, then the stream
+    stops (the import rolls them back and the whole-file reader names the row)."""
+    path = _big(tmp_path, "a.csv", 400, bad_row=300)
+    seen = []
+    with pytest.raises(tables.Unstreamable):
+        for batch in tables.stream_users_csvs([path], block=2_000).batches():
+            seen.append(len(batch))
+    assert len(seen) == 4 and sum(seen) < 300  # rows 1-269 or so, in blocks of 2,000 bytes
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_issue12_a_streamed_import_with_a_late_problem_writes_nothing(
+    stores, tmp_path, monkeypatch, repeat
+):
+    """All or nothing across batches: a bad row (or a user_id repeated across batches,
+    known only at the end) after several written batches leaves the store as it was, and
+    the error names file, row, line and column as the whole-file reader does."""
+    small, _ = stores
+    people.import_users(small, [_csv(tmp_path, "first.csv", FIRST)])
+    before = _users(small)
+    monkeypatch.setattr(tables, "STREAM_BLOCK", 2_000)  # many batches of a small file
+    path = _big(tmp_path, "big.csv", 400, bad_row=None if repeat else 350)
+    if repeat:  # the last row repeats the first one's id
+        path.write_text(path.read_text() + "u0001,090-3000-0001,again\n", encoding="utf-8")
+    with pytest.raises(InputError) as refused:
+        people.import_users(small, [path])
+    if repeat:
+        assert "row 401, column 'user_id': 'u0001' repeats row 1" in str(refused.value)
+        assert "(line 402)" in str(refused.value)
+    else:
+        assert "row 350, column 'user_id': is empty (required) (line 351)" in str(refused.value)
+    assert _users(small) == before
+    done = people.import_users(small, [_big(tmp_path, "good.csv", 400)])  # streams, batches
+    assert done.rows == 400 and len(_users(small)) == 10 + 400
