@@ -282,7 +282,7 @@ def create_bulk(
         get_run_logger().info("not confirmed: nothing saved (run again with confirm=true)")
         return {**preview.to_dict(), "delivery_id": None}
     created = dl.create_bulk(ctx, preview)
-    if created.status != DeliveryStatus.QUEUED:
+    if not created.sends_now:
         return created.to_dict()
     return _sent_now(created.to_dict(), created.delivery_id)  # R12: now, as a subflow
 
@@ -407,9 +407,7 @@ def dispatch_delivery(
         get_run_logger().info("skipped delivery %s: %s", delivery_id, session)
         skipped = {"delivery_id": delivery_id, "skipped": session}
         return Completed(message=f"skipped delivery {delivery_id}: {session}", data=skipped)
-    with dispatching.keep_alive(ctx, session):
-        while send_chunk(session):
-            pass
+    dispatching.drive(ctx, session, send_chunk)  # each chunk a task run, retried alone
     result = wrap_up(session)
     reasons = errors_by_reason(ctx, delivery_id) if result["errors"] else {}
     _summary_artifact(ctx, delivery_id, result["status"], reasons)
@@ -517,6 +515,6 @@ def resend_failures(
     """R15: a new delivery of exactly the failed pairs of ``delivery_id``."""
     created = dl.resend_bulk(_context(), delivery_id, at=at)
     result = {**created.to_dict(), "resend_of": delivery_id}
-    if created.status != DeliveryStatus.QUEUED:
+    if not created.sends_now:
         return result
     return _sent_now(result, created.delivery_id)

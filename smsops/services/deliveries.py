@@ -215,6 +215,12 @@ class Created:
     tickets_needed: int
     scheduled_at: str | None
 
+    @property
+    def sends_now(self) -> bool:
+        """R12, decided once: saved without a send time, it goes out at once; a scheduled
+        one waits for dispatch-due."""
+        return self.status == DeliveryStatus.QUEUED
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -158,17 +158,26 @@ def dispatch(ctx: Context, delivery_id: int, *, join: bool = False) -> DispatchR
     """Send one delivery now (due, queued, or abandoned by dead dispatchers). With
     ``join``, help the dispatchers already sending it, chunk by chunk."""
     gateway = ctx.gateway()  # first: a gateway that cannot be used leaves nothing claimed
-    handled = 0
     try:
         session = begin(ctx, delivery_id, join=join)
-        total = _left(ctx, delivery_id)
-        with keep_alive(ctx, session):
-            while n := send_chunk(ctx, session, gateway):
-                handled += n
-                ctx.progress(min(handled, total), total, "sending")
+        handled = drive(ctx, session, lambda s: send_chunk(ctx, s, gateway))
     finally:
         gateway.close()
     return replace(finish(ctx, session), handled=handled)
+
+
+def drive(ctx: Context, session: Session, send: Callable[[Session], int]) -> int:
+    """The chunk loop, between :func:`begin` and :func:`finish`: ``send`` one chunk after
+    another (:func:`send_chunk`, or a flow's task around it) until it hands none, the
+    claim kept alive meanwhile; returns the pairs handled. The only one: the CLI, the
+    notebooks and the flows all send through it."""
+    total = _left(ctx, session.delivery_id)
+    handled = 0
+    with keep_alive(ctx, session):
+        while n := send(session):
+            handled += n
+            ctx.progress(min(handled, total), total, "sending")
+    return handled
 
 
 def _left(ctx: Context, delivery_id: int) -> int:
@@ -181,7 +190,7 @@ def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
     """R12: a just-saved delivery without a send time goes out now; a scheduled one waits
     for dispatch-due. Returns the creation result, with the send's outcome when sent."""
     result: dict[str, object] = created.to_dict()
-    if created.status != DeliveryStatus.QUEUED:
+    if not created.sends_now:
         return result
     sent = dispatch(ctx, created.delivery_id)
     return {
