@@ -392,3 +392,10 @@ class BatchFailed(RuntimeError):
         super().__init__(message)
         self.message = message
         self.unavailable = unavailable  # the store is locked or away (503), not a bug (500)
+
+
+class Unstreamable(Exception):
+    """A users file the streamed import leaves to the whole-file reader (#12): it has a
+    problem to name exactly, or a shape only the whole table shows. Not an
+    :class:`SmsopsError`: it never reaches a user; the import then reads the file whole,
+    which raises the :class:`InputError` naming every problem."""

@@ -3,6 +3,7 @@ all or nothing, every problem named by file, row, line and column."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -10,7 +11,7 @@ import re
 import stat
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from smsops.domain.schemas import STRING, Users, validate
-from smsops.errors import InputError, Problem
+from smsops.errors import InputError, Problem, Unstreamable
 
 REQUIRED = ("user_id", "phone")
 # Header names of a mobile number column: preferred as the phone column over the names
@@ -133,6 +134,8 @@ class _Table:
     phone_column: str | None = None  # the header read as ``phone``, as written (R3)
     other_phones: list[str] = field(default_factory=list)  # phone-like, kept as attributes
     _lines: np.ndarray | None = None
+    on_disk: bool = False  # streamed from the file itself: ``data`` is not held (#12)
+    newlines: int = 0  # line ends in the file, counted when it was opened on disk
 
     def where(self, text: str, line: int | None = None) -> str:
         """``text`` followed by the file (when several) and the physical line."""
@@ -620,10 +623,16 @@ def _check_phones(t: _Table, column: str) -> None:
         )
 
 
-def _users_header(path: str | Path, encoding: str, named: bool) -> tuple[_Table, list[str]]:
-    """Open one users CSV and read its header: the table and its column names, the
-    required ones under their canonical names; problems of the header recorded."""
-    t = _open(path, encoding, named)
+def _users_header(
+    path: str | Path,
+    encoding: str,
+    named: bool,
+    opener: Callable[[str | Path, str, bool], _Table] | None = None,
+) -> tuple[_Table, list[str]]:
+    """Open one users CSV (with :func:`_open`, or ``opener``) and read its header: the
+    table and its column names, the required ones under their canonical names; problems
+    of the header recorded."""
+    t = (opener or _open)(path, encoding, named)
     names = [name or f"column_{i + 1}" for i, name in enumerate(t.header)]
     phones = _phone_columns(names)
     t.phone_column = names[phones[0]] if phones else None
@@ -739,12 +748,6 @@ def read_users_csvs(paths: Sequence[str | Path], encoding: str = "auto") -> pd.D
     return users
 
 
-class Unstreamable(Exception):
-    """A users file the streamed read leaves to :func:`read_users_csvs`: it has a problem
-    to name exactly (by row, line and column), or a shape only the whole table shows
-    (cells spanning lines, unnamed columns, NUL bytes, rows the parser cannot split)."""
-
-
 # Bytes of CSV text the streamed read parses at a time: about 12,000 rows of a typical
 # user table, so memory holds one batch of frames, not the table (#12).
 STREAM_BLOCK = 1 << 20
@@ -774,7 +777,9 @@ class UsersStream:
     @property
     def estimate(self) -> int:
         """Users at most (lines after each header), for progress displays."""
-        return sum(max(t.data.count(b"\n") - 1, 0) for t in self.tables)
+        return sum(
+            max((t.newlines if t.on_disk else t.data.count(b"\n")) - 1, 0) for t in self.tables
+        )
 
     def batches(self) -> Iterator[pd.DataFrame]:
         ids: list[pa.Array] = []  # compact keys: every user_id, for users must be unique
@@ -794,6 +799,47 @@ class UsersStream:
             t.data, t._lines = b"", None
 
 
+_HEAD = 1 << 16  # bytes read first: the byte order mark, the line ends, the header line
+_CHUNK = 16 << 20  # bytes checked at a time when a file is opened on disk
+
+
+def _open_on_disk(path: str | Path, encoding: str, named: bool) -> _Table:
+    """Open a UTF-8 users file to stream it from disk (#12): its bytes are checked a chunk
+    at a time (UTF-8 throughout, no NUL) and only its header line is kept. Anything else
+    (CP932, UTF-16, old Mac line ends, blank lines before the header, a file past the size
+    limit or not a regular file) raises :class:`Unstreamable`: :func:`_open` reads it."""
+    if ENCODINGS.get(encoding.strip().lower().replace("_", "-")) not in ("auto", "utf-8"):
+        raise Unstreamable("not UTF-8")
+    t = _Table(str(path), named, on_disk=True)
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE:
+                raise Unstreamable("not a regular file, or too big")
+            head = f.read(_HEAD)
+            body = head[len(_BOM) :] if head.startswith(_BOM) else head
+            if head.startswith(_UTF16_BOMS) or _utf16_order(head) or b"\n" not in body:
+                raise Unstreamable("UTF-16, CR line ends, or a header past the first block")
+            if body[:1] in (b"\r", b"\n") or not body.strip():
+                raise Unstreamable("blank lines before the header")
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            chunk = head
+            while chunk:
+                if b"\x00" in chunk:
+                    raise Unstreamable("NUL bytes")
+                decoder.decode(chunk)  # a str of one chunk at most, dropped at once
+                t.newlines += chunk.count(b"\n")
+                chunk = f.read(_CHUNK)
+            decoder.decode(b"", final=True)
+    except (OSError, UnicodeDecodeError):
+        raise Unstreamable("unreadable, or not UTF-8") from None
+    first = body[: body.find(b"\n")].decode().rstrip("\r")
+    if "\t" in first and "," not in first:
+        t.delimiter = "\t"
+    t.header = [name.replace("\ufeff", "").strip() for name in _check_header(t, first)]
+    return t
+
+
 def stream_users_csvs(
     paths: Sequence[str | Path], encoding: str = "auto", block: int | None = None
 ) -> UsersStream:
@@ -805,7 +851,11 @@ def stream_users_csvs(
         raise Unstreamable("no file, or the files are too big together")
     tables, names = [], []
     for path in paths:
-        t, columns = _users_header(path, encoding, named=len(paths) > 1)
+        named = len(paths) > 1
+        try:  # UTF-8 from the file itself; any other text decoded in memory first
+            t, columns = _users_header(path, encoding, named, _open_on_disk)
+        except Unstreamable:
+            t, columns = _users_header(path, encoding, named)
         # an unnamed column is dropped only when empty in the whole file: not streamed
         if t.problems or not all(t.header) or b"\x00" in t.data:
             raise Unstreamable(f"{path}: read whole")
@@ -820,6 +870,17 @@ def _stream_table(t: _Table, names: list[str], block: int) -> Iterator[pd.DataFr
     batch checked as :func:`_users_table` and :func:`read_users_csvs` check the whole
     table (except that user ids are unique across batches, which the stream checks at its
     end); :class:`Unstreamable` at the first problem."""
+    try:
+        source = pa.OSFile(t.source) if t.on_disk else pa.BufferReader(t.data)
+    except OSError:  # gone since it was opened: the whole-file reader says so
+        raise Unstreamable(t.source) from None
+    with source:
+        yield from _stream_batches(t, names, block, source)
+
+
+def _stream_batches(
+    t: _Table, names: list[str], block: int, source: pa.NativeFile
+) -> Iterator[pd.DataFrame]:
     cols = [f"c{i}" for i in range(len(names))]
 
     def refuse(row: pv.InvalidRow) -> str:
@@ -827,7 +888,7 @@ def _stream_table(t: _Table, names: list[str], block: int) -> Iterator[pd.DataFr
 
     try:
         reader = pv.open_csv(
-            pa.BufferReader(t.data),
+            source,  # a UTF-8 byte order mark is skipped
             read_options=pv.ReadOptions(
                 use_threads=False, block_size=block, column_names=cols, skip_rows=1
             ),
@@ -843,7 +904,7 @@ def _stream_table(t: _Table, names: list[str], block: int) -> Iterator[pd.DataFr
         header = dict(zip(names, t.header, strict=True))
         for batch in reader:
             yield _checked_batch(batch, names, header, t.source)
-    except pa.ArrowException as exc:  # a row wider than a block, a broken quote...
+    except (pa.ArrowException, OSError) as exc:  # a row wider than a block, a broken quote
         raise Unstreamable(str(exc)) from None
 
 

@@ -13,17 +13,12 @@ from sqlalchemy import Connection, func, select
 
 from smsops import clock
 from smsops.domain.phones import classify_phones, mask_phone
-from smsops.errors import InputError, NotFoundError, Problem
+from smsops.errors import InputError, NotFoundError, Problem, Unstreamable
 from smsops.services.context import Context
 from smsops.store import read, write
 from smsops.store.bulk import copy_rows, driver_time, execute_many, execute_one, fetch_strings
 from smsops.store.schema import optouts, users
-from smsops.tables import (
-    Unstreamable,
-    read_phone_list,
-    read_users_csvs,
-    stream_users_csvs,
-)
+from smsops.tables import read_phone_list, read_users_csvs, stream_users_csvs
 
 
 @dataclass(frozen=True)

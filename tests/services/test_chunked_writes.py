@@ -197,6 +197,33 @@ def test_issue12_users_files_stream_in_checked_batches(tmp_path):
         whole.astype(object).where(whole.notna(), None).values.tolist()
     )
     assert stream.rows == len(whole) == 405
+    # UTF-8 is read from the file itself: the stream never held a file's text
+    assert all(t.on_disk and t.data == b"" for t in stream.tables)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "on_disk"),
+    [("utf-8", b"", True), ("utf-8", b"\xef\xbb\xbf", True), ("cp932", b"", False)],
+)
+def test_issue12_streams_excel_encodings_like_the_whole_file_reader(
+    tmp_path, encoding, bom, on_disk
+):
+    """Excel's CSV UTF-8 (with its byte order mark) streams from disk; CP932 is decoded in
+    memory first, then streams; both read as the whole-file reader reads them (R3 names)."""
+    text = "会員ID,携帯電話番号,電話番号,名前\r\n" + "".join(
+        f"m{i},090-4000-{i:04d},03-1234-{i:04d},山田{i}\r\n" for i in range(1, 301)
+    )
+    path = tmp_path / "users.csv"
+    path.write_bytes(bom + text.encode(encoding))
+    stream = tables.stream_users_csvs([path], block=2_000)
+    batches = list(stream.batches())
+    assert len(batches) > 3
+    assert [t.on_disk for t in stream.tables] == [on_disk]
+    whole = tables.read_users_csvs([path])
+    joined = pd.concat(batches, ignore_index=True)
+    assert list(joined.columns) == list(whole.columns) == ["user_id", "phone", "電話番号", "名前"]
+    assert joined.values.tolist() == whole.values.tolist()
+    assert stream.phone_columns == whole.attrs["phone_columns"] == ["携帯電話番号"]
 
 
 def test_issue12_a_bad_row_stops_the_stream_at_its_batch(tmp_path):
