@@ -92,6 +92,16 @@ _PYDANTIC = {
 }
 
 
+def _choices(expected: str) -> str:
+    """pydantic's list of allowed values (``'a', 'b' or 'c'``) as a Text, so that its
+    English "or" and commas are the reader's too: ``'a'、'b'、'c'`` in Japanese."""
+    head, sep, last = expected.rpartition(" or ")
+    if not sep:
+        return expected
+    first = Text.joined([Text("{v}", v=v) for v in head.split(", ")], ", ")
+    return Text(N_("{choices} or {last}"), choices=first, last=Text("{v}", v=last))
+
+
 def _explain(exc: ValidationError) -> Text:
     """One clause per bad setting, naming the variable (a password's value never shown)."""
     parts = []
@@ -107,6 +117,8 @@ def _explain(exc: ValidationError) -> Text:
                     k: int(v) if isinstance(v, float) and v.is_integer() else v
                     for k, v in e.get("ctx", {}).items()
                 }
+                if e["type"] == "literal_error":
+                    ctx["expected"] = _choices(str(ctx["expected"]))
                 said = Text(template, **ctx)
                 problem = said if said == e["msg"] else problem
         parts.append(Text(N_("{name}{shown}: {problem}"), name=name, shown=shown, problem=problem))

@@ -382,3 +382,56 @@ def test_issue15_demo_narrates_in_japanese(tmp_path: Path):
     for line in said:
         assert _japanese(line) and not _english_left(line), line
     assert f"{tmp_path / 'outbox.jsonl'} に 1,550行。最初の1行：" in said
+
+
+def test_issue15_optout_add_remove_import_in_japanese_json_unchanged(cli):
+    cli.env["SMSOPS_LANG"] = "ja"
+    path = cli.tmp / "optouts.csv"
+    path.write_text(f"phone\n{mobile(1)}\n{mobile(2)}\n", encoding="utf-8")
+    assert cli("optout", "import", str(path)).stdout.strip() == (
+        "2件追加しました。配信停止リストは 2件です"
+    )
+    assert (
+        cli("optout", "add", mobile(3)).stdout.strip() == "追加しました。配信停止リストは 3件です"
+    )
+    assert cli("optout", "add", mobile(3)).stdout.strip() == (
+        "すでに登録されています。配信停止リストは 3件です"
+    )
+    assert (
+        cli("optout", "remove", mobile(3)).stdout.strip()
+        == "削除しました。配信停止リストは 2件です"
+    )
+    doc = json.loads(cli("optout", "add", mobile(3), "--json").stdout)
+    assert (doc["added"], doc["optouts_total"]) == (True, 3)
+    cli.env["SMSOPS_LANG"] = "en"
+    assert cli("optout", "add", mobile(3)).stdout.strip() == "already listed; 3 on the opt-out list"
+    assert cli("optout", "import", str(path)).stdout.strip() == (
+        "0 numbers added; 3 on the opt-out list"
+    )
+
+
+def test_issue15_a_list_of_allowed_values_reads_as_japanese_not_english_or(cli):
+    cli.env |= {"SMSOPS_GATEWAY": "sms", "SMSOPS_LANG": "ja"}
+    line = cli("tickets", "balance", code=1).stderr.strip()
+    assert line == "smsops: SMSOPS_GATEWAY='sms'：'outbox'、'kannel' のいずれかを指定してください"
+    cli.env["SMSOPS_LANG"] = "en"
+    line = cli("tickets", "balance", code=1).stderr.strip()
+    assert line == "smsops: SMSOPS_GATEWAY='sms': Input should be 'outbox' or 'kannel'"
+
+
+def test_issue15_three_allowed_values_are_listed_with_japanese_commas(clean):
+    from typing import Literal
+
+    from pydantic import BaseModel, ValidationError
+
+    from smsops.settings import _explain
+
+    class Three(BaseModel):
+        mode: Literal["a", "b", "c"]
+
+    with pytest.raises(ValidationError) as raised:
+        Three(mode="z")  # type: ignore[arg-type]
+    said = _explain(raised.value)
+    assert str(said) == "SMSOPS_MODE='z': Input should be 'a', 'b' or 'c'"
+    clean.setenv("SMSOPS_LANG", "ja")
+    assert said.render() == "SMSOPS_MODE='z'：'a'、'b'、'c' のいずれかを指定してください"

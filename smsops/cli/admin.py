@@ -346,7 +346,11 @@ def optout_import(
         as_json,
         result,
         lambda: out.print(
-            f"{result['added']:,} numbers added; {result['optouts_total']:,} on the opt-out list"
+            i18n.ngettext(
+                "{n} number added; {total} on the opt-out list",
+                "{n} numbers added; {total} on the opt-out list",
+                result["added"],
+            ).format(n=i18n.number(result["added"]), total=i18n.number(result["optouts_total"]))
         ),
     )
 
@@ -366,8 +370,11 @@ def optout_add(phone: Phone, as_json: JsonOpt = False) -> None:
         as_json,
         result,
         lambda: out.print(
-            f"{'added' if result['added'] else 'already listed'}; "
-            f"{result['optouts_total']:,} on the opt-out list"
+            (
+                i18n._("added; {n} on the opt-out list")
+                if result["added"]
+                else i18n._("already listed; {n} on the opt-out list")
+            ).format(n=i18n.number(result["optouts_total"]))
         ),
     )
 

@@ -27,6 +27,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from smsops import i18n
+from smsops.cli import helptexts
 from smsops.errors import InputError, Problem, SmsopsError
 from smsops.logs import mask_text
 
@@ -50,8 +51,25 @@ class SmsopsGroup(TyperGroup):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        for cmd in _commands(self):
-            _cli_metavars(cmd)
+        self._english: list[tuple[str, helptexts.Recorded]] = []  # per command path
+        for path, cmd in _commands(self, (self.name or "smsops",)):
+            help_option = _cli_metavars(cmd)
+            helptexts.fold_long_runs(cmd)
+            recorded = helptexts.english(cmd, help_option, listed=cmd is not self)
+            self._english.append((" ".join(path), recorded))
+
+    def help_texts(self) -> Iterator[tuple[str, str]]:
+        """(command path, English text) of every help text and panel title, as written."""
+        for path, recorded in self._english:
+            for _obj, _attr, text in recorded:
+                yield path, text
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # the language is the one of this command line's environment (SMSOPS_LANG, the
+        # locale), known only now: a test runner builds the group before it sets them
+        for _path, recorded in self._english:
+            helptexts.speak(recorded)
+        return super().main(*args, **kwargs)
 
     def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         options = args[: args.index("--")] if "--" in args else args
@@ -79,14 +97,14 @@ class _Argument(TyperArgument):
         return None  # the metavar says it
 
 
-def _commands(group: TyperGroup) -> Iterator[Any]:
-    """``group`` and every command and group under it."""
-    yield group
-    for cmd in group.commands.values():
+def _commands(group: TyperGroup, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """``group`` and every command and group under it, each with its command path."""
+    yield path, group
+    for name, cmd in group.commands.items():
         if isinstance(cmd, TyperGroup):
-            yield from _commands(cmd)
+            yield from _commands(cmd, (*path, name))
         else:
-            yield cmd
+            yield (*path, name), cmd
 
 
 def _value_metavar(annotation: object) -> str:
@@ -111,9 +129,10 @@ def _argument_metavar(name: str, annotation: object) -> str:
     return {"PATH": "FILE", "TEXT": name.upper()}.get(value, value)
 
 
-def _cli_metavars(cmd: Any) -> None:
+def _cli_metavars(cmd: Any) -> Any:
     """Give every parameter of ``cmd`` that names none a CLI metavar: flags none,
-    values one by type (N, TEXT, PATH, on|off), arguments their own (ID, FILE, N)."""
+    values one by type (N, TEXT, PATH, on|off), arguments their own (ID, FILE, N).
+    Returns ``cmd``'s help option (click makes it once per command)."""
     names = cmd.context_settings.get("help_option_names", ["--help"])
     help_option = cmd.get_help_option(typer.Context(cmd, help_option_names=names))
     for param in [*cmd.params, help_option]:
@@ -124,6 +143,7 @@ def _cli_metavars(cmd: Any) -> None:
             param.__class__ = _Argument
         elif isinstance(param, TyperOption) and param.metavar is None:
             param.metavar = "" if param.is_flag else _value_metavar(annotation)
+    return help_option
 
 
 # No markup: user data (texts, ids, queries) is printed as it is, never read as rich
