@@ -42,7 +42,7 @@ from smsops.errors import (
     StateError,
     is_transient,
 )
-from smsops.i18n import _
+from smsops.i18n import N_, _
 from smsops.logs import install_masking, mask_text
 from smsops.refusals import localize
 from smsops.services import account as accounts
@@ -87,6 +87,14 @@ def _markdown_table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _reader_language(ctx: Context) -> None:
+    """Artifacts speak the language of whoever reads the Prefect UI (#15): SMSOPS_LANG or
+    the locale of the process running the flow, else the account's language. Statuses,
+    reasons, table columns, state messages and logs stay English."""
+    if not i18n.chosen_by_environment():
+        i18n.set_account_default(accounts.get_account(ctx).language)
+
+
 # --- import -------------------------------------------------------------------------
 
 
@@ -103,10 +111,11 @@ def _confined(paths: list[str] | None) -> list[str]:
 def _reject(source: str, problems: list[Problem]) -> None:
     """The rejected-rows artifact: where each problem is and the masked cell at fault,
     never other file content (such as the header line a wrong file starts with)."""
+    _reader_language(_context())
     create_table_artifact(
         key="import-rejected-rows",
         table=[p.shareable() for p in problems[:1000]],
-        description=f"Rejected: {source} (nothing was imported)",
+        description=_("Rejected: {source} (nothing was imported)").format(source=source),
     )
 
 
@@ -125,14 +134,16 @@ def import_users(paths: list[str], encoding: str = "auto") -> dict[str, int]:
         _reject(exc.source, exc.problems)
         logger.error("import refused: %s", exc.message)
         raise
+    _reader_language(_context())
     create_markdown_artifact(
         key="import-summary",
-        markdown="## User import\n\n"
+        markdown=_("## User import")
+        + "\n\n"
         + _markdown_table(
             {
-                "files": ", ".join(paths),
-                "rows imported": result["rows"],
-                "users in total": result["users_total"],
+                _("files"): ", ".join(paths),
+                _("rows imported"): result["rows"],
+                _("users in total"): result["users_total"],
             }
         ),
     )
@@ -174,18 +185,23 @@ def import_drops(
         _context(), path, mode=mode, encoding=encoding, previous=_looks.get(path), create=configured
     )
     _looks[path] = done.looks
+    _reader_language(_context())
     for f in done.files:
         logger.info("%s: %s", f.name, f.detail)
         if f.problems:
             create_table_artifact(
                 key="drop-rejected-rows",
                 table=f.problems[:1000],
-                description=f"Rejected: {f.name} (nothing was imported), see {f.errors_csv}",
+                description=_("Rejected: {name} (nothing was imported), see {errors}").format(
+                    name=f.name, errors=f.errors_csv
+                ),
             )
     create_table_artifact(
         key="drop-folder-pass",
         table=[f.to_dict() for f in done.files],
-        description=f"Drop folder, mode {mode}: {done.summary()}",
+        description=_("Drop folder, mode {mode}: {summary}").format(
+            mode=mode, summary=done.human_summary()
+        ),
     )
     logger.info("drop folder: %s", done.summary())
     return done.to_dict()
@@ -234,7 +250,7 @@ def _confirmation_artifacts(preview: dl.Preview) -> None:
     create_table_artifact(
         key="bulk-recipients-sample",
         table=[{"seq": i + 1, "phone": phone} for i, phone in enumerate(d["sample"])],
-        description="First recipients (masked)",
+        description=_("First recipients (masked)"),
     )
 
 
@@ -361,33 +377,50 @@ def _outcome(result: dict[str, Any], reasons: dict[str, int]) -> str:
     )
 
 
+# the summary's rows and their labels (the same words as `smsops deliveries show`)
+_SUMMARY_LABELS = {
+    "kind": N_("kind"),
+    "recipients": N_("recipients"),
+    "messages": N_("messages"),
+    "sent": N_("sent"),
+    "errors": N_("errors"),
+    "tickets_used": N_("tickets"),
+    "scheduled_at": N_("scheduled"),
+    "finished_at": N_("finished"),
+}
+
+
 def _summary_artifact(ctx: Context, delivery_id: int, status: str, reasons: dict[str, int]) -> None:
+    """The delivery's summary in the reader's language; its status, kind and error
+    reasons as they are stored."""
     summary = dl.delivery_summary(ctx, delivery_id)
-    keys = (
-        "kind",
-        "recipients",
-        "messages",
-        "sent",
-        "errors",
-        "tickets_used",
-        "scheduled_at",
-        "finished_at",
-    )
+    _reader_language(ctx)
+
+    def shown(key: str) -> object:
+        value = summary[key]
+        if value is None:
+            return _("now") if key == "scheduled_at" else "—"
+        return i18n.local_time(value) if key.endswith("_at") else value
+
     errors = ""
     if reasons:
-        errors = "\n\n### Errors by reason\n\n| reason | count |\n| --- | --- |\n" + "\n".join(
-            f"| {reason.replace('|', '/')} | {n} |" for reason, n in reasons.items()
+        errors = (
+            "\n\n### "
+            + _("Errors by reason")
+            + f"\n\n| {_('reason')} | {_('count')} |\n| --- | --- |\n"
+            + "\n".join(f"| {reason.replace('|', '/')} | {n} |" for reason, n in reasons.items())
         )
     create_markdown_artifact(
         key=f"delivery-{delivery_id}-summary",
         markdown=(
-            f"## Delivery {delivery_id}: {status}\n\n"
-            + _markdown_table(
-                {k: "—" if summary[k] is None else summary[k] for k in keys}
-                | ({"scheduled_at": "now"} if summary["scheduled_at"] is None else {})
-            )
+            "## "
+            + _("Delivery {id}: {status}").format(id=delivery_id, status=status)
+            + "\n\n"
+            + _markdown_table({_(label): shown(k) for k, label in _SUMMARY_LABELS.items()})
             + errors
-            + f"\n\nBalance after: {accounts.balance(ctx)} tickets\n"
+            + "\n\n"
+            + _("Balance after: {tickets}").format(tickets=i18n.tickets(accounts.balance(ctx)))
+            + "\n"
         ),
     )
 
@@ -461,15 +494,21 @@ def _replies_artifact(ctx: Context) -> int:
             }
             for r in review[:REVIEW_ROWS]
         ]
-        more = f"; the newest {REVIEW_ROWS} shown" if len(review) > REVIEW_ROWS else ""
+        _reader_language(ctx)
+        more = ""
+        if len(review) > REVIEW_ROWS:
+            more = _("; the newest {n} shown").format(n=i18n.number(REVIEW_ROWS))
+        said = i18n.ngettext(
+            "{n} reply may be a refusal (R16){more}: read it, and `smsops optout add NUMBER` "
+            "if it is one (`smsops replies list --action review`).",
+            "{n} replies may be a refusal (R16){more}: read them, and `smsops optout add "
+            "NUMBER` the ones that are (`smsops replies list --action review`).",
+            len(review),
+        )
         create_table_artifact(
             key="replies-to-review",
             table=rows,
-            description=(
-                f"{len(review)} replies may be a refusal (R16){more}: read them, and "
-                "`smsops optout add NUMBER` the ones that are (`smsops replies list "
-                "--action review`)."
-            ),
+            description=said.format(n=i18n.number(len(review)), more=more),
         )
     return len(review)
 

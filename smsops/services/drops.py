@@ -119,6 +119,25 @@ class DropPass:
             line += f": see {REJECTED}/*.errors.csv"
         return line
 
+    def human_summary(self) -> str:
+        """:meth:`summary` in the reader's language (#15), numbers as the reader writes
+        them."""
+        from smsops.i18n import _, number
+
+        c = self.counts()
+        line = _(
+            "{imported} imported, {rejected} rejected, {duplicate} skipped (duplicate), "
+            "{writing} still being written"
+        ).format(
+            imported=number(c["imported"]),
+            rejected=number(c["rejected"]),
+            duplicate=number(c["skipped_duplicate"]),
+            writing=number(c["still_being_written"]),
+        )
+        if c["rejected"]:
+            line += _(": see {files}").format(files=f"{REJECTED}/*.errors.csv")
+        return line
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "folder": mask_text(self.folder),
