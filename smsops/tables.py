@@ -71,9 +71,9 @@ PHONE_HEADERS = ALIASES["phone"]  # the phone column of an opt-out list
 # Limits: what is past them is a broken or hostile file, refused in one line naming where,
 # before it costs unbounded memory or time.
 # A whole file, in bytes (several files of one import together too), checked before a byte
-# is read: an import costs ~13-15 times the file's size in memory up to the store (1M users,
-# 87 MB: 1.3 GB; 2.9M users, 255 MB: 3.4 GB), so 256 MiB, about 3 million users, stays
-# under 4 GB.
+# is read: a whole-file read (a file with a problem, a preview's --users) costs several
+# times the file's size in memory, so 256 MiB, about 3 million users, stays under 4 GB. A
+# streamed import holds one batch and the user ids (3M users: ~490 MB in all, #12).
 MAX_FILE = 256 << 20
 # Columns: no user table has a thousand attributes, and width costs more than bytes: the
 # parser and pandas pay per column (16,384 columns of 1,000 rows, a 31 MiB file: 5 s and
