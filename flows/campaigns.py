@@ -315,7 +315,7 @@ def _sent_now(result: dict[str, Any], delivery_id: int) -> State[dict[str, Any]]
 
 
 @task(cache_policy=NO_CACHE)
-def claim(delivery_id: int, skip_if_taken: bool, join: bool) -> dispatching.Session | str:
+def claim(delivery_id: int, skip_if_taken: bool, join: bool) -> dispatching.Claim | str:
     """Claim the delivery; with ``skip_if_taken`` a delivery another process is sending
     (or already sent) is a reason to skip, not a failure."""
     try:
@@ -341,20 +341,20 @@ def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
     retry_condition_fn=transient_only,
     cache_policy=NO_CACHE,
 )
-def send_chunk(session: dispatching.Session) -> int:
+def send_chunk(held: dispatching.Claim) -> int:
     """One chunk through the gateway. Retried with backoff on transient failures only; the
     retry first settles the previous attempt (idempotency keys), so none is sent twice."""
     ctx = _context()
     gateway = ctx.gateway()
     try:
-        return dispatching.send_chunk(ctx, session, gateway)
+        return dispatching.send_chunk(ctx, held, gateway)
     finally:
         gateway.close()
 
 
 @task(cache_policy=NO_CACHE)
-def wrap_up(session: dispatching.Session) -> dict[str, Any]:
-    return dispatching.finish(_context(), session).to_dict()
+def wrap_up(held: dispatching.Claim) -> dict[str, Any]:
+    return dispatching.finish(_context(), held).to_dict()
 
 
 def errors_by_reason(ctx: Context, delivery_id: int) -> dict[str, int]:
@@ -435,13 +435,13 @@ def dispatch_delivery(
     The run tells the truth: a ``failed`` delivery fails it (DeliveryFailed, reasons in
     the state message); a ``partially_sent`` one completes with a message that says so."""
     ctx = _context()
-    session = claim(delivery_id, skip_if_taken, join)
-    if isinstance(session, str):
-        get_run_logger().info("skipped delivery %s: %s", delivery_id, session)
-        skipped = {"delivery_id": delivery_id, "skipped": session}
-        return Completed(message=f"skipped delivery {delivery_id}: {session}", data=skipped)
-    dispatching.drive(ctx, session, send_chunk)  # each chunk a task run, retried alone
-    result = wrap_up(session)
+    held = claim(delivery_id, skip_if_taken, join)
+    if isinstance(held, str):
+        get_run_logger().info("skipped delivery %s: %s", delivery_id, held)
+        skipped = {"delivery_id": delivery_id, "skipped": held}
+        return Completed(message=f"skipped delivery {delivery_id}: {held}", data=skipped)
+    dispatching.drive(ctx, held, send_chunk)  # each chunk a task run, retried alone
+    result = wrap_up(held)
     reasons = errors_by_reason(ctx, delivery_id) if result["errors"] else {}
     _summary_artifact(ctx, delivery_id, result["status"], reasons)
     outcome = _outcome(result, reasons)

@@ -141,8 +141,9 @@ def dispatch_due(ctx: Context) -> list[DispatchResult]:
 
 
 @dataclass(frozen=True)
-class Session:
-    """One dispatcher's work on one delivery, from :func:`begin` to :func:`finish`."""
+class Claim:
+    """A dispatcher's claim on one delivery, from :func:`begin` to :func:`finish`: who holds
+    it and what it sends (not a database session; the claim holds while its lease does)."""
 
     delivery_id: int
     owner: str
@@ -159,22 +160,22 @@ def dispatch(ctx: Context, delivery_id: int, *, join: bool = False) -> DispatchR
     ``join``, help the dispatchers already sending it, chunk by chunk."""
     gateway = ctx.gateway()  # first: a gateway that cannot be used leaves nothing claimed
     try:
-        session = begin(ctx, delivery_id, join=join)
-        handled = drive(ctx, session, lambda s: send_chunk(ctx, s, gateway))
+        claim = begin(ctx, delivery_id, join=join)
+        handled = drive(ctx, claim, lambda s: send_chunk(ctx, s, gateway))
     finally:
         gateway.close()
-    return replace(finish(ctx, session), handled=handled)
+    return replace(finish(ctx, claim), handled=handled)
 
 
-def drive(ctx: Context, session: Session, send: Callable[[Session], int]) -> int:
+def drive(ctx: Context, claim: Claim, send: Callable[[Claim], int]) -> int:
     """The chunk loop, between :func:`begin` and :func:`finish`: ``send`` one chunk after
     another (:func:`send_chunk`, or a flow's task around it) until it hands none, the
     claim kept alive meanwhile; returns the pairs handled. The only one: the CLI, the
     notebooks and the flows all send through it."""
-    total = _left(ctx, session.delivery_id)
+    total = _left(ctx, claim.delivery_id)
     handled = 0
-    with keep_alive(ctx, session):
-        while n := send(session):
+    with keep_alive(ctx, claim):
+        while n := send(claim):
             handled += n
             ctx.progress(min(handled, total), total, "sending")
     return handled
@@ -202,7 +203,7 @@ def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
     } | ({"reason": sent.reason} if sent.reason else {})
 
 
-def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
+def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Claim:
     """Register as a dispatcher of the delivery and allocate its tickets (once, R10)."""
     owner = process_id()
     _settle_leftover(ctx, owner)
@@ -210,9 +211,9 @@ def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Session:
     texts, outside_window = _texts(ctx, delivery_id)
     acct = get_account(ctx)
     window = None if outside_window else acct.window
-    session = Session(delivery_id, owner, resumed, tuple(texts), window, acct.timezone)
+    claim = Claim(delivery_id, owner, resumed, tuple(texts), window, acct.timezone)
     _allocate(ctx, delivery_id)
-    return session
+    return claim
 
 
 def _settle_leftover(ctx: Context, me: str) -> None:
@@ -235,10 +236,10 @@ def _settle_leftover(ctx: Context, me: str) -> None:
 
 
 @contextmanager
-def keep_alive(ctx: Context, session: Session) -> Iterator[None]:
+def keep_alive(ctx: Context, claim: Claim) -> Iterator[None]:
     """Show life (a heartbeat) while the body runs, so no one resumes our chunks."""
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(ctx, session, stop), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(ctx, claim, stop), daemon=True)
     beat.start()
     try:
         yield
@@ -247,7 +248,7 @@ def keep_alive(ctx: Context, session: Session) -> Iterator[None]:
         beat.join()
 
 
-def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
+def send_chunk(ctx: Context, claim: Claim, gateway: Gateway) -> int:
     """Take and send the next chunk; return how many pairs it held (0: none left).
 
     First settles items that this dispatcher (a failed attempt, e.g. a retried task) or a
@@ -255,36 +256,36 @@ def send_chunk(ctx: Context, session: Session, gateway: Gateway) -> int:
     a message twice. A gateway that fails as a whole (a full disk) or a claim lost to a
     successor stops the send: what was not handed over stays pending for dispatch-due.
     """
-    _reconcile(ctx, gateway, session.delivery_id, session.owner)
+    _reconcile(ctx, gateway, claim.delivery_id, claim.owner)
     # the sending window (#11): a chunk no longer than what leaves before it closes (at
     # the rate cap), and none while it is shut — the delivery pauses until it opens
-    window = windows.Window.parse_stored(session.window)
-    room = windows.room(ctx.clock(), ctx.settings.rate_limit, window, session.timezone)
+    window = windows.Window.parse_stored(claim.window)
+    room = windows.room(ctx.clock(), ctx.settings.rate_limit, window, claim.timezone)
     if room == 0 and window is not None:
-        _pause_for_window(ctx, session, window)
+        _pause_for_window(ctx, claim, window)
         return 0
-    chunk = _take_chunk(ctx, session, gateway.record, room)
+    chunk = _take_chunk(ctx, claim, gateway.record, room)
     if chunk.empty:
         return 0
     try:
-        unavailable = _send(ctx, gateway, session, chunk)
+        unavailable = _send(ctx, gateway, claim, chunk)
     except GatewayError:
-        _let_go(ctx, gateway, session)
+        _let_go(ctx, gateway, claim)
         raise
     except StateError:  # our lease passed: the chunk is for a successor to settle
         raise
     if unavailable:
-        _pause(ctx, session, unavailable)
+        _pause(ctx, claim, unavailable)
         return 0  # nothing more now: dispatch-due resumes it
     return len(chunk)
 
 
-def _pause(ctx: Context, session: Session, unavailable: int) -> None:
+def _pause(ctx: Context, claim: Claim, unavailable: int) -> None:
     """The gateway was down: the delivery pauses (its unsent pairs pending, their tickets
     kept) and dispatch-due tries again after a pause that doubles each time."""
     with write(ctx.engine) as conn:
         pauses = conn.execute(
-            select(deliveries.c.pauses).where(deliveries.c.id == session.delivery_id)
+            select(deliveries.c.pauses).where(deliveries.c.id == claim.delivery_id)
         ).scalar_one()
         wait = min(ctx.settings.pause_seconds * 2 ** (pauses or 0), LONGEST_PAUSE)
         now = ctx.clock()
@@ -294,7 +295,7 @@ def _pause(ctx: Context, session: Session, unavailable: int) -> None:
         )
         _paused(
             conn,
-            session,
+            claim,
             PauseReason.GATEWAY_DOWN,
             reason,
             now + timedelta(seconds=wait),
@@ -302,23 +303,23 @@ def _pause(ctx: Context, session: Session, unavailable: int) -> None:
         )
 
 
-def _pause_for_window(ctx: Context, session: Session, window: windows.Window) -> None:
+def _pause_for_window(ctx: Context, claim: Claim, window: windows.Window) -> None:
     """The sending window closed (#11): the delivery pauses — its unsent pairs pending,
     their tickets kept — and dispatch-due resumes it when the window next opens."""
-    now, tz = ctx.clock(), session.timezone
+    now, tz = ctx.clock(), claim.timezone
     opens = window.next_opening(now, tz)
     reason = (
         f"the sending window {window} ({tz}) closed; "
-        f"{_left(ctx, session.delivery_id):,} messages wait until it opens at "
+        f"{_left(ctx, claim.delivery_id):,} messages wait until it opens at "
         f"{clock.local_iso(opens, tz)}"
     )
     with write(ctx.engine) as conn:
-        _paused(conn, session, PauseReason.WINDOW_CLOSED, reason, opens)
+        _paused(conn, claim, PauseReason.WINDOW_CLOSED, reason, opens)
 
 
 def _paused(
     conn: Any,
-    session: Session,
+    claim: Claim,
     why: PauseReason,
     reason: str,
     resume_at: Any,
@@ -328,7 +329,7 @@ def _paused(
     conn.execute(
         deliveries.update()
         .where(
-            deliveries.c.id == session.delivery_id,
+            deliveries.c.id == claim.delivery_id,
             deliveries.c.status == DeliveryStatus.SENDING,
         )
         .values(
@@ -339,44 +340,44 @@ def _paused(
             **({} if pauses is None else {"pauses": pauses}),
         )
     )
-    conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
-    log.warning("delivery %s paused: %s", session.delivery_id, reason)
+    conn.execute(dispatchers.delete().where(dispatchers.c.owner == claim.owner))
+    log.warning("delivery %s paused: %s", claim.delivery_id, reason)
 
 
-def _let_go(ctx: Context, gateway: Gateway, session: Session) -> None:
+def _let_go(ctx: Context, gateway: Gateway, claim: Claim) -> None:
     """After the gateway failed as a whole: settle what it took (when it can tell), put
     the rest back, and leave the delivery so that dispatch-due resumes it at once."""
     try:
-        _reconcile(ctx, gateway, session.delivery_id, session.owner, own=True)
-        _unregister(ctx, session)
+        _reconcile(ctx, gateway, claim.delivery_id, claim.owner, own=True)
+        _unregister(ctx, claim)
     except SmsopsError as exc:  # the store is gone too: the next resume settles it all
-        log.warning("could not let go of delivery %s: %s", session.delivery_id, exc)
+        log.warning("could not let go of delivery %s: %s", claim.delivery_id, exc)
 
 
-def _unregister(ctx: Context, session: Session) -> None:
+def _unregister(ctx: Context, claim: Claim) -> None:
     with write(ctx.engine) as conn:
-        conn.execute(dispatchers.delete().where(dispatchers.c.owner == session.owner))
+        conn.execute(dispatchers.delete().where(dispatchers.c.owner == claim.owner))
 
 
-def finish(ctx: Context, session: Session) -> DispatchResult:
+def finish(ctx: Context, claim: Claim) -> DispatchResult:
     """Leave the delivery; the last dispatcher out records its final status."""
-    status = _finish(ctx, session)
-    s = delivery_summary(ctx, session.delivery_id)
+    status = _finish(ctx, claim)
+    s = delivery_summary(ctx, claim.delivery_id)
     reason = paused_for = None
     if status == DeliveryStatus.PAUSED:
         with read(ctx.engine) as conn:
             reason, paused_for = conn.execute(
                 select(deliveries.c.paused_reason, deliveries.c.paused_for).where(
-                    deliveries.c.id == session.delivery_id
+                    deliveries.c.id == claim.delivery_id
                 )
             ).one()
     return DispatchResult(
-        session.delivery_id,
+        claim.delivery_id,
         status,
         int(s["sent"]),
         int(s["errors"]),
         int(s["tickets_used"]),
-        session.resumed,
+        claim.resumed,
         reason=reason,
         paused_for=paused_for or (PauseReason.GATEWAY_DOWN if reason else None),
     )
@@ -417,23 +418,23 @@ def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
     return resumed or row.status == DeliveryStatus.PAUSED
 
 
-def _heartbeat(ctx: Context, session: Session, stop: threading.Event) -> None:
+def _heartbeat(ctx: Context, claim: Claim, stop: threading.Event) -> None:
     """Renew the lease a quarter of it at a time. A failed renewal (the database is
     away for a moment) is tried again at the next beat; a lease that has expired is never
     renewed — it may already be another's — so the hand-offs find it gone and stop."""
     while not stop.wait(ctx.settings.lease_seconds / 4):
         try:
-            if not _renew(ctx, session):
+            if not _renew(ctx, claim):
                 return
         except SmsopsError as exc:
-            log.warning("heartbeat of %s failed, trying again: %s", session.owner, exc)
+            log.warning("heartbeat of %s failed, trying again: %s", claim.owner, exc)
 
 
-def _renew(ctx: Context, session: Session) -> bool:
+def _renew(ctx: Context, claim: Claim) -> bool:
     """Extend this dispatcher's lease if it has not expired, by the database's clock;
     False when it has (or the row is gone: fenced)."""
     with write(ctx.engine) as conn:
-        return _renew_in(conn, ctx, session)
+        return _renew_in(conn, ctx, claim)
 
 
 Pair = tuple[int, int]  # (seq, message_no): an item's place in the send order
@@ -447,14 +448,14 @@ _NO_CHUNK = (
 
 
 def _renew_in(
-    conn: Any, ctx: Context, session: Session, *, marks: tuple[Mark, Mark] | bool = False
+    conn: Any, ctx: Context, claim: Claim, *, marks: tuple[Mark, Mark] | bool = False
 ) -> bool:
     """:func:`_renew` inside a transaction; ``marks``: the (handed, answered) marks to
     record (True clears them and the claimed range, False leaves them). Plain SQL: it
     runs every few messages."""
     now = db_now(conn)
     expired = now - timedelta(seconds=ctx.settings.lease_seconds)
-    where = (session.owner, session.delivery_id, expired)
+    where = (claim.owner, claim.delivery_id, expired)
     condition = " WHERE owner = ? AND delivery_id = ? AND heartbeat_at > ?"
     row: tuple[object, ...]
     if marks is False:
@@ -471,9 +472,9 @@ def _renew_in(
     return execute_one(conn, sql + condition, row) == 1
 
 
-def _lost(session: Session) -> StateError:
+def _lost(claim: Claim) -> StateError:
     return StateError(
-        f"dispatcher {session.owner} lost its claim on delivery {session.delivery_id} "
+        f"dispatcher {claim.owner} lost its claim on delivery {claim.delivery_id} "
         "(its lease passed, e.g. the process was paused): it stopped sending; "
         "`smsops dispatch-due` finishes the delivery"
     )
@@ -670,18 +671,18 @@ def _fates(left: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
 
 
 def _take_chunk(
-    ctx: Context, session: Session, record: str | None, limit: int | None = None
+    ctx: Context, claim: Claim, record: str | None, limit: int | None = None
 ) -> pd.DataFrame:
     """Claim the next funded pending pairs in send order (at most a chunk, and at most
     ``limit``) that no other dispatcher's range holds — as a range on our own row, writing
     no item, with the ``record`` of the gateway it goes through — and return them."""
     import pandas as pd
 
-    d, me = session.delivery_id, session.owner
+    d, me = claim.delivery_id, claim.owner
     with write(ctx.engine) as conn:
         # the claim still holds (renewed; nothing of a chunk handed over, no range)
-        if not _renew_in(conn, ctx, session, marks=True):
-            raise _lost(session)
+        if not _renew_in(conn, ctx, claim, marks=True):
+            raise _lost(claim)
         # one taker at a time per delivery (SQLite: the write transaction already is)
         conn.execute(select(deliveries.c.id).where(deliveries.c.id == d).with_for_update())
         taken = sorted(
@@ -777,13 +778,13 @@ def _texts(ctx: Context, delivery_id: int) -> tuple[list[str], bool]:
     return list(json.loads(messages)), bool(outside)
 
 
-def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame) -> int:
+def _send(ctx: Context, gateway: Gateway, claim: Claim, chunk: pd.DataFrame) -> int:
     """Hand the chunk to the gateway and record every answer; return how many pairs the
     gateway could not take because it was down (they stay pending)."""
     import pandas as pd
 
-    d = session.delivery_id
-    texts = pd.Series(session.texts, dtype=object)
+    d = claim.delivery_id
+    texts = pd.Series(claim.texts, dtype=object)
     batch = pd.DataFrame(
         {
             "delivery_id": d,
@@ -797,7 +798,7 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
     pairs = list(zip(batch["seq"].astype(int), batch["message_no"].astype(int), strict=True))
     where = dict(zip(batch["idempotency_key"].astype(str), pairs, strict=True))
     recorded: set[str] = set()  # answers the hand-offs recorded one by one already
-    results = gateway.send(batch, _hand_off(ctx, session, pairs, where, recorded))
+    results = gateway.send(batch, _hand_off(ctx, claim, pairs, where, recorded))
     failed = results[results["status"] != ItemStatus.SENT]
     answers = [
         (key, status, error if isinstance(error, str) else None)
@@ -809,8 +810,8 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
     with write(ctx.engine) as conn:
         # our lease renewed, or at least our row still there: no successor has settled
         # the chunk (taking it over deletes the row)
-        if _renew_in(conn, ctx, session) or _holds(conn, session):
-            _settle(conn, session, _located(answers, where))
+        if _renew_in(conn, ctx, claim) or _holds(conn, claim):
+            _settle(conn, claim, _located(answers, where))
             execute_many(  # every other item of the chunk was sent
                 conn,
                 f"UPDATE delivery_items SET status = '{ItemStatus.SENT}', error = NULL, "
@@ -822,7 +823,7 @@ def _send(ctx: Context, gateway: Gateway, session: Session, chunk: pd.DataFrame)
                 ],
             )
             conn.execute(
-                text(f"UPDATE dispatchers SET {_NO_CHUNK} WHERE owner = :o"), {"o": session.owner}
+                text(f"UPDATE dispatchers SET {_NO_CHUNK} WHERE owner = :o"), {"o": claim.owner}
             )
     return int((results["error"] == UNAVAILABLE).sum())
 
@@ -847,13 +848,13 @@ def _runs(pairs: list[Pair], failed: set[Pair]) -> list[tuple[Pair, Pair]]:
     return runs
 
 
-def _holds(conn: Any, session: Session) -> bool:
+def _holds(conn: Any, claim: Claim) -> bool:
     """Is our row (with its claimed range) still there? Locks it: a successor that would
     take our chunk over waits until we have settled it."""
     return (
         conn.execute(
             select(dispatchers.c.owner)
-            .where(dispatchers.c.owner == session.owner, dispatchers.c.from_seq.is_not(None))
+            .where(dispatchers.c.owner == claim.owner, dispatchers.c.from_seq.is_not(None))
             .with_for_update()
         ).first()
         is not None
@@ -877,7 +878,7 @@ def _located(answers: list[Answer], where: dict[str, tuple[int, int]]) -> list[L
 
 def _hand_off(
     ctx: Context,
-    session: Session,
+    claim: Claim,
     pairs: list[tuple[int, int]],
     where: dict[str, tuple[int, int]],
     recorded: set[str],
@@ -902,23 +903,23 @@ def _hand_off(
         one_by_one = [a for a in answered if a[1] != ItemStatus.SENT or position[a[0]] >= run]
         marks = (pairs[upto - 1], pairs[run - 1] if run else None)
         with write(ctx.engine) as conn:
-            if not _renew_in(conn, ctx, session, marks=marks):
-                raise _lost(session)
+            if not _renew_in(conn, ctx, claim, marks=marks):
+                raise _lost(claim)
             if one_by_one:
-                _settle(conn, session, _located(one_by_one, where))
+                _settle(conn, claim, _located(one_by_one, where))
         recorded.update(key for key, _, _ in one_by_one)
 
     return hand_off
 
 
-def _settle(conn: Any, session: Session, answers: list[Located]) -> None:
+def _settle(conn: Any, claim: Claim, answers: list[Located]) -> None:
     """Record the gateway's answers for items of our chunk (the caller holds the claim):
     sends, and errors — refunded, except an outcome_unknown, which may have gone out. An
     item the gateway could not take because it was down never left: it stays pending
     with its ticket, marked so that no resume counts it among the answered ones."""
     if not answers:
         return
-    d, now = session.delivery_id, clock.now()
+    d, now = claim.delivery_id, clock.now()
     back = [a for a in answers if a[3] == UNAVAILABLE]
     done = [a for a in answers if a[3] != UNAVAILABLE]
     execute_many(
@@ -949,16 +950,16 @@ def _settle(conn: Any, session: Session, answers: list[Located]) -> None:
         )
 
 
-def _finish(ctx: Context, session: Session) -> str:
+def _finish(ctx: Context, claim: Claim) -> str:
     """Unregister; if no one else is still sending and nothing is left, close it."""
-    d = session.delivery_id
+    d = claim.delivery_id
     with write(ctx.engine) as conn:
         current = conn.execute(
             select(deliveries.c.status).where(deliveries.c.id == d).with_for_update()
         ).scalar_one()
         conn.execute(
             dispatchers.delete().where(
-                dispatchers.c.owner == session.owner, dispatchers.c.from_seq.is_(None)
+                dispatchers.c.owner == claim.owner, dispatchers.c.from_seq.is_(None)
             )
         )
         if current == DeliveryStatus.PAUSED:

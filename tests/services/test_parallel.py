@@ -71,13 +71,13 @@ def test_a_second_dispatcher_without_join_is_refused_while_one_is_live(ctx):
     upsert_users(ctx, pd.DataFrame({"user_id": ["a"], "phone": [mobile(1)]}))
     accounts.add_tickets(ctx, 1)
     created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["x"]))
-    session = dispatching.begin(ctx, created.delivery_id)
+    claim = dispatching.begin(ctx, created.delivery_id)
     # this process is alive: the same owner may continue, but dispatch-due skips it
     assert dispatching.due_ids(ctx) == []
     gateway = ctx.gateway()
-    assert dispatching.send_chunk(ctx, session, gateway) == 1
+    assert dispatching.send_chunk(ctx, claim, gateway) == 1
     gateway.close()
-    assert dispatching.finish(ctx, session).status == "sent"
+    assert dispatching.finish(ctx, claim).status == "sent"
     with pytest.raises(StateError, match="already sent"):
         dispatching.begin(ctx, created.delivery_id)
 
