@@ -20,7 +20,7 @@ from smsops.gateways.kannel import LEAD, WINDOW
 
 USERS = 3_000  # 2 s at 1,500/s; killed after 1 s
 TEXT = "冬のセール、本日より！"
-# at most: the hand-off window, its lead and the requests in flight (4 by default): 28
+# at most: the hand-off window, its lead and the requests in flight (4 by default): 16
 IN_DOUBT = WINDOW + LEAD + 4
 
 
