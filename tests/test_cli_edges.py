@@ -19,6 +19,9 @@ from support import mobile
 from smsops import clock
 from smsops.cli import app
 from smsops.services import account as accounts
+from smsops.services.context import Context
+from smsops.services.dispatch import dispatch_due
+from smsops.settings import Settings
 
 
 def users(cli, n: int) -> None:
@@ -34,7 +37,7 @@ def deliveries(cli) -> list[dict]:
     return json.loads(cli("deliveries", "list", "--json").stdout)["deliveries"]
 
 
-def failed_delivery(cli, monkeypatch) -> int:
+def failed_delivery(cli) -> int:
     """A bulk delivery to 4 numbers whose numbers 3 and 4 failed for want of tickets (R10):
     scheduled, 2 of its 4 tickets spent, then sent after a jump of the clock."""
     users(cli, 4)
@@ -43,10 +46,16 @@ def failed_delivery(cli, monkeypatch) -> int:
         cli("bulk", "create", "-m", "a", "--at", "2099-01-01 10:00", "--yes", "--json").stdout
     )
     cli("send", mobile(9), "-m", "x", "-m", "y")
-    real_now = clock.now
-    monkeypatch.setattr(clock, "now", lambda: real_now().replace(year=2099, month=1, day=2))
-    (done,) = json.loads(cli("dispatch-due", "--json").stdout)["dispatched"]
-    assert (done["sent"], done["errors"]) == (2, 2)
+    # dispatch-due on the same store, by a clock already at its send time
+    ctx = Context.open(
+        Settings(database_url=cli.env["SMSOPS_DATABASE_URL"], outbox=cli.env["SMSOPS_OUTBOX"]),
+        clock=lambda: clock.now().replace(year=2099, month=1, day=2),
+    )
+    try:
+        (done,) = dispatch_due(ctx)
+    finally:
+        ctx.close()
+    assert (done.sent, done.errors) == (2, 2)
     return int(created["delivery_id"])
 
 
@@ -189,8 +198,8 @@ def test_json_errors_print_a_document_on_every_path(cli, monkeypatch):
 # --- R1: resend --individual is no back door ------------------------------------------
 
 
-def test_r1_individual_resend_refused_below_standard(cli, monkeypatch):
-    original = str(failed_delivery(cli, monkeypatch))
+def test_r1_individual_resend_refused_below_standard(cli):
+    original = str(failed_delivery(cli))
     cli("tickets", "add", "10")
     cli("account", "set", "--plan", "free")
     before = deliveries(cli)
@@ -205,8 +214,8 @@ def test_r1_individual_resend_refused_below_standard(cli, monkeypatch):
     assert one_document(cli("tickets", "balance", "--json")) == {"balance": 10}
 
 
-def test_r9_individual_resend_needs_tickets_for_the_whole_resend(cli, monkeypatch):
-    original = str(failed_delivery(cli, monkeypatch))
+def test_r9_individual_resend_needs_tickets_for_the_whole_resend(cli):
+    original = str(failed_delivery(cli))
     cli("tickets", "add", "1")  # enough for one of the two numbers
     before = deliveries(cli)
     result = cli("resend", original, "--individual", code=1)

@@ -100,7 +100,7 @@ def test_r9_individual_resend_checks_the_whole_resend_and_saves_nothing(ctx):
 # --- R1 at send time: a downgrade stops due bulk deliveries ---------------------------
 
 
-def test_r1_a_scheduled_bulk_delivery_is_not_sent_after_a_downgrade(ctx, monkeypatch):
+def test_r1_a_scheduled_bulk_delivery_is_not_sent_after_a_downgrade(ctx):
     add_users(ctx, [mobile(1), mobile(2)])
     accounts.add_tickets(ctx, 10)
     later = dl.create_bulk(
@@ -108,8 +108,7 @@ def test_r1_a_scheduled_bulk_delivery_is_not_sent_after_a_downgrade(ctx, monkeyp
         dl.preview_bulk(ctx, ["a", "b"], at=(clock.now() + timedelta(minutes=5)).isoformat()),
     )
     accounts.set_account(ctx, plan="light")
-    real_now = clock.now
-    monkeypatch.setattr(clock, "now", lambda: real_now() + timedelta(minutes=6))
+    ctx.clock = lambda: clock.now() + timedelta(minutes=6)  # its time has come
     (result,) = dispatch_due(ctx)
     assert (result.delivery_id, result.status, result.sent, result.errors) == (
         later.delivery_id,
