@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from smsops.errors import ServerError
+from smsops.errors import ServerError, ServeStopped
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,6 @@ class Serving:
     deployments: list[str]
 
 
-class _Stopped(Exception):
-    """A stop signal came before the runner was serving."""
-
-
 def _ui_url(api_url: str) -> str:
     """The UI of the Prefect server at ``api_url``: ``PREFECT_UI_URL`` when set, else
     Prefect's own default for it (the API URL without ``/api``)."""
@@ -217,7 +213,7 @@ def serve(
             runner[0].handle_sigterm()
         elif not stopping:  # once: a second one must not break off the cleanup
             stopping.append(signum)
-            raise _Stopped
+            raise ServeStopped
 
     # SIGINT as SIGTERM: Ctrl-C stops the runner the same way (the runner itself takes
     # SIGTERM over once it starts, with the same effect)
@@ -233,7 +229,7 @@ def serve(
 
     try:
         _serve(interval, home, ready, ui, beside, new_runner)
-    except _Stopped:
+    except ServeStopped:
         log.info("smsops serve: stopped before serving started")
     finally:
         for s, handler in previous.items():

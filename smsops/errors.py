@@ -29,8 +29,10 @@ The tree (``code``; ``*`` transient)::
     ├── ReportError             report           the report notebook could not run
     └── DeliveryFailed          delivery_failed  not one message of a delivery went out
 
-Outside the tree, :class:`BatchFailed` (a ``RuntimeError``) never reaches a user: the
-receiver answers it with a 5xx so that Kannel sends the report again.
+Outside the tree, never reaching a user: :class:`BatchFailed` (a ``RuntimeError``; the
+receiver answers it with a 5xx so that Kannel sends the report again),
+:class:`ServeStopped` (a stop signal while ``smsops serve`` starts) and
+:class:`Unstreamable` (a users file the streamed import leaves to the whole-file reader).
 
 Every error pickles to the same type, line and attributes (``__reduce__``, as dlt's
 ``DltException`` does), so it survives Prefect result persistence and process pools.
@@ -392,6 +394,12 @@ class BatchFailed(RuntimeError):
         super().__init__(message)
         self.message = message
         self.unavailable = unavailable  # the store is locked or away (503), not a bug (500)
+
+
+class ServeStopped(Exception):
+    """A stop signal (SIGTERM, Ctrl-C) came before ``smsops serve``'s runner was serving:
+    serve unwinds what it started and exits 0. Not an :class:`SmsopsError`: it never
+    reaches a user."""
 
 
 class Unstreamable(Exception):
