@@ -882,19 +882,15 @@ def _stream_batches(
     t: _Table, names: list[str], block: int, source: pa.NativeFile
 ) -> Iterator[pd.DataFrame]:
     cols = [f"c{i}" for i in range(len(names))]
-
-    def refuse(row: pv.InvalidRow) -> str:
-        return "error"  # a row of the wrong width: the whole-file reader names it
-
     try:
         reader = pv.open_csv(
             source,  # a UTF-8 byte order mark is skipped
             read_options=pv.ReadOptions(
                 use_threads=False, block_size=block, column_names=cols, skip_rows=1
             ),
-            parse_options=pv.ParseOptions(
-                delimiter=t.delimiter, newlines_in_values=True, invalid_row_handler=refuse
-            ),
+            # no invalid_row_handler: a row of the wrong width raises (pyarrow's default),
+            # and the whole-file reader names it
+            parse_options=pv.ParseOptions(delimiter=t.delimiter, newlines_in_values=True),
             convert_options=pv.ConvertOptions(
                 column_types=dict.fromkeys(cols, pa.string()),
                 null_values=[""],
