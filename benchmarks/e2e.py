@@ -452,7 +452,7 @@ def main() -> int:
         )
         outbox_lines = count_lines(outbox) - lines_before
 
-        def history() -> tuple[list[dict[str, object]], int, int]:
+        def history() -> tuple[list[deliveries.DeliverySummary], int, int]:
             listed = deliveries.list_deliveries(ctx)
             # the detail read batch by batch, as `deliveries show` and notebooks page it:
             # memory bounded by a batch, not by the history (#12)

@@ -65,10 +65,8 @@ def stage(name: str, database_url: str, csv_path: Path, rows: int) -> dict[str, 
         done["pairs"] = deliveries.create_bulk(ctx, preview).tickets_needed
     else:
         (last, *_) = deliveries.list_deliveries(ctx, limit=1)
-        every = sum(len(b) for b in deliveries.iter_delivery_items(ctx, int(last["id"])))
-        failed = sum(
-            len(b) for b in deliveries.iter_delivery_items(ctx, int(last["id"]), failed_only=True)
-        )
+        every = sum(len(b) for b in deliveries.iter_delivery_items(ctx, last.id))
+        failed = sum(len(b) for b in deliveries.iter_delivery_items(ctx, last.id, failed_only=True))
         done |= {"items": every, "failed": failed}
     return {**done, "peak_kib": peak_kib()}
 

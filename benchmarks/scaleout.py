@@ -111,7 +111,7 @@ def one_run(
     times = [[datetime.fromisoformat(r["accepted_at"]) for r in got] for got in lines]
     first = min(t for ts in times for t in ts)
     last = max(t for ts in times for t in ts)
-    status = dl.delivery_summary(ctx, delivery)["status"]
+    status = dl.delivery_summary(ctx, delivery).status
     ctx.engine.dispose()
     span = (last - first).total_seconds()
     return {

@@ -393,7 +393,7 @@ _SUMMARY_LABELS = {
 def _summary_artifact(ctx: Context, delivery_id: int, status: str, reasons: dict[str, int]) -> None:
     """The delivery's summary in the reader's language; its status, kind and error
     reasons as they are stored."""
-    summary = dl.delivery_summary(ctx, delivery_id)
+    summary = dl.delivery_summary(ctx, delivery_id).to_dict()
     _reader_language(ctx)
 
     def shown(key: str) -> object:

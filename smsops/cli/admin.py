@@ -342,17 +342,7 @@ def optout_import(
 
     with context(as_json) as ctx:
         result = people.optout_import(ctx, file, encoding=encoding)
-    emit(
-        as_json,
-        result,
-        lambda: out.print(
-            i18n.ngettext(
-                "{n} number added; {total} on the opt-out list",
-                "{n} numbers added; {total} on the opt-out list",
-                result["added"],
-            ).format(n=i18n.number(result["added"]), total=i18n.number(result["optouts_total"]))
-        ),
-    )
+    emit(as_json, result.to_dict(), lambda: out.print(result.describe()))
 
 
 Phone = Annotated[str, typer.Argument(metavar="PHONE", help="A phone number, any usual form.")]
@@ -366,17 +356,7 @@ def optout_add(phone: Phone, as_json: JsonOpt = False) -> None:
 
     with context(as_json) as ctx:
         result = people.optout_add(ctx, phone)
-    emit(
-        as_json,
-        result,
-        lambda: out.print(
-            (
-                i18n._("added; {n} on the opt-out list")
-                if result["added"]
-                else i18n._("already listed; {n} on the opt-out list")
-            ).format(n=i18n.number(result["optouts_total"]))
-        ),
-    )
+    emit(as_json, result.to_dict(), lambda: out.print(result.describe()))
 
 
 @optout_app.command("remove")
@@ -387,12 +367,4 @@ def optout_remove(phone: Phone, as_json: JsonOpt = False) -> None:
 
     with context(as_json) as ctx:
         result = people.optout_remove(ctx, phone)
-    emit(
-        as_json,
-        result,
-        lambda: out.print(
-            i18n._("removed; {n} on the opt-out list").format(
-                n=i18n.number(result["optouts_total"])
-            )
-        ),
-    )
+    emit(as_json, result.to_dict(), lambda: out.print(result.describe()))

@@ -92,7 +92,7 @@ def deliveries_list(
     from smsops.services import deliveries as dl
 
     with context(as_json) as ctx:
-        rows = dl.list_deliveries(ctx, limit)
+        rows = [d.to_dict() for d in dl.list_deliveries(ctx, limit)]
 
     def human() -> None:
         keys = (
@@ -132,7 +132,7 @@ def deliveries_show(
     from smsops.services import deliveries as dl
 
     with context(as_json) as ctx:
-        summary = dl.delivery_summary(ctx, delivery_id)
+        summary = dl.delivery_summary(ctx, delivery_id).to_dict()
         frame = dl.delivery_items(ctx, delivery_id)
         tz = accounts.get_account(ctx).timezone
     if as_json:
@@ -226,8 +226,4 @@ def deliveries_cancel(delivery_id: DeliveryId, as_json: JsonOpt = False) -> None
 
     with context(as_json) as ctx:
         result = dl.cancel(ctx, delivery_id)
-    emit(
-        as_json,
-        result,
-        lambda: out.print(_("delivery {id} cancelled").format(id=delivery_id)),
-    )
+    emit(as_json, result.to_dict(), lambda: out.print(result.describe()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -243,26 +243,7 @@ def bulk_create(
                 raise RuleError("R13", "not confirmed; nothing was saved")
         created = dl.create_bulk(ctx, p, outside_window=outside_window)
         result = dispatching.send_if_due(ctx, created)
-    emit(as_json, result, lambda: print_result(result))
-
-
-def print_result(result: dict[str, Any]) -> None:
-    n = i18n.number
-    text = _("delivery {id}: {status}, {recipients} recipients × {messages} messages").format(
-        id=result["delivery_id"],
-        status=result["status"],
-        recipients=n(result["recipients"]),
-        messages=result["messages"],
-    )
-    if result.get("scheduled_at"):
-        text += _(", scheduled for {at}").format(at=i18n.local_time(str(result["scheduled_at"])))
-    if "sent" in result:
-        text += _("; sent {sent}, errors {errors}, tickets used {used}").format(
-            sent=n(result["sent"]), errors=n(result["errors"]), used=n(result["tickets_used"])
-        )
-    if result.get("reason"):
-        text += _("; paused: {reason}").format(reason=result["reason"])
-    out.print(text)
+    emit(as_json, result.to_dict(), lambda: out.print(result.describe()))
 
 
 @command
@@ -283,7 +264,7 @@ def send(
     with context(as_json) as ctx:
         created = dl.send_individual(ctx, phone, message, outside_window=outside_window)
         result = dispatching.send_if_due(ctx, created)
-    emit(as_json, result, lambda: print_result(result))
+    emit(as_json, result.to_dict(), lambda: out.print(result.describe()))
 
 
 @command
@@ -311,7 +292,7 @@ def resend(
             if at is not None:
                 raise UsageError("--at applies to a bulk resend; individual sends go now")
             results = [
-                {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
+                dispatching.send_if_due(ctx, created)
                 for created in dl.resend_individual(
                     ctx, delivery_id, phone, outside_window=outside_window
                 )
@@ -319,15 +300,20 @@ def resend(
 
             def human() -> None:
                 for r in results:
-                    print_result(r)
+                    out.print(r.describe())
 
-            emit(as_json, {"deliveries": results}, human)
+            documents = [{**r.to_dict(), "resend_of": delivery_id} for r in results]
+            emit(as_json, {"deliveries": documents}, human)
             return
         if phone:
             raise UsageError("--phone applies to --individual")
         created = dl.resend_bulk(ctx, delivery_id, at=at, outside_window=outside_window)
-        result = {**dispatching.send_if_due(ctx, created), "resend_of": delivery_id}
-    emit(as_json, result, lambda: print_result(result))
+        result = dispatching.send_if_due(ctx, created)
+    emit(
+        as_json,
+        {**result.to_dict(), "resend_of": delivery_id},
+        lambda: out.print(result.describe()),
+    )
 
 
 @command

@@ -225,7 +225,7 @@ class Campaign:
             return Note(
                 _("**Not confirmed: nothing was saved.** Run with `confirm=True` to create.")
             )
-        return _key_values(send_if_due(self.ctx, dl.create_bulk(self.ctx, self.preview)))
+        return _key_values(send_if_due(self.ctx, dl.create_bulk(self.ctx, self.preview)).to_dict())
 
 
 def ticket_forecast(ctx: Context, needed: int, at: datetime | None, balance: int) -> pd.DataFrame:

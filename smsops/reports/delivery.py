@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -51,10 +50,10 @@ class DeliveryReport:
     failed pairs a resend would send (R15). ``summary`` is None when there is nothing."""
 
     ctx: Context
-    summary: dict[str, Any] | None
+    summary: dl.DeliverySummary | None
     items: pd.DataFrame
     failed_pairs: pd.DataFrame
-    resends: list[dict[str, Any]]
+    resends: list[dl.DeliverySummary]
     timezone: str
 
     @classmethod
@@ -65,9 +64,9 @@ class DeliveryReport:
             latest = dl.list_deliveries(ctx, limit=1)
             if not latest:
                 return cls(ctx, None, pd.DataFrame(), pd.DataFrame(), [], tz)
-            delivery_id = int(latest[0]["id"])
+            delivery_id = latest[0].id
         summary = dl.delivery_summary(ctx, delivery_id)
-        resends = [d for d in dl.list_deliveries(ctx) if d["resend_of"] == delivery_id]
+        resends = [d for d in dl.list_deliveries(ctx) if d.resend_of == delivery_id]
         return cls(
             ctx,
             summary,
@@ -86,26 +85,24 @@ class DeliveryReport:
                 "`smsops bulk create … --yes`, then run this report again."
             )
         else:
-            repairs = (
-                _(", a resend of delivery {id}").format(id=s["resend_of"]) if s["resend_of"] else ""
-            )
+            repairs = _(", a resend of delivery {id}").format(id=s.resend_of) if s.resend_of else ""
             note = _(
                 "**Delivery {id}** ({kind}{repairs}) is **{status}**: {recipients} recipients × "
                 "{messages} message(s); {sent} sent, {errors} errors, {used} tickets used."
             ).format(
-                id=s["id"],
-                kind=s["kind"],
+                id=s.id,
+                kind=s.kind,
                 repairs=repairs,
-                status=s["status"],
-                recipients=number(s["recipients"]),
-                messages=s["messages"],
-                sent=number(s["sent"]),
-                errors=number(s["errors"]),
-                used=number(s["tickets_used"]),
+                status=s.status,
+                recipients=number(s.recipients),
+                messages=s.messages,
+                sent=number(s.sent),
+                errors=number(s.errors),
+                used=number(s.tickets_used),
             )
-            if s.get("paused_reason"):  # why it waits, and until when (#11)
+            if s.paused_reason:  # why it waits, and until when (#11)
                 note += " " + _("**Paused:** {reason}; `smsops dispatch-due` resumes it.").format(
-                    reason=localize(s["paused_reason"])
+                    reason=localize(s.paused_reason)
                 )
         return Note(note if missing_font is None else f"{note}\n\n{missing_font}")
 
@@ -113,26 +110,24 @@ class DeliveryReport:
         s = self.summary
         if s is None:
             return Note(_("_Nothing to show._"))
-        texts = {
-            _("message {number}").format(number=i): t for i, t in enumerate(s["texts"], start=1)
-        }
+        texts = {_("message {number}").format(number=i): t for i, t in enumerate(s.texts, start=1)}
         rows = {
-            _("kind"): s["kind"],
-            _("status"): s["status"],
-            _("created at"): self._time(s["created_at"]),
-            _("scheduled at"): self._time(s["scheduled_at"]),
-            _("finished at"): self._time(s["finished_at"]),
-            _("recipients"): s["recipients"],
-            _("sent"): s["sent"],
-            _("errors"): s["errors"],
-            _("tickets used"): s["tickets_used"],
-            _("resend of"): s["resend_of"],
+            _("kind"): s.kind,
+            _("status"): s.status,
+            _("created at"): self._time(s.created_at),
+            _("scheduled at"): self._time(s.scheduled_at),
+            _("finished at"): self._time(s.finished_at),
+            _("recipients"): s.recipients,
+            _("sent"): s.sent,
+            _("errors"): s.errors,
+            _("tickets used"): s.tickets_used,
+            _("resend of"): s.resend_of,
         }
-        if s.get("paused_reason"):
-            rows[_("why paused")] = localize(s["paused_reason"])
-            rows[_("resumes at")] = self._time(s["resume_at"])
-        rows[_("resent in")] = ", ".join(f"#{d['id']} ({d['status']})" for d in self.resends)
-        return _key_values({_("delivery"): s["id"], **rows, **texts})
+        if s.paused_reason:
+            rows[_("why paused")] = localize(s.paused_reason)
+            rows[_("resumes at")] = self._time(s.resume_at)
+        rows[_("resent in")] = ", ".join(f"#{d.id} ({d.status})" for d in self.resends)
+        return _key_values({_("delivery"): s.id, **rows, **texts})
 
     @staticmethod
     def _time(value: str | None) -> str | None:
@@ -216,7 +211,7 @@ class DeliveryReport:
             _(
                 "The first {rows} of {n} (number, message) pairs in send order; all of them: "
                 "`smsops deliveries show {id} --json`."
-            ).format(rows=number(rows), n=number(len(self.items)), id=self.summary["id"])
+            ).format(rows=number(rows), n=number(len(self.items)), id=self.summary.id)
         )
 
     def detail(self, rows: int = ROWS) -> pd.DataFrame | None:
@@ -236,7 +231,7 @@ class DeliveryReport:
         if self.failed_pairs.empty:
             if repaired:
                 by = (
-                    _("resent in {ids}").format(ids=", ".join(f"#{d['id']}" for d in self.resends))
+                    _("resent in {ids}").format(ids=", ".join(f"#{d.id}" for d in self.resends))
                     if self.resends
                     else _("their numbers opted out since")
                 )
@@ -272,7 +267,7 @@ class DeliveryReport:
         if kept > rows:
             note += _(
                 "; the first {rows} are shown (all of them: `smsops deliveries errors {id} --csv`)"
-            ).format(rows=number(rows), id=self.summary["id"])
+            ).format(rows=number(rows), id=self.summary.id)
         return Note(note + _("."))
 
     def failed(self, rows: int = ROWS) -> pd.DataFrame | None:
@@ -286,7 +281,7 @@ class DeliveryReport:
         scheduled time), senders and texts masked; all of them when there is no delivery."""
         frame = inbound.replies_frame(self.ctx)
         s = self.summary
-        start = None if s is None else (s["scheduled_at"] or s["created_at"])
+        start = None if s is None else (s.scheduled_at or s.created_at)
         since = "" if start is None else _(" since {at}").format(at=local_time(start))
         if start is None or frame.empty:
             return frame, since
@@ -347,16 +342,16 @@ class DeliveryReport:
                     "this notebook with `resend=True` to send exactly the pairs above again."
                 ).format(needed=number(needed), balance=number(balance), buy=buy)
             )
-        result = send_if_due(self.ctx, dl.resend_bulk(self.ctx, int(s["id"])))
+        result = send_if_due(self.ctx, dl.resend_bulk(self.ctx, s.id))
         return _key_values(
             {
-                "resend delivery": result["delivery_id"],
-                "resend of": s["id"],
-                "pairs": result["tickets_needed"],
-                "status": result["status"],
-                "sent": result["sent"],
-                "errors": result["errors"],
-                "tickets used": result["tickets_used"],
+                "resend delivery": result.delivery_id,
+                "resend of": s.id,
+                "pairs": result.tickets_needed,
+                "status": result.status,
+                "sent": result.sent,
+                "errors": result.errors,
+                "tickets used": result.tickets_used,
             }
         )
 

@@ -109,7 +109,7 @@ def run_report(
             latest = dl.list_deliveries(ctx, limit=1)
             if not latest:
                 raise NotFoundError("no deliveries yet; nothing to report")
-            delivery_id = int(latest[0]["id"])
+            delivery_id = latest[0].id
         dl.delivery_summary(ctx, delivery_id)  # an unknown id fails here, before papermill
     finally:
         ctx.close()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, case, func, or_, select
 
-from smsops import clock
+from smsops import clock, i18n
 from smsops.domain.messages import Message, validate_messages
 from smsops.domain.tickets import tickets_needed
 from smsops.domain.vocabulary import (
@@ -424,7 +424,21 @@ def send_individual(
     )
 
 
-def cancel(ctx: Context, delivery_id: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Cancelled:
+    """A delivery cancelled before it started (R12): none of its messages go out."""
+
+    delivery_id: int
+    status: DeliveryStatus = DeliveryStatus.CANCELLED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"delivery_id": self.delivery_id, "status": self.status}
+
+    def describe(self) -> str:
+        return i18n._("delivery {id} cancelled").format(id=self.delivery_id)
+
+
+def cancel(ctx: Context, delivery_id: int) -> Cancelled:
     """Cancel a delivery that has not started (R12)."""
     with write(ctx.engine) as conn:
         row = _delivery(conn, delivery_id, lock=True)
@@ -443,7 +457,7 @@ def cancel(ctx: Context, delivery_id: int) -> dict[str, Any]:
             .where(items.c.delivery_id == delivery_id, items.c.status == ItemStatus.PENDING)
             .values(status=ItemStatus.CANCELLED)
         )
-    return {"delivery_id": delivery_id, "status": DeliveryStatus.CANCELLED}
+    return Cancelled(delivery_id)
 
 
 def _delivery(conn: Connection, delivery_id: int, lock: bool = False):  # type: ignore[no-untyped-def]
@@ -492,28 +506,91 @@ def _counts(conn: Connection, ids: list[int] | None) -> dict[int, dict[str, int]
     return out
 
 
-def _summary(row, counts: dict[str, int], tz: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+@dataclass(frozen=True)
+class DeliverySummary:
+    """One delivery as its history shows it (R14): kind, status, times (ISO 8601 in the
+    account's zone) and counts. The detail (:func:`delivery_summary`) adds its texts, why
+    and until when it is paused (#11) and whether it goes outside the window on purpose;
+    a listing (:func:`list_deliveries`) leaves them out, as its --json does."""
+
+    id: int
+    kind: str
+    status: str  # DeliveryStatus
+    created_at: str | None
+    scheduled_at: str | None
+    finished_at: str | None
+    recipients: int
+    messages: int
+    sent: int
+    errors: int
+    tickets_used: int
+    resend_of: int | None
+    # the detail only
+    texts: tuple[str, ...] = ()
+    paused_for: str | None = None  # PauseReason, when paused
+    paused_reason: str | None = None
+    resume_at: str | None = None
+    outside_window: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The --json document: ``deliveries list``'s rows, ``deliveries show``'s delivery."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "created_at": self.created_at,
+            "scheduled_at": self.scheduled_at,
+            "finished_at": self.finished_at,
+            "recipients": self.recipients,
+            "messages": self.messages,
+            "sent": self.sent,
+            "errors": self.errors,
+            "tickets_used": self.tickets_used,
+            "resend_of": self.resend_of,
+        }
+        if self.texts:
+            out["texts"] = list(self.texts)
+        if self.paused_for is not None:
+            out |= {
+                "paused_for": self.paused_for,
+                "paused_reason": self.paused_reason,
+                "resume_at": self.resume_at,
+            }
+        if self.outside_window:
+            out["outside_window"] = True
+        return out
+
+
+def _summary(row, counts: dict[str, int], tz: str, *, detail: bool = False) -> DeliverySummary:  # type: ignore[no-untyped-def]
     status = row.status
     ended = (DeliveryStatus.SENT, DeliveryStatus.PARTIALLY_SENT, DeliveryStatus.FAILED)
     if status in ended:  # as reports have since told
         status = DeliveryStatus.finished(counts.get("sent", 0), counts.get("errors", 0))
-    return {
-        "id": row.id,
-        "kind": row.kind,
-        "status": status,
-        "created_at": clock.local_iso(row.created_at, tz),
-        "scheduled_at": clock.local_iso(row.scheduled_at, tz),
-        "finished_at": clock.local_iso(row.finished_at, tz),
-        "recipients": row.recipients,
-        "messages": len(json.loads(row.messages)),
-        "sent": counts.get("sent", 0),
-        "errors": counts.get("errors", 0),
-        "tickets_used": counts.get("tickets_used", 0),
-        "resend_of": row.resend_of,
-    }
+    texts = json.loads(row.messages)
+    paused = detail and row.status == DeliveryStatus.PAUSED  # why, and until when (#11)
+    return DeliverySummary(
+        id=row.id,
+        kind=row.kind,
+        status=status,
+        created_at=clock.local_iso(row.created_at, tz),
+        scheduled_at=clock.local_iso(row.scheduled_at, tz),
+        finished_at=clock.local_iso(row.finished_at, tz),
+        recipients=row.recipients,
+        messages=len(texts),
+        sent=counts.get("sent", 0),
+        errors=counts.get("errors", 0),
+        tickets_used=counts.get("tickets_used", 0),
+        resend_of=row.resend_of,
+        texts=tuple(texts) if detail else (),
+        # before v13 a pause was always the gateway's
+        paused_for=(row.paused_for or PauseReason.GATEWAY_DOWN) if paused else None,
+        paused_reason=row.paused_reason if paused else None,
+        resume_at=clock.local_iso(row.resume_at, tz) if paused else None,
+        outside_window=detail and bool(row.outside_window),
+    )
 
 
-def list_deliveries(ctx: Context, limit: int | None = None) -> list[dict[str, Any]]:
+def list_deliveries(ctx: Context, limit: int | None = None) -> list[DeliverySummary]:
     """R14: every delivery, newest first, with its counts."""
     tz = accounts.get_account(ctx).timezone
     with read(ctx.engine) as conn:
@@ -523,20 +600,13 @@ def list_deliveries(ctx: Context, limit: int | None = None) -> list[dict[str, An
     return [_summary(r, counts.get(r.id, {}), tz) for r in rows]
 
 
-def delivery_summary(ctx: Context, delivery_id: int) -> dict[str, Any]:
+def delivery_summary(ctx: Context, delivery_id: int) -> DeliverySummary:
+    """R14: one delivery in detail (its texts, and why it is paused, #11)."""
     tz = accounts.get_account(ctx).timezone
     with read(ctx.engine) as conn:
         row = _delivery(conn, delivery_id)
         counts = _counts(conn, [delivery_id]).get(delivery_id, {})
-    out = _summary(row, counts, tz)
-    out["texts"] = json.loads(row.messages)
-    if row.status == DeliveryStatus.PAUSED:  # why, and when dispatch-due resumes it (#11)
-        out["paused_for"] = row.paused_for or PauseReason.GATEWAY_DOWN  # before v13: it
-        out["paused_reason"] = row.paused_reason
-        out["resume_at"] = clock.local_iso(row.resume_at, tz)
-    if row.outside_window:
-        out["outside_window"] = True
-    return out
+    return _summary(row, counts, tz, detail=True)
 
 
 def delivery_items(ctx: Context, delivery_id: int, *, failed_only: bool = False) -> pd.DataFrame:
@@ -703,8 +773,8 @@ def resend_bulk(
     return _save(
         ctx,
         "resend",
-        list(original["texts"]),
-        pairs,  # type: ignore[arg-type]
+        list(original.texts),
+        pairs,
         int(pairs["seq"].nunique()),
         when,
         delivery_id,
@@ -729,9 +799,9 @@ def resend_individual(
 
     acct = accounts.get_account(ctx)
     original = delivery_summary(ctx, delivery_id)
-    if original["kind"] != "individual":
+    if original.kind != "individual":
         accounts.require_bulk_plan(acct)
-    texts: list[str] = list(original["texts"])  # type: ignore[call-overload]
+    texts = list(original.texts)
     pairs = failed_pairs(ctx, delivery_id)
     if phone is not None:
         e164 = classify_phones(pd.Series([phone], dtype=object))["e164"].iloc[0]

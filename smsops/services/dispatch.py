@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select, text, tuple_
 
-from smsops import clock
+from smsops import clock, i18n
 from smsops.domain import windows
 from smsops.domain.tickets import funded_pairs
 from smsops.domain.vocabulary import DeliveryStatus, ItemError, ItemStatus, PauseReason
@@ -187,20 +187,76 @@ def _left(ctx: Context, delivery_id: int) -> int:
         return int(conn.execute(select(func.count()).where(_pending(delivery_id))).scalar_one())
 
 
-def send_if_due(ctx: Context, created: Created) -> dict[str, object]:
+@dataclass(frozen=True)
+class Saved:
+    """A just-saved delivery (:class:`Created`) and, when it went out at once (R12), how
+    its send ended; ``sent`` is None for one that waits for its time."""
+
+    delivery_id: int
+    status: str  # DeliveryStatus: the send's when sent, else the creation's
+    recipients: int
+    messages: int
+    tickets_needed: int
+    scheduled_at: str | None  # ISO 8601 in the account's zone; None = now
+    sent: int | None = None
+    errors: int | None = None
+    tickets_used: int | None = None
+    reason: str | None = None  # why it is paused, when it is
+
+    def to_dict(self) -> dict[str, object]:
+        """The --json document of ``bulk create``, ``send`` and ``resend``."""
+        out: dict[str, object] = {
+            "delivery_id": self.delivery_id,
+            "status": self.status,
+            "recipients": self.recipients,
+            "messages": self.messages,
+            "tickets_needed": self.tickets_needed,
+            "scheduled_at": self.scheduled_at,
+        }
+        if self.sent is not None:
+            out |= {"sent": self.sent, "errors": self.errors, "tickets_used": self.tickets_used}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    def describe(self) -> str:
+        """One line for a person: ``delivery 3: sent, 10 recipients × 2 messages; sent 20,
+        errors 0, tickets used 20``."""
+        n = i18n.number
+        text = i18n._(
+            "delivery {id}: {status}, {recipients} recipients × {messages} messages"
+        ).format(
+            id=self.delivery_id,
+            status=self.status,
+            recipients=n(self.recipients),
+            messages=self.messages,
+        )
+        if self.scheduled_at:
+            text += i18n._(", scheduled for {at}").format(at=i18n.local_time(self.scheduled_at))
+        if self.sent is not None:
+            text += i18n._("; sent {sent}, errors {errors}, tickets used {used}").format(
+                sent=n(self.sent), errors=n(self.errors), used=n(self.tickets_used)
+            )
+        if self.reason:
+            text += i18n._("; paused: {reason}").format(reason=self.reason)
+        return text
+
+
+def send_if_due(ctx: Context, created: Created) -> Saved:
     """R12: a just-saved delivery without a send time goes out now; a scheduled one waits
     for dispatch-due. Returns the creation result, with the send's outcome when sent."""
-    result: dict[str, object] = created.to_dict()
+    saved = Saved(**created.to_dict())
     if not created.sends_now:
-        return result
+        return saved
     sent = dispatch(ctx, created.delivery_id)
-    return {
-        **result,
-        "status": sent.status,
-        "sent": sent.sent,
-        "errors": sent.errors,
-        "tickets_used": sent.tickets_used,
-    } | ({"reason": sent.reason} if sent.reason else {})
+    return replace(
+        saved,
+        status=sent.status,
+        sent=sent.sent,
+        errors=sent.errors,
+        tickets_used=sent.tickets_used,
+        reason=sent.reason,
+    )
 
 
 def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Claim:
@@ -374,9 +430,9 @@ def finish(ctx: Context, claim: Claim) -> DispatchResult:
     return DispatchResult(
         claim.delivery_id,
         status,
-        int(s["sent"]),
-        int(s["errors"]),
-        int(s["tickets_used"]),
+        s.sent,
+        s.errors,
+        s.tickets_used,
         claim.resumed,
         reason=reason,
         paused_for=paused_for or (PauseReason.GATEWAY_DOWN if reason else None),

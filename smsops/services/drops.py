@@ -300,9 +300,9 @@ def _take(
                     )
             else:
                 added = people.optout_import(ctx, local, encoding, also=record)
-                rows = added["rows"]
+                rows = added.rows
                 numbers = f"{rows:,} number{'s' * (rows != 1)} read"
-                detail = f"{numbers}, {added['added']:,} added to the opt-out list"
+                detail = f"{numbers}, {added.added:,} added to the opt-out list"
         except InputError as exc:
             return _reject(fs, root, path, inbox, name, exc)
     moved = _move(fs, root, path, _join(here, PROCESSED))

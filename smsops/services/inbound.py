@@ -470,8 +470,8 @@ def handle_reply(ctx: Context, sender: str, text: str) -> ReplyResult:
                 # retrying a reply whose first try is still running; PostgreSQL — SQLite
                 # writes one at a time): it is listed, which is all this reply asks.
                 added = people.optout_add(ctx, sender, source="reply")
-            phone = str(added["phone"])
-            reason = "stop_request" if added["added"] else "already_opted_out"
+            phone = added.phone
+            reason = "stop_request" if added.added else "already_opted_out"
         except InputError:
             action, reason = ReplyAction.IGNORED, "not_a_phone"
     if phone is None:

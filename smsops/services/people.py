@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, func, select
 
-from smsops import clock
+from smsops import clock, i18n
 from smsops.domain.phones import classify_phones, mask_phone
 from smsops.errors import InputError, NotFoundError, Problem, Unstreamable
 from smsops.services.context import Context
@@ -293,27 +293,80 @@ def _e164(values: pd.Series, source: str, *, table: bool = False) -> list[str]:
     return list(dict.fromkeys(classified["e164"].tolist()))
 
 
+@dataclass(frozen=True)
+class OptoutsImported:
+    """What an opt-out import did: numbers read (each once), newly listed, listed now."""
+
+    rows: int
+    added: int
+    optouts_total: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"rows": self.rows, "added": self.added, "optouts_total": self.optouts_total}
+
+    def describe(self) -> str:
+        """One line for a person: ``2 numbers added; 5 on the opt-out list``."""
+        return i18n.ngettext(
+            "{n} number added; {total} on the opt-out list",
+            "{n} numbers added; {total} on the opt-out list",
+            self.added,
+        ).format(n=i18n.number(self.added), total=i18n.number(self.optouts_total))
+
+
+@dataclass(frozen=True)
+class OptoutAdded:
+    """One number put on the opt-out list (``added`` false: it was listed already)."""
+
+    phone: str  # E.164
+    added: bool
+    optouts_total: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"phone": self.phone, "added": self.added, "optouts_total": self.optouts_total}
+
+    def describe(self) -> str:
+        return (
+            i18n._("added; {n} on the opt-out list")
+            if self.added
+            else i18n._("already listed; {n} on the opt-out list")
+        ).format(n=i18n.number(self.optouts_total))
+
+
+@dataclass(frozen=True)
+class OptoutRemoved:
+    """One number taken off the opt-out list."""
+
+    phone: str  # E.164
+    optouts_total: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"phone": self.phone, "removed": True, "optouts_total": self.optouts_total}
+
+    def describe(self) -> str:
+        return i18n._("removed; {n} on the opt-out list").format(n=i18n.number(self.optouts_total))
+
+
 def optout_import(
     ctx: Context, path: str | Path, encoding: str = "auto", *, also: InTransaction | None = None
-) -> dict[str, int]:
+) -> OptoutsImported:
     phones = _e164(read_phone_list(path, encoding=encoding), str(path), table=True)
     added = _add_optouts(ctx, phones, "import", also=also)
-    return {"rows": len(phones), "added": added, "optouts_total": optout_count(ctx)}
+    return OptoutsImported(len(phones), added, optout_count(ctx))
 
 
-def optout_add(ctx: Context, phone: str, source: str = "cli") -> dict[str, object]:
+def optout_add(ctx: Context, phone: str, source: str = "cli") -> OptoutAdded:
     (e164,) = _e164(pd.Series([phone], dtype=object), "optout add")
     added = _add_optouts(ctx, [e164], source)
-    return {"phone": e164, "added": bool(added), "optouts_total": optout_count(ctx)}
+    return OptoutAdded(e164, bool(added), optout_count(ctx))
 
 
-def optout_remove(ctx: Context, phone: str) -> dict[str, object]:
+def optout_remove(ctx: Context, phone: str) -> OptoutRemoved:
     (e164,) = _e164(pd.Series([phone], dtype=object), "optout remove")
     with write(ctx.engine) as conn:
         removed = conn.execute(optouts.delete().where(optouts.c.phone == e164)).rowcount
     if not removed:
         raise NotFoundError(f"{mask_phone(e164)} is not on the opt-out list")
-    return {"phone": e164, "removed": True, "optouts_total": optout_count(ctx)}
+    return OptoutRemoved(e164, optout_count(ctx))
 
 
 def _add_optouts(

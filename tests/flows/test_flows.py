@@ -403,7 +403,7 @@ def test_failed_delivery_fails_its_flow_run_and_dispatch_due_still_sends_the_oth
     assert due.is_failed()  # and the first failure did not stop it sending the next one
     for delivery_id in (doomed_too, doomed_three):
         assert f"delivery {delivery_id} failed: sent 0, errors 2" in due.message
-    statuses = {d["id"]: d["status"] for d in dl.list_deliveries(ctx)}
+    statuses = {d.id: d.status for d in dl.list_deliveries(ctx)}
     assert statuses[doomed_too] == statuses[doomed_three] == "failed"
 
 

@@ -148,8 +148,8 @@ def test_create_bulk_flow_with_a_wrong_password_fails_with_kannels_reason(
     with pytest.raises(DeliveryFailed, match="Authorization failed"):
         state.result()
     [delivery] = dl.list_deliveries(ctx)
-    assert (delivery["status"], delivery["sent"], delivery["errors"]) == ("failed", 0, 10)
-    summary = str(Artifact.get(f"delivery-{delivery['id']}-summary").data)
+    assert (delivery.status, delivery.sent, delivery.errors) == ("failed", 0, 10)
+    summary = str(Artifact.get(f"delivery-{delivery.id}-summary").data)
     assert "| rejected: Authorization failed for sendsms | 10 |" in summary
     assert len(kannel.received()) == before  # nothing went out
     assert not any(wrong in r.getMessage() for r in caplog.records)

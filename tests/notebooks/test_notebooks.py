@@ -214,7 +214,7 @@ def test_r13_campaign_shows_the_confirmation_and_competing_deliveries_and_saves_
     assert "nothing was saved" in text
     assert images(nb) == 2  # exclusions by reason, ticket forecast
     assert not UNMASKED.search(text)
-    assert [d["id"] for d in dl.list_deliveries(ctx)] == [competitor.delivery_id]
+    assert [d.id for d in dl.list_deliveries(ctx)] == [competitor.delivery_id]
 
 
 @pytest.mark.parametrize("later", [False, True], ids=["now", "scheduled"])
@@ -224,13 +224,13 @@ def test_r13_campaign_creates_the_delivery_only_when_confirmed(env, ctx, tmp_pat
     at = (clock.now() + timedelta(hours=3)).isoformat() if later else None
     run("campaign", tmp_path, confirm=True, at=at)
     (delivery,) = dl.list_deliveries(ctx)
-    assert (delivery["kind"], delivery["recipients"], delivery["messages"]) == ("bulk", 10, 2)
-    sent = [x for x in outbox(ctx) if x["delivery_id"] == delivery["id"]]
+    assert (delivery.kind, delivery.recipients, delivery.messages) == ("bulk", 10, 2)
+    sent = [x for x in outbox(ctx) if x["delivery_id"] == delivery.id]
     if later:
-        assert delivery["status"] == "scheduled" and sent == []
+        assert delivery.status == "scheduled" and sent == []
         assert accounts.balance(ctx) == 100
     else:
-        assert delivery["status"] == "sent"
+        assert delivery.status == "sent"
         assert [(x["phone"], x["message_no"]) for x in sent] == [
             (e164(i), m) for i in range(1, 11) for m in (1, 2)
         ]
@@ -270,17 +270,17 @@ def test_r15_report_resend_sends_exactly_the_failed_pairs_once(env, ctx, tmp_pat
     accounts.add_tickets(ctx, 10)
     run("delivery_report", tmp_path, delivery_id=original, resend=True)
     resend = dl.list_deliveries(ctx)[0]
-    assert (resend["kind"], resend["resend_of"], resend["status"]) == ("resend", original, "sent")
-    assert pairs(dl.delivery_items(ctx, resend["id"])) == failed
-    lines = [x for x in outbox(ctx) if x["delivery_id"] == resend["id"]]
+    assert (resend.kind, resend.resend_of, resend.status) == ("resend", original, "sent")
+    assert pairs(dl.delivery_items(ctx, resend.id)) == failed
+    lines = [x for x in outbox(ctx) if x["delivery_id"] == resend.id]
     assert sorted((x["phone"], x["message_no"]) for x in lines) == [p[1:] for p in failed]
     # running it again with resend=True (a papermill re-run) does not send them twice
     again = reports.DeliveryReport.load(ctx, original).resend(True)
     assert "Nothing to resend" in str(again)
-    assert dl.list_deliveries(ctx)[0]["id"] == resend["id"]
+    assert dl.list_deliveries(ctx)[0].id == resend.id
     # the report of the original now says the failures were repaired, not unretryable
     note = str(reports.DeliveryReport.load(ctx, original).failed_note())
-    assert f"3 failed pairs were taken care of (resent in #{resend['id']})" in note
+    assert f"3 failed pairs were taken care of (resent in #{resend.id})" in note
     assert "2 more are never resent" in note
 
 

@@ -159,9 +159,9 @@ def test_r14_history_is_read_batch_by_batch_and_matches_one_read(stores, tmp_pat
     small, _ = stores
     _run(small, tmp_path)
     (last,) = dl.list_deliveries(small, limit=1)
-    batches = list(dl.iter_delivery_items(small, last["id"]))
+    batches = list(dl.iter_delivery_items(small, last.id))
     assert [len(b) for b in batches] == [SMALL] * 5 + [1]  # 16 pairs, 3 at a time
-    whole = dl.delivery_items(small, last["id"])
+    whole = dl.delivery_items(small, last.id)
     assert len(whole) == 16
     joined = pd.concat(batches, ignore_index=True)
     assert joined.astype(object).where(joined.notna(), None).values.tolist() == (
@@ -170,7 +170,7 @@ def test_r14_history_is_read_batch_by_batch_and_matches_one_read(stores, tmp_pat
     assert [(s, m) for s, m in zip(whole["seq"], whole["message_no"], strict=True)] == [
         (s, m) for s in range(1, 9) for m in (1, 2)
     ]
-    failed = list(dl.iter_delivery_items(small, last["id"], failed_only=True))
+    failed = list(dl.iter_delivery_items(small, last.id, failed_only=True))
     assert [len(b) for b in failed] == [0]  # nothing sent yet: one empty frame
 
 

@@ -71,8 +71,8 @@ def test_r14_r15_a_final_negative_report_makes_the_pair_an_error_in_every_view(c
     balance = accounts.balance(ctx)
     record_dlr(ctx, f"smsops-{d}-2-2", code, at=T0)
     (listed,) = dl.list_deliveries(ctx)
-    assert (listed["sent"], listed["errors"], listed["status"]) == (5, 1, "partially_sent")
-    assert listed["tickets_used"] == 6  # the SMSC took it: its ticket was spent, no refund
+    assert (listed.sent, listed.errors, listed.status) == (5, 1, "partially_sent")
+    assert listed.tickets_used == 6  # the SMSC took it: its ticket was spent, no refund
     assert accounts.balance(ctx) == balance
     errors = dl.delivery_items(ctx, d, failed_only=True)
     assert errors[["seq", "message_no", "status", "error"]].values.tolist() == [
@@ -93,10 +93,10 @@ def test_r14_r15_a_final_negative_report_makes_the_pair_an_error_in_every_view(c
 def test_r14_a_delivered_or_smsc_accepted_report_settles_outcome_unknown_as_sent(ctx, code):
     d = sent_delivery(ctx, recipients=2)
     set_item(ctx, d, 2, status="error", error="outcome_unknown")
-    assert dl.list_deliveries(ctx)[0]["errors"] == 1
+    assert dl.list_deliveries(ctx)[0].errors == 1
     record_dlr(ctx, f"smsops-{d}-2-1", code, at=T0)
     (listed,) = dl.list_deliveries(ctx)
-    assert (listed["sent"], listed["errors"], listed["status"]) == (2, 0, "sent")
+    assert (listed.sent, listed.errors, listed.status) == (2, 0, "sent")
     assert dl.delivery_items(ctx, d)["status"].tolist() == ["sent", "sent"]
     assert dl.delivery_items(ctx, d, failed_only=True).empty
 
@@ -107,7 +107,7 @@ def test_r14_a_negative_report_that_lands_before_dispatch_records_the_send_still
     record_dlr(ctx, f"smsops-{d}-1-1", 2, at=T0)
     assert dl.delivery_items(ctx, d)["status"].tolist() == ["pending", "sent"]
     set_item(ctx, d, 1, status="sent")  # dispatch records Kannel's answer afterwards
-    assert dl.list_deliveries(ctx)[0]["errors"] == 1
+    assert dl.list_deliveries(ctx)[0].errors == 1
 
 
 def test_r14_deliveries_show_json_items_carry_the_report(tmp_path: Path):

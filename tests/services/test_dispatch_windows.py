@@ -36,8 +36,8 @@ def test_a_delivery_due_after_the_close_pauses_until_the_opening_and_then_goes_o
     assert (paused.status, paused.paused_for, paused.sent) == ("paused", "window_closed", 0)
     assert outbox(ctx) == []  # nothing at 20:30
     summary = dl.delivery_summary(ctx, created.delivery_id)
-    assert summary["resume_at"] == "2026-12-02T09:00:00+09:00"
-    assert summary["paused_reason"] == (
+    assert summary.resume_at == "2026-12-02T09:00:00+09:00"
+    assert summary.paused_reason == (
         "the sending window 09:00-20:00 (Asia/Tokyo) closed; 40 messages wait until it "
         "opens at 2026-12-02T09:00:00+09:00"
     )
@@ -48,7 +48,7 @@ def test_a_delivery_due_after_the_close_pauses_until_the_opening_and_then_goes_o
     (resumed,) = dispatch_due(ctx)
     assert (resumed.status, resumed.sent, resumed.resumed) == ("sent", 40, True)
     assert len(_keys(ctx)) == 40 and set(_keys(ctx).values()) == {1}
-    assert "paused_reason" not in dl.delivery_summary(ctx, created.delivery_id)
+    assert "paused_reason" not in dl.delivery_summary(ctx, created.delivery_id).to_dict()
     ctx.close()
 
 
@@ -91,7 +91,7 @@ def test_a_delivery_outside_the_window_on_purpose_is_never_paused(sqlite_setting
     created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["緊急"]), outside_window=True)
     clock.jump_to(jst(2026, 12, 1, 23))
     assert dispatch(ctx, created.delivery_id).status == "sent"
-    assert dl.delivery_summary(ctx, created.delivery_id)["outside_window"] is True
+    assert dl.delivery_summary(ctx, created.delivery_id).outside_window is True
     ctx.close()
 
 

@@ -220,7 +220,7 @@ def test_r12_a_gateway_this_process_cannot_use_refuses_a_send_now_and_saves_noth
         time.sleep(1.1)
         with pytest.raises(ConfigError):
             dispatch_due(broken)
-        assert dl.delivery_summary(ctx, later.delivery_id)["status"] == "scheduled"
+        assert dl.delivery_summary(ctx, later.delivery_id).status == "scheduled"
         assert accounts.balance(ctx) == 10  # nothing allocated, nothing claimed
         assert [r.status for r in dispatch_due(ctx)] == ["sent"]
     finally:
@@ -237,7 +237,7 @@ def test_r12_past_time_refused_naive_times_are_in_the_account_zone(ctx):
     created = create(ctx, at="2099-12-01 10:00")
     assert created.scheduled_at == "2099-12-01T10:00:00+09:00"
     accounts.set_account(ctx, timezone="UTC")
-    assert dl.list_deliveries(ctx)[0]["scheduled_at"] == "2099-12-01T01:00:00+00:00"
+    assert dl.list_deliveries(ctx)[0].scheduled_at == "2099-12-01T01:00:00+00:00"
 
 
 def test_r12_a_scheduled_delivery_can_be_cancelled_before_it_starts(ctx):
@@ -287,9 +287,9 @@ def test_r14_history_lists_deliveries_newest_first_with_counts(ctx):
     first, _ = send_now(ctx, ["one"])
     second = create(ctx, ["two"], at=in_seconds(3600))
     rows = dl.list_deliveries(ctx)
-    assert [r["id"] for r in rows] == [second.delivery_id, first.delivery_id]
+    assert [r.id for r in rows] == [second.delivery_id, first.delivery_id]
     assert {
-        k: rows[1][k]
+        k: rows[1].to_dict()[k]
         for k in ("kind", "status", "recipients", "sent", "errors", "tickets_used", "resend_of")
     } == {
         "kind": "bulk",
@@ -300,7 +300,7 @@ def test_r14_history_lists_deliveries_newest_first_with_counts(ctx):
         "tickets_used": 3,
         "resend_of": None,
     }
-    assert rows[0]["status"] == "scheduled" and rows[0]["sent"] == 0
+    assert rows[0].status == "scheduled" and rows[0].sent == 0
     items = dl.delivery_items(ctx, first.delivery_id)
     assert items[["seq", "phone", "message_no", "status"]].values.tolist() == [
         [1, e164(1), 1, "sent"],
@@ -332,7 +332,7 @@ def test_r15_bulk_resend_sends_exactly_the_failed_pairs_and_links_back(ctx):
     result = dispatch(ctx, created.delivery_id)
     assert (result.sent, result.errors) == (5, 0)
     row = dl.list_deliveries(ctx)[0]
-    assert (row["kind"], row["resend_of"], row["recipients"]) == ("resend", original, 3)
+    assert (row.kind, row.resend_of, row.recipients) == ("resend", original, 3)
     lines = [
         (x["phone"], x["message_no"], x["text"])
         for x in outbox(ctx)
@@ -358,7 +358,7 @@ def test_r15_individual_resend_one_number_at_a_time(ctx):
     assert [c.recipients for c in rest] == [1, 1]
     for c in rest:
         dispatch(ctx, c.delivery_id)
-    kinds = {(r["kind"], r["resend_of"]) for r in dl.list_deliveries(ctx)[:3]}
+    kinds = {(r.kind, r.resend_of) for r in dl.list_deliveries(ctx)[:3]}
     assert kinds == {("individual", original)}
 
 
@@ -390,7 +390,7 @@ def test_r16_an_opt_out_after_scheduling_is_honoured_at_send_time(ctx):
 
 def test_r16_optout_remove(ctx):
     people.optout_add(ctx, mobile(1))
-    assert people.optout_remove(ctx, "+819010000001")["optouts_total"] == 0
+    assert people.optout_remove(ctx, "+819010000001").optouts_total == 0
     with pytest.raises(NotFoundError, match="not on the opt-out list"):
         people.optout_remove(ctx, mobile(1))
 

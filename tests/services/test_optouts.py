@@ -33,7 +33,7 @@ def opted_out_users(preview: dl.Preview) -> list[str]:
 
 def test_r16_optout_of_0081_form_blocks_user(sctx):
     add_users(sctx, [mobile(1), mobile(2)])  # 090-1000-0001, 090-1000-0002
-    assert people.optout_add(sctx, "0081-90-1000-0002")["phone"] == e164(2)
+    assert people.optout_add(sctx, "0081-90-1000-0002").phone == e164(2)
     preview = dl.preview_bulk(sctx, ["hi"])
     assert (preview.recipients, opted_out_users(preview)) == (1, ["u2"])
 
@@ -42,9 +42,27 @@ def test_r16_optout_import_of_0081_forms_blocks_users(sctx, tmp_path):
     add_users(sctx, [mobile(1), mobile(2), mobile(3)])
     path = tmp_path / "optouts.csv"
     path.write_text("phone\n00819010000001\n0081 (0)90-1000-0003\n", encoding="utf-8")
-    assert people.optout_import(sctx, path)["added"] == 2
+    assert people.optout_import(sctx, path).added == 2
     assert sorted(people.load_optouts(sctx)) == [e164(1), e164(3)]
     assert opted_out_users(dl.preview_bulk(sctx, ["hi"])) == ["u1", "u3"]
+
+
+def test_r16_optout_results_keep_their_json_shape(sctx, tmp_path):
+    """The --json documents of optout add/import/remove, key for key (DESIGN.md)."""
+    path = tmp_path / "optouts.csv"
+    path.write_text("phone\n090-1000-0001\n090-1000-0001\n090-1000-0002\n", encoding="utf-8")
+    imported = people.optout_import(sctx, path)
+    assert imported.to_dict() == {"rows": 2, "added": 2, "optouts_total": 2}
+    assert imported.describe() == "2 numbers added; 2 on the opt-out list"
+    again = people.optout_add(sctx, mobile(1))
+    assert again.to_dict() == {"phone": e164(1), "added": False, "optouts_total": 2}
+    assert again.describe() == "already listed; 2 on the opt-out list"
+    removed = people.optout_remove(sctx, mobile(2))
+    assert list(removed.to_dict().items()) == [
+        ("phone", e164(2)),
+        ("removed", True),
+        ("optouts_total", 1),
+    ]
 
 
 def test_r16_optout_blocks_a_users_file_holding_another_form(sctx, tmp_path):
@@ -123,7 +141,7 @@ def test_r16_optout_in_any_form_blocks_every_form_of_that_number(sctx, data):
     other = "+819099999999" if nsn != "9099999999" else "+819088888888"
     add_users(sctx, [in_table, other])  # upserts u1 and u2 in place on every example
 
-    assert people.optout_add(sctx, listed)["phone"] == f"+81{nsn}"
+    assert people.optout_add(sctx, listed).phone == f"+81{nsn}"
     preview = dl.preview_bulk(sctx, ["hi"])
     assert (preview.recipients, opted_out_users(preview)) == (1, ["u1"])
     with pytest.raises(RuleError, match="R16"):

@@ -60,7 +60,7 @@ def test_r11_dispatchers_share_one_delivery_without_sending_twice(ctx, settings)
     keys = [x["idempotency_key"] for x in lines]
     assert len(keys) == len(set(keys)) == 2 * n
     summary = dl.delivery_summary(ctx, created.delivery_id)
-    assert (summary["status"], summary["sent"], summary["tickets_used"]) == ("sent", 2 * n, 2 * n)
+    assert (summary.status, summary.sent, summary.tickets_used) == ("sent", 2 * n, 2 * n)
     assert accounts.balance(ctx) == 0
 
 
@@ -135,7 +135,7 @@ def test_r10_r11_four_workers_four_deliveries_balance_for_two_and_a_half(ctx, se
         assert set(items.loc[items["status"] == "error", "error"]) <= {"insufficient_tickets"}
         k = int((items["status"] == "sent").sum())
         assert items["status"].tolist() == ["sent"] * k + ["error"] * (2 * n - k)  # R10
-        assert dl.delivery_summary(ctx, d)["tickets_used"] == k
+        assert dl.delivery_summary(ctx, d).tickets_used == k
         sent.append(k)
     assert sorted(sent) == [0, 500, 1_000, 1_000]
     keys = [

@@ -45,10 +45,10 @@ def test_issue11_a_send_across_the_close_pauses_resumes_and_matches_its_estimate
     assert 0 < len(evening) < 2_500  # at most five seconds' worth at 500/s
     evening_times = [clock.shift(datetime.fromisoformat(x["accepted_at"])) for x in evening]
     assert max(evening_times) < CLOSE  # nothing after 20:00
-    assert dl.delivery_summary(ctx, created.delivery_id)["resume_at"] == "2026-12-02T09:00:00+09:00"
+    assert dl.delivery_summary(ctx, created.delivery_id).resume_at == "2026-12-02T09:00:00+09:00"
 
     clock.jump_to(OPENING)
-    assert dispatch_due(ctx) and dl.delivery_summary(ctx, created.delivery_id)["status"] == "sent"
+    assert dispatch_due(ctx) and dl.delivery_summary(ctx, created.delivery_id).status == "sent"
     morning = outbox(ctx)[len(evening) :]
     morning_times = [clock.shift(datetime.fromisoformat(x["accepted_at"])) for x in morning]
     assert min(morning_times) >= OPENING  # nothing before 09:00

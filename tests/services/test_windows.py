@@ -66,7 +66,7 @@ def test_r12_a_time_scheduled_outside_the_window_is_refused_inside_it_is_saved(n
 def test_r12_outside_window_on_purpose_is_saved_and_sent(night):
     created = dl.create_bulk(night, dl.preview_bulk(night, ["緊急"]), outside_window=True)
     result = send_if_due(night, created)
-    assert result["status"] == "sent" and len(outbox(night)) == 10
+    assert result.status == "sent" and len(outbox(night)) == 10
 
 
 def test_r12_individual_sends_and_resends_keep_the_window_too(night):
@@ -75,10 +75,10 @@ def test_r12_individual_sends_and_resends_keep_the_window_too(night):
     created = dl.send_individual(
         night, mobile(1), ["ご注文の品を発送しました"], outside_window=True
     )
-    assert send_if_due(night, created)["status"] == "sent"
+    assert send_if_due(night, created).status == "sent"
     night.gateway_factory = lambda s: RefusingOutbox(s.outbox, lambda b: b["seq"] > 0)
     failed = dl.send_individual(night, mobile(2), ["発送しました"], outside_window=True)
-    assert send_if_due(night, failed)["status"] == "failed"
+    assert send_if_due(night, failed).status == "failed"
     with pytest.raises(ScheduleError, match="outside the sending window"):
         dl.resend_bulk(night, failed.delivery_id, at="2026-12-02 06:00")
     with pytest.raises(ScheduleError, match="outside the sending window"):
