@@ -14,9 +14,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +25,8 @@ import pytest
 from pg import create_database
 
 import smsops
+from smsops.services.context import Context
+from smsops.settings import Settings
 
 CLI_TIMEOUT = 120  # seconds; generous, a loaded 2-core machine is slow to import pandas
 MESSAGES = ("R11 crash test: message one", "R11 crash test: message two")
@@ -99,6 +101,22 @@ class Site:
     def run(self, *args: str, **env: str) -> dict:
         """Run one command to completion; it must succeed and print one JSON document."""
         return finish(self.popen(*args, **env), args)
+
+    @contextmanager
+    def context(self, clock: Callable[[], datetime]) -> Iterator[Context]:
+        """This site's services in this process, on ``clock`` (#14)."""
+        settings = Settings(
+            **{
+                k.removeprefix("SMSOPS_").lower(): v
+                for k, v in self.env.items()
+                if k.startswith("SMSOPS_")
+            }
+        )
+        ctx = Context.open(settings, clock=clock)
+        try:
+            yield ctx
+        finally:
+            ctx.close()
 
 
 def finish(proc: subprocess.Popen[str], args: tuple[str, ...] = ()) -> dict:
@@ -189,7 +207,7 @@ def wait_for_lines(proc: subprocess.Popen[str], outbox: Path, threshold: int, wh
                 f"{threshold} lines ({watch.count()}): {out} {err}"
             )
         assert time.monotonic() < deadline, f"{what}: outbox stuck at {watch.count()} lines"
-        time.sleep(0.005)
+        time.sleep(0.005)  # the sender, a real process, writing the outbox
     return watch.count()
 
 
@@ -235,7 +253,7 @@ def kill_in_phase(
             assert proc.returncode == -signal.SIGKILL, f"{what} exited {proc.returncode}"
             return lines, states
         os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.0005 * (attempt % 9 + 1))
+        time.sleep(0.0005 * (attempt % 9 + 1))  # let the sender (a real process) run on
         if proc.poll() is not None:
             break
     proc.kill()
@@ -266,40 +284,8 @@ def item_states(url: str) -> dict[str, int] | None:
         raise
 
 
-def scheduled_in(seconds: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
-
-
-def create_scheduled(
-    site: Site, create: tuple[str, ...], count: int, margin: float
-) -> tuple[list[dict], datetime]:
-    """Run ``count`` scheduled ``bulk create`` commands at the same moment, each ``--at``
-    ``margin`` seconds ahead. A command that starts so slowly (a busy machine) that its
-    time has passed is refused by R12 and saves nothing; it is run again further ahead.
-    Returns what they printed and the latest send time given (``scheduled_at`` in the
-    output is cut to whole seconds)."""
-    created: list[dict] = []
-    for _ in range(5):
-        at = scheduled_in(margin)
-        procs = [site.popen(*create, "--at", at) for _ in range(count - len(created))]
-        for proc in procs:
-            out, err = proc.communicate(timeout=CLI_TIMEOUT)
-            if proc.returncode == 0:
-                created.append(json.loads(out))
-                last = datetime.fromisoformat(at)
-            else:
-                assert "R12" in err and ("past" in err or "passed" in err), err
-                print(f"send time {margin:.1f} s ahead was too close: {err.strip()}")
-        if len(created) == count:
-            return created, last
-        margin *= 2
-    pytest.fail(f"only {len(created)} of {count} scheduled deliveries could be created")
-
-
 def message_args() -> list[str]:
     return [arg for text in MESSAGES for arg in ("-m", text)]
-
-
 
 
 def outbox_keys(path: Path) -> Counter[str]:

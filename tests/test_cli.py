@@ -8,18 +8,36 @@ import json
 import re
 import subprocess
 import sys
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from clocks import Clock, jst
 from support import e164, mobile
 
 from smsops.cli import app
+from smsops.services.context import Context
+from smsops.services.dispatch import dispatch_due
+from smsops.settings import Settings
+
+AT_TEN = "2099-12-01 10:00"  # a send time, in the account's zone (Asia/Tokyo)
+TEN = jst(2099, 12, 1, 10)
 
 
-def soon(seconds: float = 1.2) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+def dispatch_due_at(cli, when: datetime) -> list[dict]:
+    """What ``smsops dispatch-due`` sends at ``when``: its service on the CLI's store, with
+    a clock at ``when`` (#14). The command reads the real time; the tests do not wait for a
+    scheduled delivery to fall due."""
+    settings = Settings(
+        database_url=cli.env["SMSOPS_DATABASE_URL"],
+        outbox=cli.env["SMSOPS_OUTBOX"],
+        chunk_size=int(cli.env["SMSOPS_CHUNK_SIZE"]),
+    )
+    ctx = Context.open(settings, clock=Clock(when, frozen=True))
+    try:
+        return [result.to_dict() for result in dispatch_due(ctx)]
+    finally:
+        ctx.close()
 
 
 def as_json(result) -> dict:
@@ -280,13 +298,12 @@ def test_deliveries_errors_csv_is_safe_against_formula_injection(cli):
     cli("users", "import", str(path))
     cli("tickets", "add", "4")
     created = as_json(
-        cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json")
+        cli("bulk", "create", "-m", "a", "-m", "b", "--at", AT_TEN, "--yes", "--json")
     )
     # spend the tickets so the scheduled delivery fails at send time
     cli("send", mobile(9), "-m", "x", "-m", "y")
     cli("send", mobile(9), "-m", "x", "-m", "y")
-    time.sleep(1.5)
-    cli("dispatch-due")
+    dispatch_due_at(cli, TEN)
     data = cli("deliveries", "errors", str(created["delivery_id"]), "--csv").stdout_bytes
     assert data.startswith(b"\xef\xbb\xbf")  # UTF-8 with BOM, for Excel
     rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
@@ -306,11 +323,10 @@ def test_r14_deliveries_show_and_errors_on_a_terminal_with_failed_pairs(cli):
     cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2)])))
     cli("tickets", "add", "4")
     created = as_json(
-        cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json")
+        cli("bulk", "create", "-m", "a", "-m", "b", "--at", AT_TEN, "--yes", "--json")
     )
     cli("send", mobile(9), "-m", "x")  # 3 tickets left at send time: seq 2 message 2 fails
-    time.sleep(1.5)
-    cli("dispatch-due")
+    dispatch_due_at(cli, TEN)
     delivery = str(created["delivery_id"])
     shown = cli("deliveries", "show", delivery).stdout
     assert "partially_sent" in shown
@@ -323,11 +339,14 @@ def test_r14_deliveries_show_and_errors_on_a_terminal_with_failed_pairs(cli):
 def test_resend_bulk_and_individual(cli):
     cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2), mobile(3)])))
     cli("tickets", "add", "6")
-    first = as_json(cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json"))
+    first = as_json(cli("bulk", "create", "-m", "a", "-m", "b", "--at", AT_TEN, "--yes", "--json"))
     cli("send", mobile(9), "-m", "x")  # balance 5 at send time: recipient 3 gets message 1
-    time.sleep(1.5)
-    dispatched = as_json(cli("dispatch-due", "--json"))["dispatched"]
-    assert [(d["sent"], d["errors"]) for d in dispatched] == [(5, 1)]
+    assert as_json(cli("dispatch-due", "--json")) == {"dispatched": []}  # R12: not yet
+    assert dispatch_due_at(cli, TEN - timedelta(seconds=1)) == []
+    dispatched = dispatch_due_at(cli, TEN)
+    assert [(d["delivery_id"], d["sent"], d["errors"]) for d in dispatched] == [
+        (first["delivery_id"], 5, 1)
+    ]
     cli("resend", str(first["delivery_id"]), code=1)  # R9: no tickets left
     cli("tickets", "add", "2")
     out = as_json(cli("resend", str(first["delivery_id"]), "--json"))
@@ -341,10 +360,9 @@ def test_resend_bulk_and_individual(cli):
 def test_resend_individual_one_number(cli):
     cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2)])))
     cli("tickets", "add", "4")
-    first = as_json(cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json"))
+    first = as_json(cli("bulk", "create", "-m", "a", "-m", "b", "--at", AT_TEN, "--yes", "--json"))
     cli("send", mobile(9), "-m", "x", "-m", "y")  # 2 left at send time: recipient 2 fails
-    time.sleep(1.5)
-    cli("dispatch-due")
+    dispatch_due_at(cli, TEN)
     cli("tickets", "add", "2")
     indiv = as_json(
         cli("resend", str(first["delivery_id"]), "--individual", "--phone", mobile(2), "--json")
@@ -456,11 +474,10 @@ def test_r13_user_text_is_shown_exactly_never_read_as_markup(cli):
     assert "[/] セール [vip]" in shown.stdout and "[bold]二通目" in shown.stdout
     assert "--query \"user_id != '[x]'\" picks 2 of the 2 users" in shown.stdout
     created = as_json(
-        cli("bulk", "create", "-m", "a", "-m", "b", "--at", soon(), "--yes", "--json")
+        cli("bulk", "create", "-m", "a", "-m", "b", "--at", AT_TEN, "--yes", "--json")
     )
     cli("send", mobile(9), "-m", "x", "-m", "y")  # 2 tickets left at send time
-    time.sleep(1.5)
-    cli("dispatch-due")
+    dispatch_due_at(cli, TEN)
     errors = cli("deliveries", "errors", str(created["delivery_id"])).stdout
     assert "[/]a" in errors and "2 failed" in errors  # the second user's two messages
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from clocks import Clock, jst
 from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 from support import e164, mobile
@@ -98,22 +99,21 @@ def test_r13_create_bulk_flow_saves_only_when_confirmed(env, tmp_path, caplog):
 
 
 def test_dispatch_due_flow_sends_scheduled_and_resend_flow_repairs(env, tmp_path):
-    import time
-    from datetime import UTC, datetime, timedelta
-
+    from flows import campaigns
     from flows.campaigns import dispatch_due, resend_failures
+    from smsops.services.dispatch import dispatch, due_ids
 
-    ctx = Context.open(env)
+    # the flows' own Context (they run in this process), on a clock the test moves (#14)
+    ctx = campaigns._context()
+    ctx.clock = clock = Clock(jst(2099, 12, 1, 9))
     people.upsert_users(
         ctx, pd.DataFrame({"user_id": ["a", "b", "c"], "phone": [mobile(1), mobile(2), mobile(3)]})
     )
     accounts.add_tickets(ctx, 6)
-    at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"], at=at))
-    from smsops.services.dispatch import dispatch
-
+    created = dl.create_bulk(ctx, dl.preview_bulk(ctx, ["a", "b"], at="2099-12-01 10:00"))
     dispatch(ctx, dl.send_individual(ctx, mobile(9), ["x"]).delivery_id)  # balance drops
-    time.sleep(1.2)
+    assert due_ids(ctx) == []  # R12: not before its time
+    clock.jump_to(jst(2099, 12, 1, 10))
     results = dispatch_due()
     by_id = {r["delivery_id"]: r for r in results}
     assert by_id[created.delivery_id]["sent"] == 5  # 1 ticket went to the individual send

@@ -4,7 +4,8 @@ Every test drives the ``smsops`` command line in subprocesses against its own st
 outbox (DESIGN.md quality bars "Crash anywhere (SIGKILL) during dispatch, then resume" and
 "Concurrent dispatches never drive the balance below zero"), once on SQLite and once on
 PostgreSQL. Nothing is mocked: processes are really killed with SIGKILL and really race
-for the store.
+for the store. Deliveries that must already be due are created in this process, on a
+clock set back (#14), rather than waited for.
 
 To keep the file fast, the user table is imported once per store into a template that
 each test copies (a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL,
@@ -13,19 +14,18 @@ with no process running).
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from clocks import Clock
 from sites import (
     MESSAGES,
     Site,
     Store,
-    create_scheduled,
     finish,
     kill_in_phase,
     make_site,
@@ -36,6 +36,8 @@ from sites import (
     wait_for_lines,
     write_users,
 )
+
+from smsops.services import deliveries as dl
 
 pytestmark = pytest.mark.slow
 
@@ -167,18 +169,22 @@ def test_r11_concurrent_dispatch_never_overdraws(tmp_path: Path, templates: Temp
     users[["user_id", "phone"]].to_csv(users_csv, index=False)
     # Small chunks so that the four sends overlap in time.
     site = templates.site(tmp_path / "site", templates.unfunded, chunk_size=50)
-    started = time.monotonic()
     assert site.run("tickets", "add", str(balance), "--json")["balance"] == balance
-    one_command = time.monotonic() - started
 
     # R9 checks each delivery alone at creation (no reservation): all four are accepted
-    # although together they need 4,000 tickets.
-    create = ("bulk", "create", *message_args(), "--users", str(users_csv), "--yes", "--json")
-    created, last_due = create_scheduled(site, create, deliveries, 2 + 6 * one_command)
-    assert sorted(c["delivery_id"] for c in created) == [1, 2, 3, 4]
-    assert all(c["status"] == "scheduled" and c["tickets_needed"] == 2 * n for c in created)
+    # although together they need 4,000 tickets. Created on a clock a minute behind, for a
+    # send time that has passed since: due at once for the four dispatch-due processes,
+    # which read the real time.
+    earlier = Clock(datetime.now(UTC) - timedelta(minutes=1))
+    at = (earlier() + timedelta(seconds=30)).isoformat()
+    with site.context(earlier) as ctx:
+        created = [
+            dl.create_bulk(ctx, dl.preview_bulk(ctx, MESSAGES, at=at, users_files=[users_csv]))
+            for _ in range(deliveries)
+        ]
+    assert sorted(c.delivery_id for c in created) == [1, 2, 3, 4]
+    assert all(c.status == "scheduled" and c.tickets_needed == 2 * n for c in created)
 
-    time.sleep(max((last_due - datetime.now(UTC)).total_seconds() + 0.2, 0))
     results = run_all(site, *[("dispatch-due", "--json")] * deliveries)
 
     # Each delivery was sent by exactly one of the four processes.

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
+from clocks import Clock, jst
 from sqlalchemy import select
 from support import RefusingOutbox, add_users, e164, mobile, outbox
 
-from smsops import clock
 from smsops.errors import (
     ConfigError,
     InputError,
@@ -46,8 +45,21 @@ def send_now(ctx, messages=MSGS, **kw):
     return created, dispatch(ctx, created.delivery_id)
 
 
-def in_seconds(s: float) -> str:
-    return (clock.now() + timedelta(seconds=s)).isoformat()
+def in_seconds(ctx: Context, s: float) -> str:
+    return (ctx.clock() + timedelta(seconds=s)).isoformat()
+
+
+# Scheduled tests run on a test clock (#14) that starts at 09:00 Tokyo and is moved to the
+# send time of 10:00 instead of being waited for.
+AT_TEN = "2099-12-01 10:00"  # in the account's zone, Asia/Tokyo
+TEN = jst(2099, 12, 1, 10)
+
+
+@pytest.fixture
+def clock(ctx: Context) -> Clock:
+    """``ctx``'s clock, at 09:00 Tokyo on the day of :data:`AT_TEN` until the test moves it."""
+    ctx.clock = Clock(jst(2099, 12, 1, 9))
+    return ctx.clock
 
 
 @pytest.mark.parametrize("plan", ["free", "light"])
@@ -137,25 +149,26 @@ def test_r8_r9_creation_needs_recipients_times_messages_tickets(ctx):
     assert err.value.details == {"rule": "R9", "needed": 20, "balance": 19, "shortfall": 1}
     assert "needed 20, balance 19, shortfall 1" in str(err.value)
     with pytest.raises(TicketError):  # scheduled deliveries are checked too
-        create(ctx, at=in_seconds(3600))
+        create(ctx, at=in_seconds(ctx, 3600))
     assert dl.list_deliveries(ctx) == []
     accounts.add_tickets(ctx, 1)
-    assert create(ctx, at=in_seconds(3600)).tickets_needed == 20
+    assert create(ctx, at=in_seconds(ctx, 3600)).tickets_needed == 20
     assert accounts.balance(ctx) == 20  # a scheduled delivery reserves nothing (R10)
 
 
-def test_r10_scheduled_delivery_sends_in_order_when_the_balance_dropped(ctx):
+def test_r10_scheduled_delivery_sends_in_order_when_the_balance_dropped(ctx, clock):
     """The source's example: 10 recipients × 2 messages need 20 tickets; with 15 left at
     send time, 1–7 get both, 8 gets message 1 only, 9–10 get nothing."""
     add_users(ctx, [mobile(i) for i in range(1, 11)])
     accounts.add_tickets(ctx, 20)
-    created = create(ctx, at=in_seconds(1.5))
+    created = create(ctx, at=AT_TEN)
     assert created.status == "scheduled"
     for i in range(5):  # the balance drops before the scheduled time
         dispatch(ctx, dl.send_individual(ctx, mobile(100 + i), ["個別"]).delivery_id)
     assert accounts.balance(ctx) == 15
-    assert dispatch_due(ctx) == []  # not yet due
-    time.sleep(1.6)
+    clock.jump_to(TEN - timedelta(seconds=1))
+    assert dispatch_due(ctx) == []  # not yet due (R12)
+    clock.jump_to(TEN)
     (result,) = dispatch_due(ctx)
     assert (result.delivery_id, result.sent, result.errors) == (created.delivery_id, 15, 5)
     assert result.status == "partially_sent"
@@ -202,12 +215,12 @@ def test_r11_gateway_rejections_are_refunded(ctx):
     assert accounts.balance(ctx) == 4
 
 
-def test_r12_a_gateway_this_process_cannot_use_refuses_a_send_now_and_saves_nothing(ctx):
+def test_r12_a_gateway_this_process_cannot_use_refuses_a_send_now_and_saves_nothing(ctx, clock):
     add_users(ctx, [mobile(1), mobile(2)])
     accounts.add_tickets(ctx, 10)
     # Kannel chosen, its credentials forgotten: the real gateway refuses to start.
     broken = Context.open(
-        ctx.settings.model_copy(update={"gateway": "kannel", "kannel_user": None})
+        ctx.settings.model_copy(update={"gateway": "kannel", "kannel_user": None}), clock=clock
     )
     try:
         with pytest.raises(ConfigError, match="SMSOPS_KANNEL_USER"):
@@ -216,8 +229,8 @@ def test_r12_a_gateway_this_process_cannot_use_refuses_a_send_now_and_saves_noth
             dl.send_individual(broken, mobile(3), ["hi"])
         assert dl.list_deliveries(ctx) == [] and accounts.balance(ctx) == 10
         # A scheduled delivery is sent later, by whichever process dispatches it.
-        later = create(broken, at=in_seconds(1))
-        time.sleep(1.1)
+        later = create(broken, at=AT_TEN)
+        clock.jump_to(TEN)
         with pytest.raises(ConfigError):
             dispatch_due(broken)
         assert dl.delivery_summary(ctx, later.delivery_id).status == "scheduled"
@@ -240,12 +253,12 @@ def test_r12_past_time_refused_naive_times_are_in_the_account_zone(ctx):
     assert dl.list_deliveries(ctx)[0].scheduled_at == "2099-12-01T01:00:00+00:00"
 
 
-def test_r12_a_scheduled_delivery_can_be_cancelled_before_it_starts(ctx):
+def test_r12_a_scheduled_delivery_can_be_cancelled_before_it_starts(ctx, clock):
     add_users(ctx, [mobile(1)])
     accounts.add_tickets(ctx, 10)
-    created = create(ctx, at=in_seconds(1))
+    created = create(ctx, at=AT_TEN)
     dl.cancel(ctx, created.delivery_id)
-    time.sleep(1.1)
+    clock.jump_to(TEN)
     assert dispatch_due(ctx) == []
     assert outbox(ctx) == []
     items = dl.delivery_items(ctx, created.delivery_id)
@@ -285,7 +298,7 @@ def test_r14_history_lists_deliveries_newest_first_with_counts(ctx):
     add_users(ctx, [mobile(1), mobile(2), mobile(3)])
     accounts.add_tickets(ctx, 6)
     first, _ = send_now(ctx, ["one"])
-    second = create(ctx, ["two"], at=in_seconds(3600))
+    second = create(ctx, ["two"], at=in_seconds(ctx, 3600))
     rows = dl.list_deliveries(ctx)
     assert [r.id for r in rows] == [second.delivery_id, first.delivery_id]
     assert {
@@ -311,20 +324,23 @@ def test_r14_history_lists_deliveries_newest_first_with_counts(ctx):
         dl.delivery_items(ctx, 99)
 
 
-def _r10_example(ctx) -> int:
+def _r10_example(ctx, clock: Clock) -> int:
+    """R10's example sent at 10:00: recipient 8's message 2 and 9–10 failed; the clock
+    reads 10:00 afterwards."""
     add_users(ctx, [mobile(i) for i in range(1, 11)])
     accounts.add_tickets(ctx, 20)
-    created = create(ctx, at=in_seconds(1))
+    created = create(ctx, at=AT_TEN)
     dispatch(ctx, dl.send_individual(ctx, mobile(500), ["x"]).delivery_id)
     for i in range(4):
         dispatch(ctx, dl.send_individual(ctx, mobile(501 + i), ["x"]).delivery_id)
-    time.sleep(1.1)
-    dispatch_due(ctx)
+    clock.jump_to(TEN)
+    (result,) = dispatch_due(ctx)
+    assert (result.delivery_id, result.sent, result.errors) == (created.delivery_id, 15, 5)
     return created.delivery_id
 
 
-def test_r15_bulk_resend_sends_exactly_the_failed_pairs_and_links_back(ctx):
-    original = _r10_example(ctx)
+def test_r15_bulk_resend_sends_exactly_the_failed_pairs_and_links_back(ctx, clock):
+    original = _r10_example(ctx, clock)
     with pytest.raises(TicketError):  # R9 again: 5 needed, balance 0
         dl.resend_bulk(ctx, original)
     accounts.add_tickets(ctx, 5)
@@ -349,8 +365,8 @@ def test_r15_bulk_resend_sends_exactly_the_failed_pairs_and_links_back(ctx):
         dl.resend_bulk(ctx, created.delivery_id)
 
 
-def test_r15_individual_resend_one_number_at_a_time(ctx):
-    original = _r10_example(ctx)
+def test_r15_individual_resend_one_number_at_a_time(ctx, clock):
+    original = _r10_example(ctx, clock)
     accounts.add_tickets(ctx, 5)
     (only,) = dl.resend_individual(ctx, original, phone="090-1000-0009")
     dispatch(ctx, only.delivery_id)
@@ -372,12 +388,12 @@ def test_r16_opted_out_numbers_are_skipped_in_bulk_and_refused_individually(ctx)
         dl.send_individual(ctx, "+81 90 1000 0001", ["hi"])
 
 
-def test_r16_an_opt_out_after_scheduling_is_honoured_at_send_time(ctx):
+def test_r16_an_opt_out_after_scheduling_is_honoured_at_send_time(ctx, clock):
     add_users(ctx, [mobile(1), mobile(2)])
     accounts.add_tickets(ctx, 10)
-    created = create(ctx, ["hi"], at=in_seconds(1))
+    created = create(ctx, ["hi"], at=AT_TEN)
     people.optout_add(ctx, mobile(2), source="reply")
-    time.sleep(1.1)
+    clock.jump_to(TEN)
     (result,) = dispatch_due(ctx)
     assert (result.sent, result.errors) == (1, 1)
     items = dl.delivery_items(ctx, created.delivery_id)
@@ -466,13 +482,13 @@ def test_r4_zero_recipients_says_the_query_or_the_file_picked_no_one(ctx, tmp_pa
 def test_dispatch_refuses_a_delivery_that_is_not_due(ctx):
     add_users(ctx, [mobile(1)])
     accounts.add_tickets(ctx, 10)
-    created = create(ctx, at=in_seconds(3600))
+    created = create(ctx, at=in_seconds(ctx, 3600))
     with pytest.raises(StateError, match="scheduled for later"):
         dispatch(ctx, created.delivery_id)
 
 
-def test_r15_resending_twice_never_sends_a_pair_twice(ctx):
-    original = _r10_example(ctx)
+def test_r15_resending_twice_never_sends_a_pair_twice(ctx, clock):
+    original = _r10_example(ctx, clock)
     accounts.add_tickets(ctx, 10)
     first = dl.resend_bulk(ctx, original)
     dispatch(ctx, first.delivery_id)
@@ -483,12 +499,13 @@ def test_r15_resending_twice_never_sends_a_pair_twice(ctx):
     assert accounts.balance(ctx) == 5
 
 
-def test_r15_a_resend_of_a_resend_repairs_the_original_too(ctx):
-    original = _r10_example(ctx)  # 5 pairs failed: seq 8 message 2, seq 9-10 both
+def test_r15_a_resend_of_a_resend_repairs_the_original_too(ctx, clock):
+    original = _r10_example(ctx, clock)  # 5 pairs failed: seq 8 message 2, seq 9-10 both
     accounts.add_tickets(ctx, 5)
-    first = dl.resend_bulk(ctx, original, at=in_seconds(1))
+    first = dl.resend_bulk(ctx, original, at="2099-12-01 11:00")
     dispatch(ctx, dl.send_individual(ctx, mobile(600), ["x", "y"]).delivery_id)
-    time.sleep(1.1)
+    assert dispatch_due(ctx) == []  # 10:00, the resend is for 11:00
+    clock.jump_to(TEN + timedelta(hours=1))
     assert [(r.sent, r.errors) for r in dispatch_due(ctx)] == [(3, 2)]  # seq 10 fails again
     accounts.add_tickets(ctx, 2)
     second = dl.resend_bulk(ctx, first.delivery_id)  # seq 10's two messages, at last
@@ -502,10 +519,10 @@ def test_r15_a_resend_of_a_resend_repairs_the_original_too(ctx):
     assert max(sent.values()) == 1 and accounts.balance(ctx) == 10
 
 
-def test_r15_a_scheduled_resend_counts_as_on_its_way(ctx):
-    original = _r10_example(ctx)
+def test_r15_a_scheduled_resend_counts_as_on_its_way(ctx, clock):
+    original = _r10_example(ctx, clock)
     accounts.add_tickets(ctx, 10)
-    dl.resend_bulk(ctx, original, at=in_seconds(3600))
+    dl.resend_bulk(ctx, original, at=in_seconds(ctx, 3600))
     with pytest.raises(StateError, match="no failed messages"):
         dl.resend_bulk(ctx, original)
 
@@ -513,8 +530,8 @@ def test_r15_a_scheduled_resend_counts_as_on_its_way(ctx):
 def test_r10_waiting_demand_lists_what_will_compete_for_the_balance(ctx):
     add_users(ctx, [mobile(i) for i in range(1, 4)])
     accounts.add_tickets(ctx, 20)
-    later = create(ctx, at=in_seconds(7200))
-    sooner = create(ctx, ["one"], at=in_seconds(3600))
+    later = create(ctx, at=in_seconds(ctx, 7200))
+    sooner = create(ctx, ["one"], at=in_seconds(ctx, 3600))
     demand = dl.waiting_demand(ctx)
     assert demand[["id", "tickets"]].values.tolist() == [
         [sooner.delivery_id, 3],

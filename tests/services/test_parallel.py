@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from clocks import Clock
 from support import mobile
 
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
+from smsops.services.context import Context
 from smsops.services.people import upsert_users
 
 SMSOPS = str(Path(sys.executable).parent / "smsops")
@@ -86,7 +88,6 @@ def test_a_second_dispatcher_without_join_is_refused_while_one_is_live(ctx):
 def test_r10_r11_four_workers_four_deliveries_balance_for_two_and_a_half(ctx, settings):
     """4 processes dispatch 4 deliveries of 1,000 pairs against 2,500 tickets: exactly the
     balance is debited, each item ends sent or insufficient_tickets, none sent twice."""
-    import time
     from collections import Counter
     from datetime import UTC, datetime, timedelta
 
@@ -98,11 +99,17 @@ def test_r10_r11_four_workers_four_deliveries_balance_for_two_and_a_half(ctx, se
         ),
     )
     accounts.add_tickets(ctx, 2_500)
-    due = datetime.now(UTC) + timedelta(seconds=3)
-    ids = [
-        dl.create_bulk(ctx, dl.preview_bulk(ctx, ["一", "二"], at=due.isoformat())).delivery_id
-        for _ in range(4)
-    ]  # R9 checks each alone: all four accepted
+    # Created on a clock a minute behind (#14), for a send time that has passed since: due
+    # at once for the workers, which read the real time.
+    earlier = Context.open(settings, clock=Clock(datetime.now(UTC) - timedelta(minutes=1)))
+    due = (earlier.clock() + timedelta(seconds=30)).isoformat()
+    try:
+        ids = [
+            dl.create_bulk(earlier, dl.preview_bulk(earlier, ["一", "二"], at=due)).delivery_id
+            for _ in range(4)
+        ]  # R9 checks each alone: all four accepted
+    finally:
+        earlier.close()
     env = {
         "SMSOPS_DATABASE_URL": settings.database_url,
         "SMSOPS_OUTBOX": str(settings.outbox),
@@ -110,7 +117,6 @@ def test_r10_r11_four_workers_four_deliveries_balance_for_two_and_a_half(ctx, se
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
     }
-    time.sleep(max((due - datetime.now(UTC)).total_seconds() + 0.1, 0))
     workers = [
         subprocess.Popen(
             [SMSOPS, "dispatch-due", "--json"],
