@@ -89,7 +89,7 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 10) -> Non
     while not check():
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout:g} s for {what}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # the receiver's server threads, really running
 
 
 def at_once(n: int, call: Callable[[], T]) -> list[T]:
@@ -230,7 +230,7 @@ def test_held_connections_beyond_the_limit_never_get_more_threads_than_the_limit
             most = 0
             for _ in range(50):  # half a second: the 12 others get no thread
                 most = max(most, handler_threads(receiver))
-                time.sleep(0.01)
+                time.sleep(0.01)  # the receiver's server, really serving
             assert most == limit
         finally:
             for conn in held:

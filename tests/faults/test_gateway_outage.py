@@ -40,7 +40,7 @@ def test_smsbox_down_pauses_the_delivery_and_dispatch_due_finishes_it_exactly_on
         while len(k.received()) < 1000:
             assert sender.poll() is None, sender.communicate()
             assert time.monotonic() < deadline, "the first messages never arrived"
-            time.sleep(0.02)
+            time.sleep(0.02)  # the sender and Kannel, real processes
         down = time.monotonic()
         k.stop_smsbox()
         out, err = sender.communicate(timeout=CLI_TIMEOUT)
@@ -51,7 +51,7 @@ def test_smsbox_down_pauses_the_delivery_and_dispatch_due_finishes_it_exactly_on
         written_off = (items["status"] == "error") & (items["error"] == "gateway_unavailable")
         assert not written_off.any()
         assert (items["status"] == "pending").sum() > 0  # the rest waits, tickets kept
-        time.sleep(max(0.0, OUTAGE - (time.monotonic() - down)))
+        time.sleep(max(0.0, OUTAGE - (time.monotonic() - down)))  # smsbox stays down this long
         k.start_smsbox()
         resumed = site.popen("dispatch-due", "--json")
         _, problems = resumed.communicate(timeout=CLI_TIMEOUT)
@@ -62,7 +62,7 @@ def test_smsbox_down_pauses_the_delivery_and_dispatch_due_finishes_it_exactly_on
         assert sent + unknown == 2 * USERS, items["status"].value_counts()
         assert unknown <= 16  # the requests in flight when smsbox went away
         got = k.wait_received(sent, timeout=60)
-        time.sleep(1)
+        time.sleep(1)  # anything Kannel still had queued reaches the fake SMSC now
         got = k.received()
 
     pairs = Counter((r.to, r.text) for r in got)

@@ -43,8 +43,8 @@ def test_a_sender_killed_mid_send_through_kannel_leaves_only_the_in_flight_in_do
         while not k.received():
             assert sender.poll() is None, sender.communicate()
             assert time.monotonic() < deadline, "nothing reached the fake SMSC"
-            time.sleep(0.01)
-        time.sleep(1)
+            time.sleep(0.01)  # the sender and Kannel, real processes
+        time.sleep(1)  # the sender sends a while longer before it is killed
         os.kill(sender.pid, signal.SIGKILL)
         sender.communicate(timeout=CLI_TIMEOUT)
         at_kill = len(k.received())

@@ -25,11 +25,11 @@ def test_sender_paused_past_its_lease_sends_nothing_twice(site_factory):
     site = site_factory(USERS, 2 * USERS, lease_seconds=3, rate_limit=4000, chunk_size=2000)
     sender = site.popen("bulk", "create", *message_args(), "--yes", "--json")
     wait_for_lines(sender, site.outbox, 1, "the sender")
-    time.sleep(1.2)
+    time.sleep(1.2)  # the sender (a real process) sends a while before it is frozen
     os.kill(sender.pid, signal.SIGSTOP)  # frozen mid-send, its lease runs out
-    time.sleep(5)
+    time.sleep(5)  # the database's clock judges leases: 3 s must really pass
     successor = site.popen("dispatch-due", "--json")
-    time.sleep(2)
+    time.sleep(2)  # the successor, a real process, takes the delivery over
     os.kill(sender.pid, signal.SIGCONT)  # wakes while the successor is sending
     out, err = sender.communicate(timeout=CLI_TIMEOUT)
     _, problems = successor.communicate(timeout=CLI_TIMEOUT)

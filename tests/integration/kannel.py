@@ -101,7 +101,7 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, every: floa
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout:g} s for {what}")
-        time.sleep(every)
+        time.sleep(every)  # Kannel, fakesmsc or a sender: real processes
 
 
 class Kannel:

@@ -73,7 +73,7 @@ def served(
             while "being served" not in log_path.read_text(errors="replace"):
                 assert serve.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, "smsops serve did not start"
-                time.sleep(1)
+                time.sleep(1)  # smsops serve, a real process, starting
             started = json.loads(out_path.read_text())
             yield Served(started["api_url"], started, serve)
         finally:

@@ -63,7 +63,7 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
 
         # a second dispatcher racing the scheduler at the due time
         while datetime.now(UTC) < at:
-            time.sleep(0.2)
+            time.sleep(0.2)  # smsops serve (a real process) reads the real time
         racer = subprocess.Popen(
             [SMSOPS, "dispatch-due", "--json"],
             env=env,
@@ -80,7 +80,7 @@ def test_r12_serve_sends_a_scheduled_delivery_at_its_time_exactly_once(tmp_path:
             assert datetime.now(UTC) < at + timedelta(seconds=90), (
                 f"only {len(lines)} of {expected} sent 90 s after the scheduled time"
             )
-            time.sleep(1)
+            time.sleep(1)  # smsops serve and the racer, real processes, sending
         racer.communicate(timeout=120)
         time.sleep(6)  # one more scheduler round must not send anything again
         records = [json.loads(x) for x in outbox.read_text(encoding="utf-8").splitlines()]

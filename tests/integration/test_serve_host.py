@@ -71,7 +71,7 @@ def test_issue11_serve_hosts_scheduler_import_receiver_and_ui_and_stops_clean(tm
 
             while datetime.now(UTC) < at - timedelta(seconds=1):
                 assert k.received() == [], "sent before its time"
-                time.sleep(0.2)
+                time.sleep(0.2)  # smsops serve (a real process) reads the real time
             got = k.wait_received(2 * USERS, timeout=60)  # on time: within a minute of it
             sent_by = datetime.now(UTC)
 

@@ -57,7 +57,7 @@ def test_r11_sigterm_mid_dispatch_stops_serve_cleanly_and_dispatch_due_sends_eac
         deadline = at + timedelta(seconds=90)
         while len(outbox(tmp_path)) < 10:  # dispatch-due is sending: stop it half-way
             assert datetime.now(UTC) < deadline, "dispatch-due did not start sending"
-            time.sleep(0.2)
+            time.sleep(0.2)  # smsops serve, a real process, sending
         code = stop(serve)
         at_stop = len(outbox(tmp_path))
 
