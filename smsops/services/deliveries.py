@@ -254,15 +254,14 @@ def create_bulk(ctx: Context, preview: Preview, *, outside_window: bool = False)
         "bulk",
         [m.text for m in preview.messages],
         pairs,
-        preview.recipients,
-        preview.scheduled_at,
-        None,
-        preview.timezone,
-        outside_window,
+        recipients=preview.recipients,
+        when=preview.scheduled_at,
+        tz=preview.timezone,
+        outside_window=outside_window,
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Draft:
     """One delivery to save: what :func:`_save_all` inserts."""
 
@@ -271,7 +270,7 @@ class _Draft:
     pairs: pd.DataFrame  # seq, message_no, phone, user_id
     recipients: int
     when: datetime | None  # UTC; None = send now
-    resend_of: int | None
+    resend_of: int | None = None
     outside_window: bool = False  # on purpose outside the sending window (#11)
 
 
@@ -280,14 +279,23 @@ def _save(
     kind: str,
     texts: list[str],
     pairs: pd.DataFrame,
+    *,
     recipients: int,
     when: datetime | None,
-    resend_of: int | None,
     tz: str,
+    resend_of: int | None = None,
     outside_window: bool = False,
 ) -> Created:
     """Check tickets (R9) and insert the delivery and its items in one transaction."""
-    draft = _Draft(kind, texts, pairs, recipients, when, resend_of, outside_window)
+    draft = _Draft(
+        kind=kind,
+        texts=texts,
+        pairs=pairs,
+        recipients=recipients,
+        when=when,
+        resend_of=resend_of,
+        outside_window=outside_window,
+    )
     return _save_all(ctx, [draft], tz)[0]
 
 
@@ -308,11 +316,11 @@ def _save_all(ctx: Context, drafts: Sequence[_Draft], tz: str) -> list[Created]:
     with write(ctx.engine) as conn:
         accounts.check_tickets(sum(len(d.pairs) for d in drafts), accounts.lock_balance(conn))
         for draft in drafts:
-            created.append(_insert(ctx, conn, draft, now, tz))
+            created.append(_insert(ctx, conn, draft, now=now, tz=tz))
     return created
 
 
-def _insert(ctx: Context, conn: Connection, draft: _Draft, now: datetime, tz: str) -> Created:
+def _insert(ctx: Context, conn: Connection, draft: _Draft, *, now: datetime, tz: str) -> Created:
     from smsops.store.bulk import insert_rows
 
     pairs, when = draft.pairs, draft.when
@@ -379,8 +387,8 @@ def send_individual(
     ctx: Context,
     phone: str,
     messages: Sequence[str],
-    resend_of: int | None = None,
     *,
+    resend_of: int | None = None,
     outside_window: bool = False,
 ) -> Created:
     """Save an individual send to one number (never deduplicated, R5); R3, R6, R7, R9,
@@ -416,11 +424,11 @@ def send_individual(
         "individual",
         [m.text for m in msgs],
         pairs,
-        1,
-        None,
-        resend_of,
-        acct.timezone,
-        outside_window,
+        recipients=1,
+        when=None,
+        tz=acct.timezone,
+        resend_of=resend_of,
+        outside_window=outside_window,
     )
 
 
@@ -775,11 +783,11 @@ def resend_bulk(
         "resend",
         list(original.texts),
         pairs,
-        int(pairs["seq"].nunique()),
-        when,
-        delivery_id,
-        acct.timezone,
-        outside_window,
+        recipients=int(pairs["seq"].nunique()),
+        when=when,
+        tz=acct.timezone,
+        resend_of=delivery_id,
+        outside_window=outside_window,
     )
 
 
@@ -813,9 +821,9 @@ def resend_individual(
         )
     drafts = [
         _Draft(
-            "individual",
-            texts,
-            pd.DataFrame(
+            kind="individual",
+            texts=texts,
+            pairs=pd.DataFrame(
                 {
                     "seq": group["seq"],
                     "message_no": group["message_no"],
@@ -823,10 +831,10 @@ def resend_individual(
                     "user_id": group["user_id"],
                 }
             ),
-            1,
-            None,
-            delivery_id,
-            outside_window,
+            recipients=1,
+            when=None,
+            resend_of=delivery_id,
+            outside_window=outside_window,
         )
         for number, group in pairs.groupby("phone", sort=False)
     ]

@@ -263,7 +263,7 @@ def begin(ctx: Context, delivery_id: int, *, join: bool = False) -> Claim:
     """Register as a dispatcher of the delivery and allocate its tickets (once, R10)."""
     owner = process_id()
     _settle_leftover(ctx, owner)
-    resumed = _claim(ctx, delivery_id, owner, join)
+    resumed = _claim(ctx, delivery_id, owner, join=join)
     texts, outside_window = _texts(ctx, delivery_id)
     acct = get_account(ctx)
     window = None if outside_window else acct.window
@@ -320,7 +320,7 @@ def send_chunk(ctx: Context, claim: Claim, gateway: Gateway) -> int:
     if room == 0 and window is not None:
         _pause_for_window(ctx, claim, window)
         return 0
-    chunk = _take_chunk(ctx, claim, gateway.record, room)
+    chunk = _take_chunk(ctx, claim, gateway.record, limit=room)
     if chunk.empty:
         return 0
     try:
@@ -353,8 +353,8 @@ def _pause(ctx: Context, claim: Claim, unavailable: int) -> None:
             conn,
             claim,
             PauseReason.GATEWAY_DOWN,
-            reason,
-            now + timedelta(seconds=wait),
+            reason=reason,
+            resume_at=now + timedelta(seconds=wait),
             pauses=(pauses or 0) + 1,
         )
 
@@ -370,13 +370,14 @@ def _pause_for_window(ctx: Context, claim: Claim, window: windows.Window) -> Non
         f"{clock.local_iso(opens, tz)}"
     )
     with write(ctx.engine) as conn:
-        _paused(conn, claim, PauseReason.WINDOW_CLOSED, reason, opens)
+        _paused(conn, claim, PauseReason.WINDOW_CLOSED, reason=reason, resume_at=opens)
 
 
 def _paused(
     conn: Any,
     claim: Claim,
     why: PauseReason,
+    *,
     reason: str,
     resume_at: Any,
     pauses: int | None = None,
@@ -439,7 +440,7 @@ def finish(ctx: Context, claim: Claim) -> DispatchResult:
     )
 
 
-def _claim(ctx: Context, delivery_id: int, me: str, join: bool) -> bool:
+def _claim(ctx: Context, delivery_id: int, me: str, *, join: bool) -> bool:
     """Register this dispatcher; True when continuing work that others left."""
     now = ctx.clock()
     with write(ctx.engine) as conn:
@@ -727,7 +728,7 @@ def _fates(left: pd.DataFrame, marks: dict[str, Any]) -> pd.Series:
 
 
 def _take_chunk(
-    ctx: Context, claim: Claim, record: str | None, limit: int | None = None
+    ctx: Context, claim: Claim, record: str | None, *, limit: int | None = None
 ) -> pd.DataFrame:
     """Claim the next funded pending pairs in send order (at most a chunk, and at most
     ``limit``) that no other dispatcher's range holds — as a range on our own row, writing
@@ -752,7 +753,7 @@ def _take_chunk(
             )
         )
         size = ctx.settings.chunk_size if limit is None else min(limit, ctx.settings.chunk_size)
-        rows = _free_run(conn, d, taken, size)
+        rows = _free_run(conn, d, taken, n=size)
         if not rows:
             return pd.DataFrame(columns=["seq", "message_no", "phone"])
         lo, hi = (rows[0][0], rows[0][1]), (rows[-1][0], rows[-1][1])
@@ -800,7 +801,7 @@ def _funded(d: int) -> Any:
     )
 
 
-def _free_run(conn: Any, d: int, taken: list[tuple[Pair, Pair]], n: int) -> list[Any]:
+def _free_run(conn: Any, d: int, taken: list[tuple[Pair, Pair]], *, n: int) -> list[Any]:
     """Up to ``n`` funded pending items in send order from the first that lies in none of
     the ``taken`` ranges (sorted), stopping short of the next taken range."""
     after: Pair | None = None
@@ -854,7 +855,9 @@ def _send(ctx: Context, gateway: Gateway, claim: Claim, chunk: pd.DataFrame) -> 
     pairs = list(zip(batch["seq"].astype(int), batch["message_no"].astype(int), strict=True))
     where = dict(zip(batch["idempotency_key"].astype(str), pairs, strict=True))
     recorded: set[str] = set()  # answers the hand-offs recorded one by one already
-    results = gateway.send(batch, _hand_off(ctx, claim, pairs, where, recorded))
+    results = gateway.send(
+        batch, _hand_off(ctx, claim, pairs=pairs, where=where, recorded=recorded)
+    )
     failed = results[results["status"] != ItemStatus.SENT]
     answers = [
         (key, status, error if isinstance(error, str) else None)
@@ -935,6 +938,7 @@ def _located(answers: list[Answer], where: dict[str, tuple[int, int]]) -> list[L
 def _hand_off(
     ctx: Context,
     claim: Claim,
+    *,
     pairs: list[tuple[int, int]],
     where: dict[str, tuple[int, int]],
     recorded: set[str],
