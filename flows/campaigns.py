@@ -210,11 +210,10 @@ def import_drops(
 # --- preview and create (R13) -------------------------------------------------------
 
 
-def _confirmation_artifacts(preview: dl.Preview) -> None:
+def _confirmation_artifacts(ctx: Context, preview: dl.Preview) -> None:
     """R13 as artifacts: counts, texts, tickets, exclusions, and masked sample numbers."""
     d = preview.to_dict()
-    # in the language of whoever reads the Prefect UI (#15): SMSOPS_LANG or the locale of
-    # the worker; the table's numbers stay plain
+    _reader_language(ctx)  # as every artifact (#15); the table's numbers stay plain
     texts = "\n".join(
         "- "
         + _("message {number}").format(number=t["message_no"])
@@ -273,10 +272,9 @@ def preview_bulk(
     query: str | None = None,
 ) -> dict[str, Any]:
     """Show what a bulk delivery would do (R13) without saving anything."""
-    preview = dl.preview_bulk(
-        _context(), messages, at=at, users_files=_confined(users_files), query=query
-    )
-    _confirmation_artifacts(preview)
+    ctx = _context()
+    preview = dl.preview_bulk(ctx, messages, at=at, users_files=_confined(users_files), query=query)
+    _confirmation_artifacts(ctx, preview)
     return preview.to_dict()
 
 
@@ -287,17 +285,19 @@ def create_bulk(
     users_files: list[str] | None = None,
     query: str | None = None,
     confirm: bool = False,
+    outside_window: bool = False,
 ) -> dict[str, Any] | State[dict[str, Any]]:
     """Preview, and only with ``confirm=True`` save the delivery; send it now unless
-    ``at`` is given (then ``dispatch-due`` sends it at its time). The run fails when the
+    ``at`` is given (then ``dispatch-due`` sends it at its time). ``outside_window``: sent
+    even outside the account's sending window (#11), on purpose. The run fails when the
     delivery does, and its state message says how a partial send went."""
     ctx = _context()
     preview = dl.preview_bulk(ctx, messages, at=at, users_files=_confined(users_files), query=query)
-    _confirmation_artifacts(preview)
+    _confirmation_artifacts(ctx, preview)
     if not confirm:
         get_run_logger().info("not confirmed: nothing saved (run again with confirm=true)")
         return {**preview.to_dict(), "delivery_id": None}
-    created = dl.create_bulk(ctx, preview)
+    created = dl.create_bulk(ctx, preview, outside_window=outside_window)
     if not created.sends_now:
         return created.to_dict()
     return _sent_now(created.to_dict(), created.delivery_id)  # R12: now, as a subflow
@@ -549,10 +549,11 @@ def _collapse_overdue_runs() -> int:
 
 @flow(name="resend-failures")
 def resend_failures(
-    delivery_id: int, at: str | None = None
+    delivery_id: int, at: str | None = None, outside_window: bool = False
 ) -> dict[str, Any] | State[dict[str, Any]]:
-    """R15: a new delivery of exactly the failed pairs of ``delivery_id``."""
-    created = dl.resend_bulk(_context(), delivery_id, at=at)
+    """R15: a new delivery of exactly the failed pairs of ``delivery_id``;
+    ``outside_window``: sent even while the sending window is shut (#11), on purpose."""
+    created = dl.resend_bulk(_context(), delivery_id, at=at, outside_window=outside_window)
     result = {**created.to_dict(), "resend_of": delivery_id}
     if not created.sends_now:
         return result

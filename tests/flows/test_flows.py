@@ -13,7 +13,7 @@ from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 from support import e164, mobile
 
-from smsops.errors import InputError, PathError
+from smsops.errors import InputError, PathError, ScheduleError
 from smsops.gateways.outbox import OutboxGateway
 from smsops.services import account as accounts
 from smsops.services import deliveries as dl
@@ -495,3 +495,33 @@ def test_r16_dispatch_due_publishes_the_replies_to_review_masked(env):
     assert e164(77) not in artifact.data and mobile(77) not in artifact.data
     for i in (1, 2, 3, 4):
         assert e164(i) not in artifact.data and mobile(i) not in artifact.data
+
+
+def _shut_window(ctx: Context) -> str:
+    """A sending window (account time) that opens in two hours: shut now."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from smsops import clock
+
+    now = clock.now().astimezone(ZoneInfo("Asia/Tokyo"))
+    opens, closes = now + timedelta(hours=2), now + timedelta(hours=3)
+    window = f"{opens:%H:%M}-{closes:%H:%M}"
+    accounts.set_account(ctx, timezone="Asia/Tokyo", window=window)
+    return window
+
+
+def test_issue11_create_bulk_flow_sends_outside_the_window_only_on_purpose(env, tmp_path):
+    """A flow run refuses a send-now while the window is shut (R12 style), like the CLI,
+    and saves nothing; ``outside_window=true`` sends it."""
+    from flows.campaigns import create_bulk
+
+    ctx = Context.open(env)
+    people.import_users(ctx, [users_csv(tmp_path, [mobile(1), mobile(2)])])
+    accounts.add_tickets(ctx, 4)
+    window = _shut_window(ctx)
+    with pytest.raises(ScheduleError, match="outside the sending window " + window):
+        create_bulk(["セール", "二通目"], confirm=True)
+    assert dl.list_deliveries(ctx) == []
+    result = create_bulk(["セール", "二通目"], confirm=True, outside_window=True)
+    assert (result["status"], result["sent"], result["errors"]) == ("sent", 4, 0)
