@@ -285,8 +285,6 @@ def _print_drop_pass(done: drops.DropPass) -> None:
     """Each file and what became of it, then the counts, in the reader's language."""
     from rich.table import Table
 
-    from smsops.services import drops
-
     _, number = i18n._, i18n.number
     if done.files:
         table = Table(_("file"), _("outcome"), _("rows"), _("detail"), box=None, pad_edge=False)
@@ -296,19 +294,7 @@ def _print_drop_pass(done: drops.DropPass) -> None:
             outcome = _OUTCOMES.get(f.outcome.value, f.outcome.value.replace("_", " "))
             table.add_row(name, _(outcome), rows, _drop_detail(f))
         out.print(table)
-    c = done.counts()
-    line = _(
-        "{imported} imported, {rejected} rejected, {duplicate} skipped (duplicate), "
-        "{writing} still being written"
-    ).format(
-        imported=number(c["imported"]),
-        rejected=number(c["rejected"]),
-        duplicate=number(c["skipped_duplicate"]),
-        writing=number(c["still_being_written"]),
-    )
-    if c["rejected"]:
-        line += _(": see {files}").format(files=f"{drops.REJECTED}/*.errors.csv")
-    out.print(line)
+    out.print(done.human_summary())
 
 
 def _drop_detail(f: drops.DropFile) -> str:
