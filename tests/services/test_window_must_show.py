@@ -1,11 +1,13 @@
 """The must-show of #11: a 30,000-pair delivery at SMSOPS_RATE_LIMIT=500 started five
 seconds before its sending window closes pauses, sends nothing outside the window,
 resumes at the next opening through dispatch-due, sends every pair exactly once, and
-finishes within 10 % of the preview's estimate. About a minute of real sending at the
-cap; the night between is skipped with the injected clock (#14)."""
+finishes within 10 % of the preview's estimate. The night between is skipped with the
+injected clock (#14). ``make test`` sends 10,000 pairs (20 s at the cap, to keep CI in
+its budget); ``SMSOPS_MUST_SHOW_PAIRS=30000`` runs the issue's full size (a minute)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from datetime import datetime
 
@@ -19,6 +21,7 @@ from smsops.services.context import Context
 from smsops.services.dispatch import dispatch, dispatch_due
 
 CLOSE, OPENING = jst(2026, 12, 1, 20), jst(2026, 12, 2, 9)
+PAIRS = int(os.environ.get("SMSOPS_MUST_SHOW_PAIRS", "10000"))  # two messages per user
 
 
 @pytest.mark.slow
@@ -27,8 +30,8 @@ def test_issue11_a_send_across_the_close_pauses_resumes_and_matches_its_estimate
     clock = Clock(jst(2026, 12, 1, 19, 59, 50))
     ctx = Context.open(settings, clock=clock)
     accounts.set_account(ctx, window="09:00-20:00")
-    add_users(ctx, [mobile(i) for i in range(1, 15_001)])
-    accounts.add_tickets(ctx, 30_000)
+    add_users(ctx, [mobile(i) for i in range(1, PAIRS // 2 + 1)])
+    accounts.add_tickets(ctx, PAIRS)
     clock.jump_to(jst(2026, 12, 1, 19, 59, 55))  # five seconds before the close
     preview = dl.preview_bulk(ctx, ["【セール】本日20時まで", "配信停止は「停止」と返信"])
     assert preview.completion is not None and preview.completion.finish is not None
@@ -36,7 +39,7 @@ def test_issue11_a_send_across_the_close_pauses_resumes_and_matches_its_estimate
         preview.completion
     )
     created = dl.create_bulk(ctx, preview)
-    # saving 30,000 pairs takes a few real seconds: the send starts, as the preview
+    # saving the pairs takes a few real seconds: the send starts, as the preview
     # assumed, five seconds before the close
     clock.jump_to(jst(2026, 12, 1, 19, 59, 55))
     first = dispatch(ctx, created.delivery_id)
@@ -53,7 +56,7 @@ def test_issue11_a_send_across_the_close_pauses_resumes_and_matches_its_estimate
     morning_times = [clock.shift(datetime.fromisoformat(x["accepted_at"])) for x in morning]
     assert min(morning_times) >= OPENING  # nothing before 09:00
     keys = Counter(x["idempotency_key"] for x in outbox(ctx))
-    assert len(keys) == 30_000 and set(keys.values()) == {1}  # every pair exactly once
+    assert len(keys) == PAIRS and set(keys.values()) == {1}  # every pair exactly once
     assert accounts.balance(ctx) == 0
 
     # the estimate: within 10 % of the actual finish, measured over the sending itself
