@@ -63,6 +63,19 @@ NO_PHONE_WORDS = frozenset(
 # Japanese users type as a hyphen (090ー1234ー5678).
 _SEPARATORS = r"[ \t\n\r\f\-‐‑‒–—―−ー().]"
 _ALLOWED = r"^[0-9+ \t\n\r\f\-‐‑‒–—―−ー().]+$"
+_SEPARATORS_RE = re.compile(_SEPARATORS)
+_ALLOWED_RE = re.compile(_ALLOWED)
+_NO_PHONE_WORDS_ARRAY = pa.array(sorted(NO_PHONE_WORDS), pa.large_string())
+
+# "9012345678.0": a number column written out as floats; the ".0" is not a digit.
+_FLOAT_TAIL = r"^(\d+)\.0+$"
+
+# The reasons as ``_classify_chunk`` codes them (an index into this array).
+_REASONS = pa.array([NO_PHONE, MALFORMED, NOT_MOBILE], pa.large_string())
+_NO_PHONE_CODE, _MALFORMED_CODE, _NOT_MOBILE_CODE = 0, 1, 2
+
+# Rows classified at a time: a chunk fits the CPU caches, and chunks run on threads.
+_CHUNK = 65_536
 
 # The types phonenumbers checks before MOBILE, in its order (_number_type_helper).
 _TYPES_BEFORE_MOBILE = (
@@ -201,7 +214,6 @@ def _normalized(arr: pa.Array) -> pa.Array:
         other = pc.invert(ascii_rows)
         arr = pc.replace_with_mask(arr, other, pc.utf8_normalize(arr.filter(other), "NFKC"))
     out = pc.utf8_trim_whitespace(arr)
-    # "9012345678.0": a number column written out as floats; the ".0" is not a digit.
     out = pc.replace_substring_regex(out, _FLOAT_TAIL, r"\1")
     return pa.concat_arrays([out]) if out.offset else out
 
@@ -227,42 +239,94 @@ def classify_phones(raw: pd.Series) -> pd.DataFrame:
         return pd.concat(list(pool.map(_classify_chunk, parts)))
 
 
-_CHUNK = 65_536
-
-
 def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
-    """:func:`classify_phones` on one chunk."""
+    """:func:`classify_phones` on one chunk, step by step: read the characters, keep the
+    digits, refuse what no number can be, find the national number, test it against the
+    plan, and leave the shapes not modelled here to phonenumbers."""
     plan = _plan()
-    cc = plan.country_code
-    n = len(raw)
     text = _normalized(_as_text(raw))
-    blank = _np(pc.equal(pc.binary_length(text), 0)) | _np(pc.is_null(text))
-    blank |= _np(pc.is_in(pc.utf8_lower(text), value_set=_NO_PHONE_WORDS_ARRAY))
+    blank = _blank(text)
+    pluses, plus = _pluses(text)
+    digits, ndigits, plus = _digits(text, plus, pluses, plan.country_code)
+    malformed = _malformed(text, blank, pluses, plus, ndigits, plan)
+    usable = ~blank & ~malformed
+    nsn, modelled = _national_number(digits, ndigits, plus, usable, plan)
+    mobile = _mobile(nsn, modelled, plan)
+    columns = _columns(nsn, modelled, mobile, blank, malformed, plan.country_code)
+    _fall_back(columns, text, usable & ~modelled)
+    return pd.DataFrame(
+        {
+            "e164": pd.array(columns["e164"], dtype=STRING),
+            "national": pd.array(columns["national"], dtype=STRING),
+            "mobile": columns["mobile"].to_numpy(zero_copy_only=False),
+            "reason": pd.array(columns["reason"], dtype=STRING),
+        },
+        index=raw.index,
+    )
 
-    allowed = _np(pc.match_substring_regex(text, _ALLOWED))
+
+def _blank(text: pa.Array) -> np.ndarray:
+    """Rows that hold no phone: missing, empty, or a word for none (``なし``, ``n/a``)."""
+    blank = _np(pc.equal(pc.binary_length(text), 0)) | _np(pc.is_null(text))
+    return blank | _np(pc.is_in(pc.utf8_lower(text), value_set=_NO_PHONE_WORDS_ARRAY))
+
+
+def _pluses(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(how many "+" each row has, whether it has one before its first digit)."""
     pluses = pc.fill_null(pc.count_substring(text, "+"), 0).to_numpy(zero_copy_only=False)
-    plus = np.zeros(n, dtype=bool)
+    plus = np.zeros(len(text), dtype=bool)
     if pluses.any():  # "+" must come before the first digit, and only once
         some = pluses > 0
         plus[some] = _np(pc.match_substring_regex(text.filter(pa.array(some)), r"^[^0-9]*\+"))
+    return pluses, plus
+
+
+def _digits(
+    text: pa.Array, plus: np.ndarray, pluses: np.ndarray, cc: str
+) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(each row's digits, how many, whether it is international): "00 81 …" reads as
+    "+81 …" (see the module docstring), its 00 dropped as if it were a "+"."""
     digits = _keep(text, _DIGITS)
     ndigits = pc.binary_length(digits).to_numpy(zero_copy_only=False)
-    # "00 81 …" is "+81 …" (see the module docstring): drop the 00, as if it were a "+".
     intl = (pluses == 0) & _np(pc.starts_with(digits, "00" + cc))
     if intl.any():
         digits = _drop_prefix(digits, 2 * intl.astype(np.int64))
         ndigits = ndigits - 2 * intl
-        plus |= intl
-    # No number of the plan is this short, and without "+" no foreign one either.
-    too_short = ~plus & (ndigits < min(plan.general.lengths))
-    malformed = ~blank & (~allowed | (pluses > plus) | too_short)
+        plus = plus | intl
+    return digits, ndigits, plus
 
-    # The national significant number (nsn), mirroring phonenumbers.parse(.., "JP"):
-    #   +81 0?X…  → drop 81, then the national prefix 0
-    #   0X…       → drop the national prefix 0
-    #   X…        → as is (a leading 0 eaten by a spreadsheet)
-    #   81X…      → drop 81 only when the rest fits the plan and the whole does not
-    #               (phonenumbers' _maybe_extract_country_code)
+
+def _malformed(
+    text: pa.Array,
+    blank: np.ndarray,
+    pluses: np.ndarray,
+    plus: np.ndarray,
+    ndigits: np.ndarray,
+    plan: _Plan,
+) -> np.ndarray:
+    """Rows no phone number can be: other characters than digits and separators, a "+"
+    out of place or repeated, or fewer digits than any number of the plan (and, without
+    "+", than any foreign one)."""
+    allowed = _np(pc.match_substring_regex(text, _ALLOWED))
+    too_short = ~plus & (ndigits < min(plan.general.lengths))
+    return ~blank & (~allowed | (pluses > plus) | too_short)
+
+
+def _national_number(
+    digits: pa.Array, ndigits: np.ndarray, plus: np.ndarray, usable: np.ndarray, plan: _Plan
+) -> tuple[pa.Array, np.ndarray]:
+    """(the national significant number (nsn) of each row, whether that row is modelled
+    here), mirroring phonenumbers.parse(.., "JP"):
+
+    * ``+81 0?X…`` → drop 81, then the national prefix 0
+    * ``0X…``      → drop the national prefix 0
+    * ``X…``       → as is (a leading 0 eaten by a spreadsheet)
+    * ``81X…``     → drop 81 only when the rest fits the plan and the whole does not
+      (phonenumbers' _maybe_extract_country_code)
+
+    Rows not modelled (foreign numbers, 00/010 prefixes, lengths outside the plan) are
+    left to phonenumbers row by row."""
+    cc = plan.country_code
     idd = _np(pc.match_substring_regex(digits, f"^(?:{plan.international_prefix})"))
     starts_0 = _np(pc.starts_with(digits, "0"))
     starts_00 = _np(pc.starts_with(digits, "00"))
@@ -275,8 +339,8 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
     rest_ok = starts_cc & ~rest_00 & (ndigits > len(cc))
     skip_cc = len(cc) + rest_0x.astype(np.int64)
 
-    cc_dropped = np.zeros(n, dtype=bool)
-    maybe = ~plus & rest_ok & ~malformed & ~blank
+    cc_dropped = np.zeros(len(digits), dtype=bool)
+    maybe = ~plus & rest_ok & usable
     if maybe.any():
         pos = np.flatnonzero(maybe)
         whole = digits.take(pa.array(pos))
@@ -288,19 +352,19 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
 
     skip = np.where(plus | cc_dropped, skip_cc, starts_0x.astype(np.int64))
     nsn = _drop_prefix(digits, skip)
-    nsn_len = ndigits - skip
-
-    # Rows modelled exactly here; the rest (foreign numbers, 00/010 prefixes, lengths
-    # outside the plan) are left to phonenumbers row by row.
     shape_ok = np.where(plus, rest_ok, starts_0x | starts_x)
-    possible = np.isin(nsn_len, plan.general.lengths)
-    modelled = ~blank & ~malformed & shape_ok & possible
+    possible = np.isin(ndigits - skip, plan.general.lengths)
+    return nsn, usable & shape_ok & possible
 
-    mobile = np.zeros(n, dtype=bool)
+
+def _mobile(nsn: pa.Array, modelled: np.ndarray, plan: _Plan) -> np.ndarray:
+    """Modelled rows whose nsn is a mobile number: per length, the mobile pattern, the
+    general pattern, and none of the types phonenumbers checks before MOBILE."""
+    nsn_len = pc.binary_length(nsn).to_numpy(zero_copy_only=False)
+    mobile = np.zeros(len(nsn), dtype=bool)
     for length, shadow in plan.shadowing.items():
         pos = np.flatnonzero(modelled & (nsn_len == length))
         cand = nsn.take(pa.array(pos))
-        # Narrow down step by step: mobile pattern, general pattern, no earlier type.
         for pattern, want in (
             (plan.mobile.pattern, True),
             (plan.general.pattern, True),
@@ -309,44 +373,50 @@ def _classify_chunk(raw: pd.Series) -> pd.DataFrame:
             hit = _np(pc.match_substring_regex(cand, pattern)) == want
             pos, cand = pos[hit], cand.filter(pa.array(hit))
         mobile[pos] = True
+    return mobile
 
-    codes = np.full(n, 2, dtype=np.int8)  # index into _REASONS
-    codes[malformed] = 1
-    codes[blank] = 0
+
+def _columns(
+    nsn: pa.Array,
+    modelled: np.ndarray,
+    mobile: np.ndarray,
+    blank: np.ndarray,
+    malformed: np.ndarray,
+    cc: str,
+) -> dict[str, pa.Array]:
+    """The answer's columns as Arrow arrays: e164 and national for every modelled row,
+    the reason for every row that is not a mobile."""
+    codes = np.full(len(nsn), _NOT_MOBILE_CODE, dtype=np.int8)
+    codes[malformed] = _MALFORMED_CODE
+    codes[blank] = _NO_PHONE_CODE
     reason = pa.DictionaryArray.from_arrays(pa.array(codes, mask=mobile), _REASONS)
     null = _text(None)
     valid = pa.array(modelled)
-    e164 = pc.if_else(valid, pc.binary_join_element_wise(_text("+" + cc), nsn, _text("")), null)
-    national = pc.if_else(valid, pc.binary_join_element_wise(_text("0"), nsn, _text("")), null)
-    columns = {
-        "e164": e164,
-        "national": national,
+    return {
+        "e164": pc.if_else(
+            valid, pc.binary_join_element_wise(_text("+" + cc), nsn, _text("")), null
+        ),
+        "national": pc.if_else(
+            valid, pc.binary_join_element_wise(_text("0"), nsn, _text("")), null
+        ),
         "mobile": pa.array(mobile),
         "reason": reason.cast(pa.large_string()),
     }
 
-    positions = np.flatnonzero(~blank & ~malformed & ~modelled)
-    if len(positions):
-        values = text.take(pa.array(positions)).to_pylist()
-        fallback = list(zip(*(reference_classify(v) for v in values), strict=True))
-        where = np.zeros(n, dtype=bool)
-        where[positions] = True
-        for name, vals in zip(columns, fallback, strict=True):
-            columns[name] = pc.replace_with_mask(
-                columns[name], pa.array(where), pa.array(vals, columns[name].type)
-            )
-    return pd.DataFrame(
-        {
-            "e164": pd.array(columns["e164"], dtype=STRING),
-            "national": pd.array(columns["national"], dtype=STRING),
-            "mobile": columns["mobile"].to_numpy(zero_copy_only=False),
-            "reason": pd.array(columns["reason"], dtype=STRING),
-        },
-        index=raw.index,
-    )
 
-
-_REASONS = pa.array([NO_PHONE, MALFORMED, NOT_MOBILE], pa.large_string())
+def _fall_back(columns: dict[str, pa.Array], text: pa.Array, rows: np.ndarray) -> None:
+    """Classify ``rows`` (the shapes not modelled here; few in real tables) with
+    phonenumbers itself, one by one, into ``columns``."""
+    positions = np.flatnonzero(rows)
+    if not len(positions):
+        return
+    values = text.take(pa.array(positions)).to_pylist()
+    fallback = list(zip(*(reference_classify(v) for v in values), strict=True))
+    where = pa.array(rows)
+    for name, vals in zip(list(columns), fallback, strict=True):
+        columns[name] = pc.replace_with_mask(
+            columns[name], where, pa.array(vals, columns[name].type)
+        )
 
 
 def _matches(values: pa.Array, d: _Desc) -> pa.Array:
@@ -354,12 +424,6 @@ def _matches(values: pa.Array, d: _Desc) -> pa.Array:
     lengths = pc.binary_length(values)
     in_len = pc.is_in(lengths, value_set=pa.array(d.lengths, lengths.type))
     return pc.fill_null(pc.and_(in_len, pc.match_substring_regex(values, d.pattern)), False)
-
-
-_ALLOWED_RE = re.compile(_ALLOWED)
-_FLOAT_TAIL = r"^(\d+)\.0+$"
-_NO_PHONE_WORDS_ARRAY = pa.array(sorted(NO_PHONE_WORDS), pa.large_string())
-_SEPARATORS_RE = re.compile(_SEPARATORS)
 
 
 def reference_classify(value: object) -> tuple[str | None, str | None, bool, str | None]:
