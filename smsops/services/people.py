@@ -248,6 +248,23 @@ def load_users(ctx: Context, *, with_attrs: bool = False) -> pd.DataFrame:
     return frame
 
 
+def iter_users(conn: Connection, batch: int) -> Iterator[pd.DataFrame]:
+    """:func:`load_users` without attributes (``user_id``, ``phone``) in frames of at most
+    ``batch`` rows, read through one cursor in ``conn``'s transaction: a selection of
+    millions of users holds one batch at a time (#12). Always yields at least one frame
+    (empty when there are no active users)."""
+    from smsops.store.bulk import iter_strings
+
+    cols = ["user_id", "phone"]
+    sql = f"SELECT {', '.join(cols)} FROM users WHERE active ORDER BY pos"
+    empty = True
+    for frame in iter_strings(conn, sql, cols, batch):
+        empty = False
+        yield frame
+    if empty:
+        yield pd.DataFrame({c: pd.array([], dtype="string[pyarrow]") for c in cols})
+
+
 def users_count(ctx: Context) -> int:
     with read(ctx.engine) as conn:
         return int(conn.execute(select(func.count()).select_from(users)).scalar_one())

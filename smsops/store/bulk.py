@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Executable, Table
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 
 def insert_rows(
@@ -129,22 +130,52 @@ def fetch_strings(conn: Connection, sql: str, columns: Sequence[str], batch: int
     import pyarrow as pa
 
     parts: list[list[pa.Array]] = [[] for _ in columns]
-    # the rows as they come (tuples) convert as one struct array: transposing them first
-    # with zip(*rows) costs as much as fetching them
-    row = pa.struct([(name, pa.string()) for name in columns])
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(sql)
-        while rows := cursor.fetchmany(batch):
-            converted = pa.array(rows, type=row)
-            for i, part in enumerate(parts):
-                part.append(converted.field(i))
-            del rows
-    finally:
-        cursor.close()
+    for converted in _string_batches(conn, sql, columns, batch):
+        for i, part in enumerate(parts):
+            part.append(converted.field(i))
     return pd.DataFrame(
         {
             name: pd.arrays.ArrowStringArray(pa.chunked_array(part, type=pa.string()))
             for name, part in zip(columns, parts, strict=True)
         }
     )
+
+
+def iter_strings(
+    conn: Connection, sql: str, columns: Sequence[str], batch: int
+) -> Iterator[pd.DataFrame]:
+    """:func:`fetch_strings` in frames of at most ``batch`` rows, one at a time: only one
+    batch is ever in memory, as Python rows or as a frame (#12). On PostgreSQL through a
+    server-side cursor, so the server holds the rest of the result."""
+    import pandas as pd
+
+    for converted in _string_batches(conn, sql, columns, batch):
+        yield pd.DataFrame(
+            {name: pd.arrays.ArrowStringArray(converted.field(i)) for i, name in enumerate(columns)}
+        )
+
+
+def _string_batches(
+    conn: Connection, sql: str, columns: Sequence[str], batch: int
+) -> Iterator[pa.StructArray]:
+    """The rows of ``sql`` as one struct array (a text field per column) per ``batch`` rows."""
+    import pyarrow as pa
+
+    # the rows as they come (tuples) convert as one struct array: transposing them first
+    # with zip(*rows) costs as much as fetching them
+    row = pa.struct([(name, pa.string()) for name in columns])
+    if conn.dialect.name == "postgresql":  # a named (server-side) cursor: psycopg's plain
+        # one reads the whole result into the client at execute
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor(name="smsops_strings")
+    else:
+        cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(max(batch, 1)):
+            converted = pa.array(rows, type=row)
+            del rows
+            yield converted
+    finally:
+        cursor.close()
