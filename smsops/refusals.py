@@ -48,7 +48,7 @@ _NESTED = frozenset({"problem", "other", "failed", "detail"})
 TEMPLATES: tuple[str, ...] = (
     # R1
     N_("bulk SMS needs the {required} plan or above; this account is on {plan} (plans: {plans})"),
-    # R4: the diagnosis (smsops/domain/recipients.py, smsops/services/deliveries.py)
+    # R4: the diagnosis (smsops/domain/recipients.py, smsops/services/deliveries/preview.py)
     N_("{n} recipient from {m} user"),
     N_("{n} recipient from {m} users"),
     N_("{n} recipients from {m} user"),

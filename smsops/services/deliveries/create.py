@@ -1,0 +1,204 @@
+"""Saving a delivery (R1, R9, R12, the sending window of #11): a confirmed bulk preview,
+or the pairs an individual send or a resend builds, checked for tickets and inserted with
+its items in one transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import repeat
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+
+from smsops import clock
+from smsops.domain.vocabulary import DeliveryStatus, ItemStatus
+from smsops.errors import NoRecipientsError, RuleError
+from smsops.services import account as accounts
+from smsops.services.context import Context
+from smsops.services.deliveries.preview import Preview
+from smsops.services.liveness import register
+from smsops.store import write
+from smsops.store.schema import deliveries, items
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class Created:
+    delivery_id: int
+    status: str
+    recipients: int
+    messages: int
+    tickets_needed: int
+    scheduled_at: str | None
+
+    @property
+    def sends_now(self) -> bool:
+        """R12, decided once: saved without a send time, it goes out at once; a scheduled
+        one waits for dispatch-due."""
+        return self.status == DeliveryStatus.QUEUED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def create_bulk(ctx: Context, preview: Preview, *, outside_window: bool = False) -> Created:
+    """Save a confirmed bulk delivery (R13): refused with 0 recipients (R4), too few
+    tickets (R9), or outside the sending window unless ``outside_window`` (#11); scheduled
+    when it has a time (R12), else queued to send now."""
+    import numpy as np
+    import pandas as pd
+
+    if preview.recipients == 0:
+        raise NoRecipientsError("R4", preview.diagnosis, excluded=preview.excluded)
+    if preview.scheduled_at is not None and preview.scheduled_at <= ctx.clock():
+        raise RuleError("R12", "the send time has passed since the preview; preview again")
+    r = preview.selection.recipients
+    k = len(preview.messages)
+    # columnar (numbers and Arrow strings, no Python objects): _insert turns one batch at a
+    # time into rows (#12)
+    each = np.repeat(np.arange(len(r)), k)
+    pairs = pd.DataFrame(
+        {
+            "seq": r["seq"].to_numpy()[each],
+            "message_no": np.tile(np.arange(1, k + 1), len(r)),
+            "phone": r["phone"].array.take(each),
+            "user_id": r["user_id"].array.take(each),
+        }
+    )
+    return save(
+        ctx,
+        "bulk",
+        [m.text for m in preview.messages],
+        pairs,
+        recipients=preview.recipients,
+        when=preview.scheduled_at,
+        tz=preview.timezone,
+        outside_window=outside_window,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Draft:
+    """One delivery to save: what :func:`save_all` inserts."""
+
+    kind: str
+    texts: list[str]
+    pairs: pd.DataFrame  # seq, message_no, phone, user_id
+    recipients: int
+    when: datetime | None  # UTC; None = send now
+    resend_of: int | None = None
+    outside_window: bool = False  # on purpose outside the sending window (#11)
+
+
+def save(
+    ctx: Context,
+    kind: str,
+    texts: list[str],
+    pairs: pd.DataFrame,
+    *,
+    recipients: int,
+    when: datetime | None,
+    tz: str,
+    resend_of: int | None = None,
+    outside_window: bool = False,
+) -> Created:
+    """Check tickets (R9) and insert the delivery and its items in one transaction."""
+    draft = Draft(
+        kind=kind,
+        texts=texts,
+        pairs=pairs,
+        recipients=recipients,
+        when=when,
+        resend_of=resend_of,
+        outside_window=outside_window,
+    )
+    return save_all(ctx, [draft], tz)[0]
+
+
+def save_all(ctx: Context, drafts: Sequence[Draft], tz: str) -> list[Created]:
+    """Check tickets (R9) against what all the deliveries need together and insert them in
+    one transaction: all of them or, refused, none. A delivery to send now is sent by this
+    process: a gateway it cannot use (say Kannel without credentials) refuses it before
+    anything is saved. Each must go inside the sending window, or say it goes outside on
+    purpose (#11)."""
+    now = ctx.clock()
+    acct = accounts.get_account(ctx)
+    for draft in drafts:
+        if not draft.outside_window:
+            accounts.require_window(acct, draft.when, now)
+    if any(d.when is None for d in drafts):
+        ctx.gateway().close()
+    created = []
+    with write(ctx.engine) as conn:
+        accounts.check_tickets(sum(len(d.pairs) for d in drafts), accounts.lock_balance(conn))
+        for draft in drafts:
+            created.append(_insert(ctx, conn, draft, now=now, tz=tz))
+    return created
+
+
+def _insert(ctx: Context, conn: Connection, draft: Draft, *, now: datetime, tz: str) -> Created:
+    from smsops.store.bulk import insert_rows
+
+    pairs, when = draft.pairs, draft.when
+    needed = len(pairs)
+    status = DeliveryStatus.SCHEDULED if when is not None else DeliveryStatus.QUEUED
+    delivery_id = conn.execute(  # type: ignore[index]
+        deliveries.insert().values(
+            kind=draft.kind,
+            status=status,
+            messages=json.dumps(draft.texts, ensure_ascii=False),
+            recipients=draft.recipients,
+            resend_of=draft.resend_of,
+            created_at=now,
+            scheduled_at=when,
+            allocated=False,
+            outside_window=draft.outside_window,
+        )
+    ).inserted_primary_key[0]
+    if when is None:
+        # This process sends it right away: register it as the delivery's dispatcher,
+        # so that dispatch-due leaves it alone unless this process dies first.
+        register(conn, delivery_id)
+    step = ctx.settings.write_batch  # rows as Python values one batch at a time (#12)
+    for start in range(0, needed, step):
+        part = pairs.iloc[start : start + step]
+        rows = zip(
+            repeat(int(delivery_id), len(part)),
+            part["seq"].tolist(),
+            part["message_no"].tolist(),
+            _values(part["phone"]),
+            _values(part["user_id"]),
+            repeat(ItemStatus.PENDING, len(part)),
+            repeat(False, len(part)),
+            strict=True,
+        )
+        insert_rows(
+            conn,
+            items,
+            ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
+            list(rows),
+        )
+        ctx.progress(min(start + step, needed), needed, "saving delivery")
+    return Created(
+        int(delivery_id),
+        status,
+        draft.recipients,
+        len(draft.texts),
+        needed,
+        clock.local_iso(when, tz),
+    )
+
+
+def _values(column: pd.Series) -> list[Any]:
+    """A column as Python values, missing ones as None (Arrow strings give pd.NA otherwise,
+    which no driver takes)."""
+    if column.dtype == "string[pyarrow]":
+        import pyarrow as pa
+
+        return pa.array(column.array).to_pylist()
+    return column.tolist()
