@@ -228,7 +228,7 @@ def serve(
         return runner[0]
 
     try:
-        _serve(interval, home, ready, ui, beside, new_runner)
+        _serve(interval, home, ready, ui=ui, beside=beside, new_runner=new_runner)
     except ServeStopped:
         log.info("smsops serve: stopped before serving started")
     finally:
@@ -240,6 +240,7 @@ def _serve(
     interval: float,
     home: Path | None,
     ready: Callable[[Serving], None] | None,
+    *,
     ui: bool,
     beside: AbstractContextManager[Any] | None,
     new_runner: Callable[[], Any],

@@ -116,7 +116,7 @@ class Estimate:
 
 
 def estimate(
-    start: datetime, pairs: int, rate: float, window: Window | None, tz: str
+    start: datetime, pairs: int, rate: float, *, window: Window | None, tz: str
 ) -> Estimate | None:
     """The send as dispatch does it: from ``start`` (or the next opening), as many as fit
     before each close (:func:`room`), paused until the next opening, and so on. None when
@@ -124,7 +124,7 @@ def estimate(
 
     >>> w = Window.parse("09:00-20:00")
     >>> at = datetime(2026, 12, 1, 10, 59, 55, tzinfo=UTC)  # 19:59:55 in Tokyo
-    >>> e = estimate(at, 30_000, 500, w, "Asia/Tokyo")  # 2,000 before 20:00, the rest after
+    >>> e = estimate(at, 30_000, 500, window=w, tz="Asia/Tokyo")  # 2,000 before 20:00, rest after
     >>> e.finish.isoformat(), len(e.pauses)
     ('2026-12-02T00:00:56+00:00', 1)
     """

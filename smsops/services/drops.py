@@ -177,7 +177,19 @@ def watch(
                 continue
             fs.makedirs(path, exist_ok=True)
         for entry in _files(fs, path):
-            done = _take(ctx, fs, root, inbox, entry, mode, encoding, settle, at, previous, result)
+            done = _take(
+                ctx,
+                fs,
+                root,
+                inbox=inbox,
+                entry=entry,
+                mode=mode,
+                encoding=encoding,
+                settle=settle,
+                at=at,
+                previous=previous,
+                result=result,
+            )
             result.files.append(done)
             if on_file is not None:
                 on_file(done)
@@ -246,6 +258,7 @@ def _take(
     ctx: Context,
     fs: AbstractFileSystem,
     root: str,
+    *,
     inbox: Inbox,
     entry: dict[str, Any],
     mode: Mode,
@@ -304,7 +317,7 @@ def _take(
                 numbers = f"{rows:,} number{'s' * (rows != 1)} read"
                 detail = f"{numbers}, {added.added:,} added to the opt-out list"
         except InputError as exc:
-            return _reject(fs, root, path, inbox, name, exc)
+            return _reject(fs, root, path, inbox=inbox, name=name, exc=exc)
     moved = _move(fs, root, path, _join(here, PROCESSED))
     return DropFile(inbox, name, Outcome.imported, detail, rows=rows, moved_to=moved)
 
@@ -425,7 +438,7 @@ def _safe(value: object) -> object:
 
 
 def _reject(
-    fs: AbstractFileSystem, root: str, path: str, inbox: Inbox, name: str, exc: InputError
+    fs: AbstractFileSystem, root: str, path: str, *, inbox: Inbox, name: str, exc: InputError
 ) -> DropFile:
     """Move a refused file to ``rejected/`` beside its errors CSV (written first: a crash
     between the two leaves the file in the inbox, rejected again on the next pass)."""

@@ -30,7 +30,7 @@ class Completion:
 
 
 def completion(
-    ctx: Context, acct: accounts.Account, when: datetime | None, pairs: int
+    ctx: Context, acct: accounts.Account, when: datetime | None, *, pairs: int
 ) -> Completion:
     """When the last of ``pairs`` messages sent from ``when`` (None: now) would leave, as
     dispatch sends them (:func:`smsops.domain.windows.estimate`), with its warnings."""
@@ -44,7 +44,7 @@ def completion(
         warnings.append(refused.message)
     if rate is None or pairs == 0:
         return Completion(None, rate, acct.window, warnings)
-    guess = windows.estimate(start, pairs, rate, window, tz)
+    guess = windows.estimate(start, pairs, rate, window=window, tz=tz)
     if guess is None:
         return Completion(None, rate, acct.window, warnings)
     if guess.pauses and window is not None:

@@ -202,7 +202,7 @@ def _upsert_by_copy(
     )
     done = 0
     for done, part in batches:
-        copy_rows(conn, "users_in", ["n", "user_id", "phone", "attrs"], part)
+        copy_rows(conn, "users_in", ["n", "user_id", "phone", "attrs"], rows=part)
         ctx.progress(done, max(total, done), "importing users")
     # the ORDER BY sorts every row (its attributes too): in memory rather than in files
     # beside the server's default 4 MB (a quarter off a 1M-user import, #12)
@@ -233,7 +233,7 @@ def load_users(ctx: Context, *, with_attrs: bool = False) -> pd.DataFrame:
             conn,
             f"SELECT {', '.join(cols)} FROM users WHERE active ORDER BY pos",
             cols,
-            ctx.settings.write_batch,
+            batch=ctx.settings.write_batch,
         )
     if with_attrs:
         attrs = frame.pop("attrs")
@@ -258,7 +258,7 @@ def iter_users(conn: Connection, batch: int) -> Iterator[pd.DataFrame]:
     cols = ["user_id", "phone"]
     sql = f"SELECT {', '.join(cols)} FROM users WHERE active ORDER BY pos"
     empty = True
-    for frame in iter_strings(conn, sql, cols, batch):
+    for frame in iter_strings(conn, sql, cols, batch=batch):
         empty = False
         yield frame
     if empty:

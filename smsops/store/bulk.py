@@ -14,13 +14,13 @@ if TYPE_CHECKING:
 
 
 def insert_rows(
-    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple]
+    conn: Connection, table: Table, columns: Sequence[str], *, rows: Sequence[tuple]
 ) -> None:
     """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in the current transaction."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":  # COPY: an order of magnitude over INSERTs
-        copy_rows(conn, table.name, columns, rows)
+        copy_rows(conn, table.name, columns, rows=rows)
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (
@@ -30,7 +30,9 @@ def insert_rows(
     conn.exec_driver_sql(sql, list(rows) if not isinstance(rows, list) else rows)
 
 
-def copy_rows(conn: Connection, name: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+def copy_rows(
+    conn: Connection, name: str, columns: Sequence[str], *, rows: Iterable[tuple]
+) -> None:
     """PostgreSQL only: ``COPY name (columns) FROM STDIN`` with ``rows``, in the current
     transaction."""
     raw = conn.connection.driver_connection
@@ -98,7 +100,7 @@ def fetch_frame(conn: Connection, stmt: Executable, columns: Sequence[str]) -> p
 
 
 def fetch_frames(
-    conn: Connection, stmt: Executable, columns: Sequence[str], batch: int
+    conn: Connection, stmt: Executable, columns: Sequence[str], *, batch: int
 ) -> Iterator[pd.DataFrame]:
     """A query's rows as DataFrames of at most ``batch`` rows each, as :func:`fetch_frame`
     builds them, fetched batch by batch (a server-side cursor on PostgreSQL): only one
@@ -122,7 +124,9 @@ def driver_time(conn: Connection, value: datetime) -> object:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
-def fetch_strings(conn: Connection, sql: str, columns: Sequence[str], batch: int) -> pd.DataFrame:
+def fetch_strings(
+    conn: Connection, sql: str, columns: Sequence[str], *, batch: int
+) -> pd.DataFrame:
     """The rows of ``sql`` (plain SQL whose every column is text or NULL) as a frame of
     ``string[pyarrow]`` columns, fetched ``batch`` rows at a time through the driver's
     cursor: only one batch is ever held as Python objects (#12)."""
@@ -130,7 +134,7 @@ def fetch_strings(conn: Connection, sql: str, columns: Sequence[str], batch: int
     import pyarrow as pa
 
     parts: list[list[pa.Array]] = [[] for _ in columns]
-    for converted in _string_batches(conn, sql, columns, batch):
+    for converted in _string_batches(conn, sql, columns, batch=batch):
         for i, part in enumerate(parts):
             part.append(converted.field(i))
     return pd.DataFrame(
@@ -142,21 +146,21 @@ def fetch_strings(conn: Connection, sql: str, columns: Sequence[str], batch: int
 
 
 def iter_strings(
-    conn: Connection, sql: str, columns: Sequence[str], batch: int
+    conn: Connection, sql: str, columns: Sequence[str], *, batch: int
 ) -> Iterator[pd.DataFrame]:
     """:func:`fetch_strings` in frames of at most ``batch`` rows, one at a time: only one
     batch is ever in memory, as Python rows or as a frame (#12). On PostgreSQL through a
     server-side cursor, so the server holds the rest of the result."""
     import pandas as pd
 
-    for converted in _string_batches(conn, sql, columns, batch):
+    for converted in _string_batches(conn, sql, columns, batch=batch):
         yield pd.DataFrame(
             {name: pd.arrays.ArrowStringArray(converted.field(i)) for i, name in enumerate(columns)}
         )
 
 
 def _string_batches(
-    conn: Connection, sql: str, columns: Sequence[str], batch: int
+    conn: Connection, sql: str, columns: Sequence[str], *, batch: int
 ) -> Iterator[pa.StructArray]:
     """The rows of ``sql`` as one struct array (a text field per column) per ``batch`` rows."""
     import pyarrow as pa

@@ -59,13 +59,13 @@ def test_room_is_what_leaves_before_the_close_at_the_rate():
 
 
 def test_estimate_pauses_at_the_close_and_finishes_after_the_next_opening():
-    e = estimate(jst(1, 19, 59, 55), 30_000, 500, DAY, TOKYO)
+    e = estimate(jst(1, 19, 59, 55), 30_000, 500, window=DAY, tz=TOKYO)
     assert e is not None and e.pauses == ((jst(1, 20), jst(2, 9)),)
     assert e.finish == jst(2, 9) + timedelta(seconds=(30_000 - 2_000) / 500)
     assert e.unwindowed == jst(1, 19, 59, 55) + timedelta(seconds=60)
-    inside = estimate(jst(1, 10), 30_000, 500, DAY, TOKYO)
+    inside = estimate(jst(1, 10), 30_000, 500, window=DAY, tz=TOKYO)
     assert inside is not None and inside.finish == jst(1, 10, 1) and not inside.pauses
-    before = estimate(jst(1, 7), 500, 500, DAY, TOKYO)  # starts when the window opens
+    before = estimate(jst(1, 7), 500, 500, window=DAY, tz=TOKYO)  # starts when the window opens
     assert before is not None and before.finish == jst(1, 9, 0, 1)
 
 
@@ -78,7 +78,7 @@ def test_estimate_pauses_at_the_close_and_finishes_after_the_next_opening():
     zone=st.sampled_from([TOKYO, "America/New_York", "Europe/London"]),
 )
 def test_estimate_never_sends_outside_the_window_and_sends_everything(start, pairs, rate, zone):
-    e = estimate(start, pairs, rate, DAY, zone)
+    e = estimate(start, pairs, rate, window=DAY, tz=zone)
     assert e is not None
     assert e.finish >= e.unwindowed - timedelta(seconds=1e-6)
     for closes, reopens in e.pauses:

@@ -181,7 +181,7 @@ def _insert(ctx: Context, conn: Connection, draft: Draft, *, now: datetime, tz: 
             conn,
             items,
             ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
-            list(rows),
+            rows=list(rows),
         )
         ctx.progress(min(start + step, needed), needed, "saving delivery")
     return Created(

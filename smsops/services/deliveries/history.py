@@ -223,7 +223,7 @@ def iter_delivery_items(
             stmt = stmt.where(ITEM_STATUS == ItemStatus.ERROR)
         stmt = stmt.order_by(items.c.seq, items.c.message_no)
         empty = True
-        for frame in fetch_frames(conn, stmt, names, batch or ctx.settings.write_batch):
+        for frame in fetch_frames(conn, stmt, names, batch=batch or ctx.settings.write_batch):
             empty = False
             frame["status"] = frame["status"].replace(
                 {ItemStatus.SENDING: ItemStatus.PENDING.value}

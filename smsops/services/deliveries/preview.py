@@ -177,5 +177,5 @@ def preview_bulk(
         diagnosis=diagnosis,
         sample=mask_phones(selection.recipients["phone"].head(SAMPLE)).tolist(),
         selection=selection,
-        completion=completion(ctx, acct, when, tickets_needed(recipients, len(msgs))),
+        completion=completion(ctx, acct, when, pairs=tickets_needed(recipients, len(msgs))),
     )
