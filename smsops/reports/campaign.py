@@ -69,7 +69,7 @@ class Campaign:
     def headline(self) -> Note:
         p = self.preview
         n = i18n.number
-        if p.selection.users == 0:
+        if p.users == 0:
             return Note(
                 _(
                     "**No users to select from.** The user table is empty (a fresh database?). "
@@ -125,7 +125,7 @@ class Campaign:
         n = i18n.number
         return _key_values(
             {
-                _("users considered"): n(p.selection.users),
+                _("users considered"): n(p.users),
                 _("recipients"): n(p.recipients),
                 _("send at"): self.when,
                 _("messages"): len(p.messages),
@@ -161,7 +161,7 @@ class Campaign:
 
     def exclusion_chart(self) -> Figure | Note:
         p = self.preview
-        if p.selection.users == 0:
+        if p.users == 0:
             return Note(_("_No users, so no chart._"))
         labels = [
             chart_text("recipients"),
@@ -172,7 +172,7 @@ class Campaign:
         _barh(ax, labels, values, [GREEN] + [ORANGE] * len(p.excluded))
         ax.set_title(
             chart_text("{users} users → {recipients} recipients").format(
-                users=i18n.number(p.selection.users), recipients=i18n.number(p.recipients)
+                users=i18n.number(p.users), recipients=i18n.number(p.recipients)
             ),
             loc="left",
         )

@@ -5,17 +5,19 @@ its items in one transaction."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy import Connection
 
 from smsops import clock
 from smsops.domain.vocabulary import DeliveryStatus, ItemStatus
-from smsops.errors import NoRecipientsError, RuleError
+from smsops.errors import NoRecipientsError, RuleError, Text
+from smsops.i18n import N_
 from smsops.services import account as accounts
 from smsops.services.context import Context
 from smsops.services.deliveries.preview import Preview
@@ -25,6 +27,10 @@ from smsops.store.schema import deliveries, items
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    # A delivery's pairs (seq, message_no, phone, user_id): a frame, or frames read in
+    # the creation's transaction (a bulk selection, #12).
+    Pairs: TypeAlias = pd.DataFrame | Callable[[Connection], Iterator[pd.DataFrame]]
 
 
 @dataclass(frozen=True)
@@ -50,26 +56,17 @@ def create_bulk(ctx: Context, preview: Preview, *, outside_window: bool = False)
     """Save a confirmed bulk delivery (R13): refused with 0 recipients (R4), too few
     tickets (R9), or outside the sending window unless ``outside_window`` (#11); scheduled
     when it has a time (R12), else queued to send now."""
-    import numpy as np
-    import pandas as pd
-
     if preview.recipients == 0:
         raise NoRecipientsError("R4", preview.diagnosis, excluded=preview.excluded)
     if preview.scheduled_at is not None and preview.scheduled_at <= ctx.clock():
         raise RuleError("R12", "the send time has passed since the preview; preview again")
-    r = preview.selection.recipients
     k = len(preview.messages)
-    # columnar (numbers and Arrow strings, no Python objects): _insert turns one batch at a
-    # time into rows (#12)
-    each = np.repeat(np.arange(len(r)), k)
-    pairs = pd.DataFrame(
-        {
-            "seq": r["seq"].to_numpy()[each],
-            "message_no": np.tile(np.arange(1, k + 1), len(r)),
-            "phone": r["phone"].array.take(each),
-            "user_id": r["user_id"].array.take(each),
-        }
-    )
+    pairs: Pairs
+    if preview.held is not None:
+        pairs = _pairs(preview.held.recipients, k)
+    else:  # selected again batch by batch, written as it goes (#12)
+        enabled = accounts.get_account(ctx).phone_field_enabled
+        pairs = partial(_reselected, ctx, preview, enabled)
     return save(
         ctx,
         "bulk",
@@ -82,24 +79,81 @@ def create_bulk(ctx: Context, preview: Preview, *, outside_window: bool = False)
     )
 
 
+def _pairs(recipients: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Every (recipient, message) pair in send order: seq, message_no, phone, user_id;
+    columnar (numbers and Arrow strings, no Python objects): _insert turns one batch at a
+    time into rows (#12)."""
+    import numpy as np
+    import pandas as pd
+
+    each = np.repeat(np.arange(len(recipients)), k)
+    return pd.DataFrame(
+        {
+            "seq": recipients["seq"].to_numpy()[each],
+            "message_no": np.tile(np.arange(1, k + 1), len(recipients)),
+            "phone": recipients["phone"].array.take(each),
+            "user_id": recipients["user_id"].array.take(each),
+        }
+    )
+
+
+def _reselected(
+    ctx: Context, preview: Preview, phone_field_enabled: bool, conn: Connection
+) -> Iterator[pd.DataFrame]:
+    """The preview's pairs, its users read and selected again batch by batch in the
+    creation's transaction ``conn`` (#12): only one batch of users and its pairs are in
+    memory. Refused (R13), which rolls the delivery back, when the selection is not the
+    one the preview showed (users imported or opted out since)."""
+    from smsops.domain.recipients import RecipientStream
+    from smsops.services import people
+
+    k = len(preview.messages)
+    stream = RecipientStream(
+        people.load_optouts_conn(conn), phone_field_enabled=phone_field_enabled
+    )
+    for users in people.iter_users(conn, ctx.settings.write_batch):
+        yield _pairs(stream.feed(users).recipients, k)
+        ctx.progress(stream.users, max(preview.users, stream.users), "selecting recipients")
+    then = (preview.users, preview.recipients, preview.excluded)
+    if (stream.users, stream.recipients, stream.counts()) != then:
+        raise RuleError(
+            "R13",
+            Text(
+                N_(
+                    "the users changed since the preview ({then} recipients, now {now}); "
+                    "preview again"
+                ),
+                then=preview.recipients,
+                now=stream.recipients,
+            ),
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Draft:
     """One delivery to save: what :func:`save_all` inserts."""
 
     kind: str
     texts: list[str]
-    pairs: pd.DataFrame  # seq, message_no, phone, user_id
+    pairs: Pairs
     recipients: int
     when: datetime | None  # UTC; None = send now
     resend_of: int | None = None
     outside_window: bool = False  # on purpose outside the sending window (#11)
+
+    @property
+    def needed(self) -> int:
+        """Tickets it needs (R8): one per pair."""
+        if callable(self.pairs):  # a bulk selection: each recipient gets every message
+            return self.recipients * len(self.texts)
+        return len(self.pairs)
 
 
 def save(
     ctx: Context,
     kind: str,
     texts: list[str],
-    pairs: pd.DataFrame,
+    pairs: Pairs,
     *,
     recipients: int,
     when: datetime | None,
@@ -135,7 +189,7 @@ def save_all(ctx: Context, drafts: Sequence[Draft], tz: str) -> list[Created]:
         ctx.gateway().close()
     created = []
     with write(ctx.engine) as conn:
-        accounts.check_tickets(sum(len(d.pairs) for d in drafts), accounts.lock_balance(conn))
+        accounts.check_tickets(sum(d.needed for d in drafts), accounts.lock_balance(conn))
         for draft in drafts:
             created.append(_insert(ctx, conn, draft, now=now, tz=tz))
     return created
@@ -144,8 +198,7 @@ def save_all(ctx: Context, drafts: Sequence[Draft], tz: str) -> list[Created]:
 def _insert(ctx: Context, conn: Connection, draft: Draft, *, now: datetime, tz: str) -> Created:
     from smsops.store.bulk import insert_rows
 
-    pairs, when = draft.pairs, draft.when
-    needed = len(pairs)
+    when, needed = draft.when, draft.needed
     status = DeliveryStatus.SCHEDULED if when is not None else DeliveryStatus.QUEUED
     delivery_id = conn.execute(  # type: ignore[index]
         deliveries.insert().values(
@@ -165,8 +218,9 @@ def _insert(ctx: Context, conn: Connection, draft: Draft, *, now: datetime, tz: 
         # so that dispatch-due leaves it alone unless this process dies first.
         register(conn, delivery_id)
     step = ctx.settings.write_batch  # rows as Python values one batch at a time (#12)
-    for start in range(0, needed, step):
-        part = pairs.iloc[start : start + step]
+    frames = draft.pairs(conn) if callable(draft.pairs) else [draft.pairs]
+    done = 0
+    for part in (f.iloc[i : i + step] for f in frames for i in range(0, len(f), step)):
         rows = zip(
             repeat(int(delivery_id), len(part)),
             part["seq"].tolist(),
@@ -183,7 +237,8 @@ def _insert(ctx: Context, conn: Connection, draft: Draft, *, now: datetime, tz: 
             ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
             rows=list(rows),
         )
-        ctx.progress(min(start + step, needed), needed, "saving delivery")
+        done += len(part)
+        ctx.progress(done, max(needed, done), "saving delivery")
     return Created(
         int(delivery_id),
         status,

@@ -37,9 +37,31 @@ class Preview:
     excluded: dict[str, int]
     diagnosis: str
     sample: list[str]  # masked numbers
-    selection: Selection = field(repr=False)
     # when the last message leaves at the rate cap, the sending window kept (#11)
     completion: Completion | None = None
+    users: int = 0  # users considered (after a --query: those it picks)
+    # The whole selection when it was made whole (a users file, a --query); a selection
+    # from the store is read batch by batch and kept as its counts only, ``source`` its
+    # store: creating selects it again the same way (#12).
+    held: Selection | None = field(default=None, repr=False)
+    source: Context | None = field(default=None, repr=False)
+
+    @property
+    def selection(self) -> Selection:
+        """The whole selection (every recipient and every user left out): held, or
+        selected again from the store whole — for the lists that show them all."""
+        if self.held is None:
+            from smsops.domain.recipients import select_recipients
+            from smsops.services import people
+
+            assert self.source is not None
+            acct = accounts.get_account(self.source)
+            self.held = select_recipients(
+                people.load_users(self.source),
+                people.load_optouts(self.source),
+                phone_field_enabled=acct.phone_field_enabled,
+            )
+        return self.held
 
     @property
     def tickets_needed(self) -> int:
@@ -134,6 +156,9 @@ def preview_bulk(
     accounts.require_bulk_plan(acct)
     msgs = validate_messages(messages)
     when = clock.send_time(at, acct.timezone, not_before=ctx.clock())  # "": refused (R12)
+    if not users_files and not query:
+        return _from_store(ctx, acct, msgs, when)
+    # A users file, or a --query (it reads every user's attributes): whole
     users = (
         read_users_csvs(list(users_files))
         if users_files
@@ -161,11 +186,8 @@ def preview_bulk(
         diagnosis = f"0 recipients: the user file has no rows ({names})"
     if phone_note and candidates:  # R3, R4: which of the file's columns held the numbers
         diagnosis = f"{diagnosis}; {phone_note}"
-    if not users_files and (inactive := people.inactive_count(ctx)):  # R4, #11
-        diagnosis = (
-            f"{diagnosis}; {inactive:,} inactive user{'s' * (inactive != 1)} "
-            "(not in the latest full export) not selected"
-        )
+    if not users_files:
+        diagnosis = _with_inactive(ctx, diagnosis)
     recipients = len(selection.recipients)
     return Preview(
         recipients=recipients,
@@ -176,6 +198,51 @@ def preview_bulk(
         excluded=selection.counts(),
         diagnosis=diagnosis,
         sample=mask_phones(selection.recipients["phone"].head(SAMPLE)).tolist(),
-        selection=selection,
         completion=completion(ctx, acct, when, pairs=tickets_needed(recipients, len(msgs))),
+        users=selection.users,
+        held=selection,
+    )
+
+
+def _from_store(
+    ctx: Context, acct: accounts.Account, msgs: list[Message], when: datetime | None
+) -> Preview:
+    """:func:`preview_bulk` of every active user, read and selected batch by batch (#12):
+    what is kept is the counts and the first few numbers, never the whole selection."""
+    from smsops.domain.phones import mask_phones
+    from smsops.domain.recipients import RecipientStream
+    from smsops.services import people
+    from smsops.store import read
+
+    stream = RecipientStream(people.load_optouts(ctx), phone_field_enabled=acct.phone_field_enabled)
+    sample: list[str] = []
+    with read(ctx.engine) as conn:
+        for users in people.iter_users(conn, ctx.settings.write_batch):
+            picked = stream.feed(users).recipients
+            if len(sample) < SAMPLE:
+                sample += mask_phones(picked["phone"].head(SAMPLE - len(sample))).tolist()
+    return Preview(
+        recipients=stream.recipients,
+        messages=msgs,
+        balance=accounts.balance(ctx),
+        scheduled_at=when,
+        timezone=acct.timezone,
+        excluded=stream.counts(),
+        diagnosis=_with_inactive(ctx, stream.diagnosis()),
+        sample=sample,
+        completion=completion(ctx, acct, when, pairs=tickets_needed(stream.recipients, len(msgs))),
+        users=stream.users,
+        source=ctx,
+    )
+
+
+def _with_inactive(ctx: Context, diagnosis: str) -> str:
+    """R4, #11: say how many users a full export left out, when any."""
+    from smsops.services import people
+
+    if not (inactive := people.inactive_count(ctx)):
+        return diagnosis
+    return (
+        f"{diagnosis}; {inactive:,} inactive user{'s' * (inactive != 1)} "
+        "(not in the latest full export) not selected"
     )
