@@ -258,8 +258,10 @@ def _scenario(tmp_path: Path, operator: dict[str, str], workers: list[Worker]) -
     assert "COMPLETED" in out.upper(), out
     assert cli(operator, "bulk", "preview", "-m", "x")["recipients"] == USERS
 
-    # a delivery for later (R12): the dispatch-due schedule must send it at its time
-    at = datetime.now(UTC) + timedelta(seconds=40)
+    # a delivery for later (R12): the dispatch-due schedule must send it at its time. Two
+    # minutes ahead: on a loaded CI machine the run took 32 s to start, and a time 40 s
+    # ahead had passed by the time create-bulk saved it (R12 refused it)
+    at = datetime.now(UTC) + timedelta(seconds=120)
     out = _deployment_run(
         operator,
         "create-bulk",
