@@ -62,7 +62,11 @@ def make_gateway(settings: Settings) -> Gateway:
 
 
 def idempotency_keys(delivery_id: int, seq: pd.Series, message_no: pd.Series) -> pd.Series:
-    """``smsops-<delivery>-<seq>-<message_no>``, vectorized."""
-    return (f"smsops-{delivery_id}-" + seq.astype(str) + "-" + message_no.astype(str)).astype(
-        "string[pyarrow]"
-    )
+    """``smsops-<delivery>-<seq>-<message_no>``, indexed like ``seq``. Python strings
+    (object dtype), as the gateways hand them on and dispatch looks answers up by them:
+    made so at once, a chunk's keys cost a third of Arrow strings converted back (#12)."""
+    import pandas as pd
+
+    prefix = f"smsops-{delivery_id}-"
+    keys = [f"{prefix}{s}-{m}" for s, m in zip(seq.tolist(), message_no.tolist(), strict=True)]
+    return pd.Series(keys, index=seq.index, dtype=object)

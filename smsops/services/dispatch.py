@@ -39,9 +39,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, or_, select, text, tuple_
+from sqlalchemy import String, and_, func, literal_column, or_, select, text, tuple_
 
 from smsops import clock, i18n
 from smsops.domain import windows
@@ -54,7 +55,7 @@ from smsops.services.context import Context
 from smsops.services.deliveries import FINAL, Created, delivery_summary
 from smsops.services.liveness import db_now, live_dispatchers, process_id, register
 from smsops.store import read, write
-from smsops.store.bulk import execute_many, execute_one
+from smsops.store.bulk import execute_many, execute_one, fetch_tuples
 from smsops.store.schema import deliveries, dispatchers, items, ledger, optouts
 
 if TYPE_CHECKING:  # pandas is imported where frames are built: dispatch-due with nothing
@@ -538,7 +539,12 @@ def _lost(claim: Claim) -> StateError:
 
 
 def _pending(delivery_id: int) -> Any:
-    return and_(items.c.delivery_id == delivery_id, items.c.status == ItemStatus.PENDING)
+    # the status as a literal, not a bound value: so the planner matches the partial index
+    # ix_items_pending (PostgreSQL's generic plans, too)
+    return and_(items.c.delivery_id == delivery_id, items.c.status == _PENDING_LITERAL)
+
+
+_PENDING_LITERAL = literal_column(f"'{ItemStatus.PENDING.value}'", String())
 
 
 def _allocate(ctx: Context, delivery_id: int) -> None:
@@ -733,7 +739,6 @@ def _take_chunk(
     """Claim the next funded pending pairs in send order (at most a chunk, and at most
     ``limit``) that no other dispatcher's range holds — as a range on our own row, writing
     no item, with the ``record`` of the gateway it goes through — and return them."""
-    import pandas as pd
 
     d, me = claim.delivery_id, claim.owner
     with write(ctx.engine) as conn:
@@ -755,7 +760,7 @@ def _take_chunk(
         size = ctx.settings.chunk_size if limit is None else min(limit, ctx.settings.chunk_size)
         rows = _free_run(conn, d, taken, n=size)
         if not rows:
-            return pd.DataFrame(columns=["seq", "message_no", "phone"])
+            return _chunk_frame(rows)
         lo, hi = (rows[0][0], rows[0][1]), (rows[-1][0], rows[-1][1])
         conn.execute(
             dispatchers.update()
@@ -789,8 +794,24 @@ def _take_chunk(
                     note="opted out while the delivery was being sent (R16)",
                 )
             )
-            rows = list(conn.execute(_funded(d).where(_between(lo, hi))).all())
-    return pd.DataFrame([tuple(r) for r in rows], columns=["seq", "message_no", "phone"])
+            rows = fetch_tuples(conn, _funded(d).where(_between(lo, hi)))
+    return _chunk_frame(rows)
+
+
+def _chunk_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """(seq, message_no, phone) rows as a chunk: numbers as int64, the phones as Python
+    strings (object dtype), which the gateways hand on as they are."""
+    import numpy as np
+    import pandas as pd
+
+    seq, message_no, phone = zip(*rows, strict=True) if rows else ((), (), ())
+    return pd.DataFrame(
+        {
+            "seq": np.array(seq, dtype=np.int64),
+            "message_no": np.array(message_no, dtype=np.int64),
+            "phone": pd.Series(phone, dtype=object),
+        }
+    )
 
 
 def _funded(d: int) -> Any:
@@ -801,7 +822,9 @@ def _funded(d: int) -> Any:
     )
 
 
-def _free_run(conn: Any, d: int, taken: list[tuple[Pair, Pair]], *, n: int) -> list[Any]:
+def _free_run(
+    conn: Any, d: int, taken: list[tuple[Pair, Pair]], *, n: int
+) -> list[tuple[Any, ...]]:
     """Up to ``n`` funded pending items in send order from the first that lies in none of
     the ``taken`` ranges (sorted), stopping short of the next taken range."""
     after: Pair | None = None
@@ -821,7 +844,7 @@ def _free_run(conn: Any, d: int, taken: list[tuple[Pair, Pair]], *, n: int) -> l
     bound = next((lo for lo, _ in taken if lo > start), None)
     if bound is not None:
         stmt = stmt.where(tuple_(items.c.seq, items.c.message_no) < tuple_(*bound))
-    return list(conn.execute(stmt.limit(n)).all())
+    return fetch_tuples(conn, stmt.limit(n))
 
 
 def _texts(ctx: Context, delivery_id: int) -> tuple[list[str], bool]:
@@ -838,26 +861,25 @@ def _texts(ctx: Context, delivery_id: int) -> tuple[list[str], bool]:
 def _send(ctx: Context, gateway: Gateway, claim: Claim, chunk: pd.DataFrame) -> int:
     """Hand the chunk to the gateway and record every answer; return how many pairs the
     gateway could not take because it was down (they stay pending)."""
+    import numpy as np
     import pandas as pd
 
     d = claim.delivery_id
-    texts = pd.Series(claim.texts, dtype=object)
+    keys = idempotency_keys(d, chunk["seq"], chunk["message_no"])
+    texts = np.asarray(claim.texts, dtype=object)[chunk["message_no"].to_numpy() - 1]
     batch = pd.DataFrame(
         {
             "delivery_id": d,
             "seq": chunk["seq"],
             "message_no": chunk["message_no"],
             "phone": chunk["phone"],
-            "text": texts.iloc[chunk["message_no"] - 1].to_numpy(),
-            "idempotency_key": idempotency_keys(d, chunk["seq"], chunk["message_no"]),
+            "text": pd.Series(texts, index=chunk.index, dtype=object),
+            "idempotency_key": keys,
         }
     )
-    pairs = list(zip(batch["seq"].astype(int), batch["message_no"].astype(int), strict=True))
-    where = dict(zip(batch["idempotency_key"].astype(str), pairs, strict=True))
+    handed = _Handed(chunk["seq"].tolist(), chunk["message_no"].tolist(), keys.tolist())
     recorded: set[str] = set()  # answers the hand-offs recorded one by one already
-    results = gateway.send(
-        batch, _hand_off(ctx, claim, pairs=pairs, where=where, recorded=recorded)
-    )
+    results = gateway.send(batch, _hand_off(ctx, claim, handed=handed, recorded=recorded))
     failed = results[results["status"] != ItemStatus.SENT]
     answers = [
         (key, status, error if isinstance(error, str) else None)
@@ -870,15 +892,17 @@ def _send(ctx: Context, gateway: Gateway, claim: Claim, chunk: pd.DataFrame) -> 
         # our lease renewed, or at least our row still there: no successor has settled
         # the chunk (taking it over deletes the row)
         if _renew_in(conn, ctx, claim) or _holds(conn, claim):
-            _settle(conn, claim, _located(answers, where))
+            _settle(conn, claim, _located(answers, handed))
+            now = clock.now()
+            failures = {handed.position[k] for k in failed["idempotency_key"]}
             execute_many(  # every other item of the chunk was sent
                 conn,
                 f"UPDATE delivery_items SET status = '{ItemStatus.SENT}', error = NULL, "
                 f"sent_at = ?, ticket = TRUE WHERE delivery_id = ? AND {_STILL_PENDING} "
                 "AND (seq, message_no) >= (?, ?) AND (seq, message_no) <= (?, ?)",
                 [
-                    (clock.now(), d, *lo, *hi)
-                    for lo, hi in _runs(pairs, {where[k] for k in failed["idempotency_key"]})
+                    (now, d, *handed.pair(first), *handed.pair(last))
+                    for first, last in _runs(len(handed), failures)
                 ],
             )
             conn.execute(
@@ -887,23 +911,48 @@ def _send(ctx: Context, gateway: Gateway, claim: Claim, chunk: pd.DataFrame) -> 
     return int((results["error"] == UNAVAILABLE).sum())
 
 
-def _runs(pairs: list[Pair], failed: set[Pair]) -> list[tuple[Pair, Pair]]:
-    """The stretches of ``pairs`` (in send order) between failed ones, as (first, last).
+@dataclass
+class _Handed:
+    """A chunk as its items go to the gateway, in send order: their (seq, message_no) and
+    idempotency keys. The lookup of an answer's key is built only when an answer needs it
+    (a chunk that all went out at once needs none)."""
 
-    >>> _runs([(1, 1), (1, 2), (2, 1), (3, 1), (4, 1)], {(2, 1)})
-    [((1, 1), (1, 2)), ((3, 1), (4, 1))]
+    seq: list[int]
+    message_no: list[int]
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def pair(self, i: int) -> Pair:
+        return self.seq[i], self.message_no[i]
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Each key's place in the chunk."""
+        return {key: i for i, key in enumerate(self.keys)}
+
+    def where(self, key: str) -> Pair:
+        return self.pair(self.position[key])
+
+
+def _runs(n: int, failed: set[int]) -> list[tuple[int, int]]:
+    """The stretches of places ``0..n-1`` (send order) between the ``failed`` ones, as
+    (first, last).
+
+    >>> _runs(5, {2})
+    [(0, 1), (3, 4)]
+    >>> _runs(4, {0, 1}), _runs(3, set()), _runs(2, {0, 1})
+    ([(2, 3)], [(0, 2)], [])
     """
-    runs: list[tuple[Pair, Pair]] = []
-    start: Pair | None = None
-    for i, pair in enumerate(pairs):
-        if pair in failed:
-            if start is not None:
-                runs.append((start, pairs[i - 1]))
-            start = None
-        elif start is None:
-            start = pair
-    if start is not None:
-        runs.append((start, pairs[-1]))
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in sorted(failed):
+        if i > start:
+            runs.append((start, i - 1))
+        start = i + 1
+    if start < n:
+        runs.append((start, n - 1))
     return runs
 
 
@@ -923,11 +972,11 @@ def _holds(conn: Any, claim: Claim) -> bool:
 Located = tuple[int, int, str, str | None]  # seq, message_no, status, error
 
 
-def _located(answers: list[Answer], where: dict[str, tuple[int, int]]) -> list[Located]:
+def _located(answers: list[Answer], handed: _Handed) -> list[Located]:
     """The gateway's answers by item, with a failure's reason never empty."""
     return [
         (
-            *where[key],
+            *handed.where(key),
             status,
             None if status == ItemStatus.SENT else (error or ItemError.GATEWAY_ERROR),
         )
@@ -939,8 +988,7 @@ def _hand_off(
     ctx: Context,
     claim: Claim,
     *,
-    pairs: list[tuple[int, int]],
-    where: dict[str, tuple[int, int]],
+    handed: _Handed,
     recorded: set[str],
 ) -> HandOff:
     """What the gateway calls before each group goes on the wire. One small transaction
@@ -950,23 +998,23 @@ def _hand_off(
     one by one — failures, and answers that came back out of order (a few: the requests
     in flight). So only the items in flight or about to go are ever in doubt, and most
     items are written once only, at the end of the chunk (those still pending were sent)."""
-    position = {key: i for i, key in enumerate(where)}
-    back = bytearray(len(pairs))  # 1: its answer came back
+    back = bytearray(len(handed))  # 1: its answer came back
     run = 0  # items 0..run-1 all answered
 
     def hand_off(upto: int, answered: list[Answer]) -> None:
         nonlocal run
+        position = handed.position if answered else {}
         for answer in answered:
             back[position[answer[0]]] = 1
         while run < len(back) and back[run]:
             run += 1
         one_by_one = [a for a in answered if a[1] != ItemStatus.SENT or position[a[0]] >= run]
-        marks = (pairs[upto - 1], pairs[run - 1] if run else None)
+        marks = (handed.pair(upto - 1), handed.pair(run - 1) if run else None)
         with write(ctx.engine) as conn:
             if not _renew_in(conn, ctx, claim, marks=marks):
                 raise _lost(claim)
             if one_by_one:
-                _settle(conn, claim, _located(one_by_one, where))
+                _settle(conn, claim, _located(one_by_one, handed))
         recorded.update(key for key, _, _ in one_by_one)
 
     return hand_off

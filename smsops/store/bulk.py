@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Executable, Table
+from sqlalchemy import Connection, Executable, Table, literal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -14,20 +14,43 @@ if TYPE_CHECKING:
 
 
 def insert_rows(
-    conn: Connection, table: Table, columns: Sequence[str], *, rows: Sequence[tuple]
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    *,
+    rows: Sequence[tuple],
+    same: Mapping[str, object] | None = None,
 ) -> None:
-    """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in the current transaction."""
+    """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in the current
+    transaction; ``same``: columns with one value for every row (a delivery's id, a
+    status), given once — on SQLite written into the statement as literals, so no row
+    carries them and none is bound per row (a quarter of a delivery's insert, #12)."""
     if not rows:
         return
+    same = same or {}
     if conn.dialect.name == "postgresql":  # COPY: an order of magnitude over INSERTs
-        copy_rows(conn, table.name, columns, rows=rows)
+        tail = tuple(same.values())
+        copy_rows(
+            conn,
+            table.name,
+            [*columns, *same],
+            rows=(row + tail for row in rows) if tail else rows,
+        )
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join([mark] * len(columns))})"
-    )
+    values = [mark] * len(columns) + [_literal(conn, v) for v in same.values()]
+    sql = f"INSERT INTO {table.name} ({', '.join([*columns, *same])}) VALUES ({', '.join(values)})"
     conn.exec_driver_sql(sql, list(rows) if not isinstance(rows, list) else rows)
+
+
+def _literal(conn: Connection, value: object) -> str:
+    """``value`` as an SQL literal of ``conn``'s dialect, quoted and escaped by SQLAlchemy
+    (a str enum, as ItemStatus, as its text)."""
+    plain = str(value) if isinstance(value, str) else value
+    rendered = str(
+        literal(plain).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    )
+    return rendered.replace("%", "%%") if conn.dialect.paramstyle != "qmark" else rendered
 
 
 def copy_rows(
@@ -88,6 +111,18 @@ def _naive_datetimes(rows: Sequence[tuple]) -> Sequence[tuple]:
                 fixed[i] = text(fixed[i])
         out.append(tuple(fixed))
     return out
+
+
+def fetch_tuples(conn: Connection, stmt: Executable) -> list[tuple[Any, ...]]:
+    """A query's rows as the driver gives them, plain tuples: no Row objects and no
+    SQLAlchemy result processing, so only for columns the driver already returns as
+    smsops reads them (integers, text; not SQLite's datetimes). For reads of thousands of
+    rows many times a second (a dispatcher's chunks)."""
+    result = conn.execute(stmt)
+    try:
+        return list(result.cursor.fetchall())  # type: ignore[union-attr]
+    finally:
+        result.close()
 
 
 def fetch_frame(conn: Connection, stmt: Executable, columns: Sequence[str]) -> pd.DataFrame:

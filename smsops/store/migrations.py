@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from smsops.domain.vocabulary import ItemError, ItemStatus
-from smsops.store.schema import meta, metadata
+from smsops.store.schema import PENDING_ITEM, meta, metadata
 
 
 def _v1(conn: Connection) -> None:
@@ -307,6 +307,19 @@ def _v13_sending_window(conn: Connection) -> None:
     )
 
 
+def _v14_pending_items_index(conn: Connection) -> None:
+    """Version 14: the index that finds a delivery's next pending items holds only pending
+    ones (a partial index): sending an item removes its entry instead of moving it among
+    the settled, and creating a delivery writes a shorter one (#12)."""
+    conn.execute(text("DROP INDEX IF EXISTS ix_items_status"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_items_pending ON delivery_items (delivery_id, seq, message_no) "
+            f"WHERE {PENDING_ITEM}"
+        )
+    )
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_delivery_reports,
@@ -321,6 +334,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v11_account_language,
     _v12_drop_folder,
     _v13_sending_window,
+    _v14_pending_items_index,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

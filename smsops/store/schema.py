@@ -19,13 +19,20 @@ from sqlalchemy import (
     false,
     func,
     select,
+    text,
     true,
 )
 from sqlalchemy import (
     DateTime as _DateTime,
 )
 
+from smsops.domain.vocabulary import ItemStatus
+
 metadata = MetaData()
+
+# SQL: an item not settled yet, as the partial index ``ix_items_pending`` is defined; a
+# query that says it in these words (a literal, not a bound value) can use that index
+PENDING_ITEM = f"status = '{ItemStatus.PENDING.value}'"
 
 
 # Aware timestamps (PostgreSQL ``timestamptz``): smsops always writes UTC, and the
@@ -122,8 +129,17 @@ items = Table(
     # the dispatcher that handed it to the gateway while it was `sending` (versions 3-9;
     # claims are ranges on `dispatchers` since version 10, and this is no longer written)
     Column("owner", String(128)),
-    # serves "the next pending pairs in order" without rescanning sent ones
-    Index("ix_items_status", "delivery_id", "status", "seq", "message_no"),
+    # serves "the next pending pairs in order" without rescanning sent ones; partial
+    # (version 14): a settled item leaves it and enters no other entry, and no query looks
+    # items up by another status
+    Index(
+        "ix_items_pending",
+        "delivery_id",
+        "seq",
+        "message_no",
+        sqlite_where=text(PENDING_ITEM),
+        postgresql_where=text(PENDING_ITEM),
+    ),
 )
 
 # Processes sending deliveries (version 3): several may work on one delivery, each

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, func, inspect, select
 
 from smsops import store
 from smsops.store.engine import StoreError
@@ -45,19 +48,30 @@ def test_version_1_database_keeps_its_data_when_migrated(settings):
 
 
 def _shape(url: str) -> dict[str, object]:
-    """Tables, their columns (name, nullable) and indexes (name, columns)."""
+    """Tables, their columns (name, nullable) and indexes (name, columns, and the WHERE
+    of a partial one)."""
     engine = create_engine(url)
     with engine.connect() as conn:
         insp = inspect(conn)
         shape = {
             table: (
                 sorted((c["name"], bool(c["nullable"])) for c in insp.get_columns(table)),
-                sorted((i["name"], tuple(i["column_names"])) for i in insp.get_indexes(table)),
+                sorted(
+                    (i["name"], tuple(i["column_names"]), _predicate(i))
+                    for i in insp.get_indexes(table)
+                ),
             )
             for table in insp.get_table_names()
         }
     engine.dispose()
     return shape
+
+
+def _predicate(index: Mapping[str, Any]) -> str | None:
+    """A reflected index's WHERE (partial index), as the database spells it; None: none."""
+    options = index.get("dialect_options", {})
+    where = options.get("sqlite_where", options.get("postgresql_where"))
+    return None if where is None else " ".join(str(where).split())
 
 
 def test_migrating_from_version_1_ends_where_a_fresh_database_starts(settings, tmp_path):
@@ -195,3 +209,57 @@ def test_version_12_database_gains_the_sending_window_and_keeps_its_deliveries(s
             "SELECT status, outside_window, paused_for, paused_reason FROM deliveries"
         ).one()
         assert (row.status, bool(row.outside_window), row.paused_for) == ("paused", False, None)
+
+
+def _pending_index_is_used(conn, sql: str) -> bool:
+    """Does the database plan ``sql`` through ix_items_pending? (PostgreSQL is told to
+    avoid sequential scans: the test tables are tiny.)"""
+    if conn.dialect.name == "sqlite":
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+        return any("ix_items_pending" in str(row[-1]) for row in plan)
+    conn.exec_driver_sql("SET enable_seqscan = off")
+    plan = conn.exec_driver_sql(f"EXPLAIN {sql}").scalars().all()
+    return any("ix_items_pending" in line for line in plan)
+
+
+def test_issue12_version_13_items_index_keeps_only_pending_items_after_migration(settings):
+    """#12: v14 replaces the index of items by (delivery, status, seq, message) with one of
+    the pending items only (sending one removes its entry, nothing moves). The items are
+    kept, and the query dispatch finds a delivery's next pending items with uses it."""
+    from smsops.services.dispatch import _funded, _pending
+
+    url = settings.database_url
+    engine = create_engine(url)
+    with engine.begin() as conn:  # a database as version 13 left it
+        for step in MIGRATIONS[:13]:
+            step(conn)
+        conn.execute(meta.insert().values(key="schema_version", value="13"))
+        conn.exec_driver_sql(
+            "INSERT INTO deliveries (kind, status, messages, recipients, created_at, allocated)"
+            " VALUES ('bulk', 'sending', '[\"a\"]', 3, '2026-01-01 00:00:00', TRUE)"
+        )
+        for seq, status in ((1, "sent"), (2, "pending"), (3, "pending")):
+            conn.exec_driver_sql(
+                "INSERT INTO delivery_items (delivery_id, seq, message_no, phone, status, "
+                f"ticket) VALUES (1, {seq}, 1, '+8190100000{seq:02d}', '{status}', FALSE)"
+            )
+        indexes = {i["name"] for i in inspect(conn).get_indexes("delivery_items")}
+        assert "ix_items_status" in indexes and "ix_items_pending" not in indexes
+    engine.dispose()
+    upgraded = store.connect(url)
+    with upgraded.connect() as conn:
+        assert schema_version(conn) == SCHEMA_VERSION >= 14
+        reflected = {i["name"]: i for i in inspect(conn).get_indexes("delivery_items")}
+        assert "ix_items_status" not in reflected
+        pending = reflected["ix_items_pending"]
+        assert pending["column_names"] == ["delivery_id", "seq", "message_no"]
+        assert "pending" in (_predicate(pending) or "")
+        first = conn.execute(_funded(1).limit(1)).one()
+        assert (first.seq, first.message_no) == (2, 1)
+        assert conn.execute(select(func.count()).where(_pending(1))).scalar_one() == 2
+        for stmt in (_funded(1).limit(1), select(func.count()).where(_pending(1))):
+            # the status is in the SQL itself: a bound one could not use the index in a
+            # generic plan (psycopg prepares a statement run five times)
+            assert "pending" not in stmt.compile(conn).params.values()
+            sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+            assert _pending_index_is_used(conn, sql), sql
