@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy import Connection
@@ -222,20 +221,18 @@ def _insert(ctx: Context, conn: Connection, draft: Draft, *, now: datetime, tz: 
     done = 0
     for part in (f.iloc[i : i + step] for f in frames for i in range(0, len(f), step)):
         rows = zip(
-            repeat(int(delivery_id), len(part)),
             part["seq"].tolist(),
             part["message_no"].tolist(),
             _values(part["phone"]),
             _values(part["user_id"]),
-            repeat(ItemStatus.PENDING, len(part)),
-            repeat(False, len(part)),
             strict=True,
         )
-        insert_rows(
+        insert_rows(  # what every item shares goes once, not on each row (#12)
             conn,
             items,
-            ["delivery_id", "seq", "message_no", "phone", "user_id", "status", "ticket"],
+            ["seq", "message_no", "phone", "user_id"],
             rows=list(rows),
+            same={"delivery_id": int(delivery_id), "status": ItemStatus.PENDING, "ticket": False},
         )
         done += len(part)
         ctx.progress(done, max(needed, done), "saving delivery")
