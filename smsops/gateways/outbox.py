@@ -26,6 +26,7 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from smsops.domain.vocabulary import ItemStatus
@@ -182,18 +183,29 @@ class OutboxGateway:
 
 def _lines(batch: pd.DataFrame) -> bytes:
     """One JSON line per message (the outbox line of DESIGN.md)."""
+    at = np.full(len(batch), datetime.now(UTC).isoformat(), dtype=object)
     text = pd.DataFrame(
         {
-            "delivery_id": batch["delivery_id"].astype("int64"),
-            "phone": batch["phone"].astype(str),
-            "message_no": batch["message_no"].astype("int64"),
-            "text": batch["text"].astype(str),
-            "idempotency_key": batch["idempotency_key"].astype(str),
-            "accepted_at": datetime.now(UTC).isoformat(),
+            "delivery_id": batch["delivery_id"].to_numpy(dtype="int64"),
+            "phone": _strings(batch["phone"]),
+            "message_no": batch["message_no"].to_numpy(dtype="int64"),
+            "text": _strings(batch["text"]),
+            "idempotency_key": _strings(batch["idempotency_key"]),
+            "accepted_at": pd.Series(at, dtype=object),
         }
     ).to_json(orient="records", lines=True, force_ascii=False)
     payload = text.encode("utf-8")
     return payload if payload.endswith(b"\n") or not payload else payload + b"\n"
+
+
+def _strings(column: pd.Series) -> pd.Series:
+    """A column as Python strings (object dtype, positional), which to_json writes as they
+    are: ``astype(str)`` would make pandas' Arrow strings, which to_json converts back one
+    by one (#12). Values that are not all strings are made text, as astype(str) does."""
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=False) != "string":
+        values = column.astype(str).to_numpy(dtype=object)
+    return pd.Series(values, dtype=object)
 
 
 class _Lock:

@@ -45,6 +45,30 @@ def test_every_message_is_one_line_and_its_key_is_accepted(tmp_path):
         gateway.close()
 
 
+def test_each_line_is_the_outbox_line_whatever_dtypes_the_batch_columns_have(tmp_path):
+    """DESIGN.md's outbox line, with text where text belongs, for a group cut from a chunk
+    (its index does not start at 0) whose columns are Arrow strings, Python strings or a
+    number where a phone should be (#12: the lines are built from Python strings)."""
+    group = batch(4).iloc[1:]
+    group = group.assign(
+        phone=pd.Series([819000000001, "+819000000002", "+819000000003"], index=group.index),
+        idempotency_key=group["idempotency_key"].astype("string[pyarrow]"),
+        text=pd.Series(["a/b", '"引用"', "改行\nあり"], index=group.index, dtype=object),
+    )
+    gateway = OutboxGateway(tmp_path / "outbox.jsonl")
+    try:
+        gateway.send(group)
+    finally:
+        gateway.close()
+    written = lines(tmp_path / "outbox.jsonl")
+    fields = ["accepted_at", "delivery_id", "idempotency_key", "message_no", "phone", "text"]
+    assert [sorted(w) for w in written] == [fields] * 3
+    assert [w["phone"] for w in written] == ["819000000001", "+819000000002", "+819000000003"]
+    assert [w["text"] for w in written] == ["a/b", '"引用"', "改行\nあり"]
+    assert [w["idempotency_key"] for w in written] == list(group["idempotency_key"])
+    assert [(w["delivery_id"], w["message_no"]) for w in written] == [(1, 1)] * 3
+
+
 def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
     path = tmp_path / "outbox.jsonl"
     path.write_text('{"delivery_id": 1, "phone": "+8190', encoding="utf-8")  # a writer died
