@@ -53,9 +53,9 @@ from smsops.gateways import Answer, Gateway, HandOff, idempotency_keys
 from smsops.services.account import bulk_allowed, get_account, lock_balance
 from smsops.services.context import Context
 from smsops.services.deliveries import FINAL, Created, delivery_summary
-from smsops.services.liveness import db_now, live_dispatchers, process_id, register
+from smsops.services.liveness import live_dispatchers, process_id, register
 from smsops.store import read, write
-from smsops.store.bulk import execute_many, execute_one, fetch_tuples
+from smsops.store.bulk import Autocommit, execute_many, execute_one, fetch_tuples
 from smsops.store.schema import deliveries, dispatchers, items, ledger, optouts
 
 if TYPE_CHECKING:  # pandas is imported where frames are built: dispatch-due with nothing
@@ -509,25 +509,40 @@ def _renew_in(
     conn: Any, ctx: Context, claim: Claim, *, marks: tuple[Mark, Mark] | bool = False
 ) -> bool:
     """:func:`_renew` inside a transaction; ``marks``: the (handed, answered) marks to
-    record (True clears them and the claimed range, False leaves them). Plain SQL: it
-    runs every few messages."""
-    now = db_now(conn)
-    expired = now - timedelta(seconds=ctx.settings.lease_seconds)
-    where = (claim.owner, claim.delivery_id, expired)
-    condition = " WHERE owner = ? AND delivery_id = ? AND heartbeat_at > ?"
-    row: tuple[object, ...]
-    if marks is False:
-        sql, row = "UPDATE dispatchers SET heartbeat_at = ?", (now, *where)
-    elif marks is True:
-        sql, row = f"UPDATE dispatchers SET heartbeat_at = ?, {_NO_CHUNK}", (now, *where)
+    record (True clears them and the claimed range, False leaves them)."""
+    return execute_one(conn, *_renewal(conn.dialect.name, ctx, claim, marks=marks)) == 1
+
+
+def _renewal(
+    dialect: str, ctx: Context, claim: Claim, *, marks: tuple[Mark, Mark] | bool
+) -> tuple[str, tuple[object, ...]]:
+    """The one statement (``?`` placeholders) that renews our lease while it has not
+    expired, judged by the database's clock: PostgreSQL's, read in the statement itself
+    (no round trip of its own); an SQLite file has no server, and every process using it
+    runs on this host (see :func:`~smsops.services.liveness.db_now`). Plain SQL: it runs
+    every few messages."""
+    lease = ctx.settings.lease_seconds
+    if dialect == "postgresql":
+        now_sql, expired_sql = "clock_timestamp()", "clock_timestamp() - make_interval(secs => ?)"
+        now_row: tuple[object, ...] = ()
+        expired_row: tuple[object, ...] = (float(lease),)
     else:
-        handed, answered = marks if isinstance(marks, tuple) else (None, None)
-        sql = (
-            "UPDATE dispatchers SET heartbeat_at = ?, handed_seq = ?, handed_message_no = ?, "
-            "answered_seq = ?, answered_message_no = ?"
-        )
-        row = (now, *(handed or (None, None)), *(answered or (None, None)), *where)
-    return execute_one(conn, sql + condition, row) == 1
+        now = clock.now()
+        now_sql, expired_sql = "?", "?"
+        now_row, expired_row = (now,), (now - timedelta(seconds=lease),)
+    sets = f"heartbeat_at = {now_sql}"
+    set_row: tuple[object, ...] = now_row
+    if marks is True:
+        sets += f", {_NO_CHUNK}"
+    elif marks is not False:
+        handed, answered = marks
+        sets += ", handed_seq = ?, handed_message_no = ?, answered_seq = ?, answered_message_no = ?"
+        set_row += (*(handed or (None, None)), *(answered or (None, None)))
+    sql = (
+        f"UPDATE dispatchers SET {sets} "
+        f"WHERE owner = ? AND delivery_id = ? AND heartbeat_at > {expired_sql}"
+    )
+    return sql, (*set_row, claim.owner, claim.delivery_id, *expired_row)
 
 
 def _lost(claim: Claim) -> StateError:
@@ -879,7 +894,12 @@ def _send(ctx: Context, gateway: Gateway, claim: Claim, chunk: pd.DataFrame) -> 
     )
     handed = _Handed(chunk["seq"].tolist(), chunk["message_no"].tolist(), keys.tolist())
     recorded: set[str] = set()  # answers the hand-offs recorded one by one already
-    results = gateway.send(batch, _hand_off(ctx, claim, handed=handed, recorded=recorded))
+    marks = Autocommit(ctx.engine)  # the hand-offs' connection, kept for the chunk
+    try:
+        hand_off = _hand_off(ctx, claim, handed=handed, recorded=recorded, marks=marks)
+        results = gateway.send(batch, hand_off)
+    finally:
+        marks.close()
     failed = results[results["status"] != ItemStatus.SENT]
     answers = [
         (key, status, error if isinstance(error, str) else None)
@@ -990,14 +1010,16 @@ def _hand_off(
     *,
     handed: _Handed,
     recorded: set[str],
+    marks: Autocommit,
 ) -> HandOff:
-    """What the gateway calls before each group goes on the wire. One small transaction
-    (it runs every few messages): check the claim still holds, move the *handed* mark to
-    the last item of the group and the *answered* mark to the end of the run of items
-    whose answers have all come back, and record the answers that do not extend that run
-    one by one — failures, and answers that came back out of order (a few: the requests
-    in flight). So only the items in flight or about to go are ever in doubt, and most
-    items are written once only, at the end of the chunk (those still pending were sent)."""
+    """What the gateway calls before each group goes on the wire (every few messages):
+    check the claim still holds, move the *handed* mark to the last item of the group and
+    the *answered* mark to the end of the run of items whose answers have all come back,
+    and record the answers that do not extend that run one by one — failures, and answers
+    that came back out of order (a few: the requests in flight). So only the items in
+    flight or about to go are ever in doubt, and most items are written once only, at the
+    end of the chunk (those still pending were sent). Moving the marks alone is one
+    statement on ``marks``' kept connection; with answers to record, one transaction."""
     back = bytearray(len(handed))  # 1: its answer came back
     run = 0  # items 0..run-1 all answered
 
@@ -1009,12 +1031,15 @@ def _hand_off(
         while run < len(back) and back[run]:
             run += 1
         one_by_one = [a for a in answered if a[1] != ItemStatus.SENT or position[a[0]] >= run]
-        marks = (handed.pair(upto - 1), handed.pair(run - 1) if run else None)
-        with write(ctx.engine) as conn:
-            if not _renew_in(conn, ctx, claim, marks=marks):
+        moved = (handed.pair(upto - 1), handed.pair(run - 1) if run else None)
+        if not one_by_one:
+            if marks.execute(*_renewal(marks.dialect, ctx, claim, marks=moved)) != 1:
                 raise _lost(claim)
-            if one_by_one:
-                _settle(conn, claim, _located(one_by_one, handed))
+            return
+        with write(ctx.engine) as conn:
+            if not _renew_in(conn, ctx, claim, marks=moved):
+                raise _lost(claim)
+            _settle(conn, claim, _located(one_by_one, handed))
         recorded.update(key for key, _, _ in one_by_one)
 
     return hand_off

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Executable, Table, literal
+from sqlalchemy import Connection, Engine, Executable, Table, literal
+from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,6 +86,71 @@ def execute_one(conn: Connection, sql_qmark: str, row: tuple) -> int:
         row = _naive_datetimes([row])[0]
     sql = sql_qmark if conn.dialect.paramstyle == "qmark" else sql_qmark.replace("?", "%s")
     return int(conn.exec_driver_sql(sql, row).rowcount)
+
+
+class Autocommit:
+    """One connection of ``engine``'s pool kept for many one-statement writes in a row,
+    each committed on its own (SQLite outside a transaction, PostgreSQL in autocommit): a
+    dispatcher's hand-offs, a few hundred a second, without a transaction's begin, pool
+    checkout and reset each time — 0.08 ms instead of 0.19 ms on SQLite, one round trip
+    instead of three on PostgreSQL (#10). Statements are written with ``?`` placeholders,
+    as for :func:`execute_one`. A lost or locked database raises
+    :class:`~smsops.errors.StoreUnavailable`, as :func:`~smsops.store.write` does, and
+    the connection is dropped (the next statement takes a fresh one)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect: str = engine.dialect.name
+        self._qmark = engine.dialect.paramstyle == "qmark"
+        self._raw: Any = None  # the pool's connection, taken at the first statement
+
+    def execute(self, sql_qmark: str, row: tuple) -> int:
+        """Run and commit one statement; return the number of rows it changed."""
+        from smsops.store.engine import unavailable_as_store_error
+
+        if self.dialect == "sqlite":
+            row = _naive_datetimes([row])[0]
+        sql = sql_qmark if self._qmark else sql_qmark.replace("?", "%s")
+        with unavailable_as_store_error(self.engine):
+            try:
+                if self._raw is None:
+                    self._raw = self.engine.raw_connection()
+                    if self.dialect != "sqlite":  # pysqlite already commits each one
+                        self._raw.driver_connection.autocommit = True
+                cursor = self._raw.cursor()
+                try:
+                    cursor.execute(sql, row)
+                    return int(cursor.rowcount)
+                finally:
+                    cursor.close()
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                # as SQLAlchemy itself wraps a driver's error, so the store's boundary
+                # says the same line whichever path met it
+                dialect = self.engine.dialect
+                raw = None if self._raw is None else self._raw.dbapi_connection
+                lost = dialect.is_disconnect(exc, raw, None)
+                self._drop()
+                raise DBAPIError.instance(
+                    sql, row, exc, dialect.loaded_dbapi.Error,
+                    connection_invalidated=lost, dialect=dialect,
+                ) from None  # fmt: skip
+
+    def close(self) -> None:
+        """Give the connection back to the pool as the pool lent it."""
+        if self._raw is None:
+            return
+        try:
+            if self.dialect != "sqlite":
+                self._raw.driver_connection.autocommit = False
+            self._raw.close()
+        except Exception:  # a connection that broke meanwhile is not worth keeping
+            self._drop()
+        self._raw = None
+
+    def _drop(self) -> None:
+        if self._raw is not None:
+            self._raw.invalidate()
+            self._raw = None
 
 
 def _naive_datetimes(rows: Sequence[tuple]) -> Sequence[tuple]:
