@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 
 from smsops import store
-from smsops.store.bulk import fetch_tuples, insert_rows
+from smsops.errors import StoreUnavailable
+from smsops.store.bulk import Autocommit, fetch_tuples, insert_rows
 from smsops.store.schema import deliveries, items
 
 
@@ -73,3 +76,56 @@ def test_issue12_fetch_tuples_gives_the_rows_as_plain_tuples(settings):
         )
     assert got == [(1, 1, "+819010000001"), (2, 1, "+819010000002")]
     assert all(type(row) is tuple for row in got)
+
+
+def test_issue10_autocommit_commits_each_statement_and_gives_the_connection_back_as_lent(
+    settings,
+):
+    """The hand-offs' kept connection: each statement is durable on its own (another
+    connection sees it at once, a datetime as SQLAlchemy reads it), the count of rows it
+    changed comes back, and once closed the pool's connection still runs transactions that
+    roll back (PostgreSQL's autocommit switched off again)."""
+    engine = store.connect(settings.database_url)
+    with store.write(engine) as conn:
+        d = _delivery(conn)
+    at = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+    quick = Autocommit(engine)
+    try:
+        sql = "UPDATE deliveries SET status = ?, scheduled_at = ? WHERE id = ?"
+        assert quick.execute(sql, ("scheduled", at, d)) == 1
+        with store.read(engine) as conn:
+            row = conn.execute(
+                select(deliveries.c.status, deliveries.c.scheduled_at).where(deliveries.c.id == d)
+            ).one()
+        assert row.status == "scheduled"
+        assert row.scheduled_at.replace(tzinfo=row.scheduled_at.tzinfo or UTC) == at
+        assert quick.execute(sql, ("queued", at, d + 1)) == 0  # no such delivery
+        lent = quick._raw.driver_connection  # what the pool will lend again
+    finally:
+        quick.close()
+    assert getattr(lent, "autocommit", False) is False  # PostgreSQL's, as the pool lent it
+    with pytest.raises(RuntimeError), store.write(engine) as conn:
+        conn.execute(deliveries.update().values(status="cancelled"))
+        raise RuntimeError("roll back")
+    with store.read(engine) as conn:
+        assert conn.execute(select(deliveries.c.status)).scalar_one() == "scheduled"
+
+
+def test_issue10_autocommit_on_a_locked_database_says_so_in_one_line(tmp_path):
+    """An SQLite file another process holds past the busy timeout: StoreUnavailable, as a
+    transaction of the store says it, and the next statement works once the lock is gone."""
+    path = tmp_path / "smsops.db"
+    engine = store.connect(f"sqlite:///{path}", busy_timeout=0.2)
+    with store.write(engine) as conn:
+        d = _delivery(conn)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    quick = Autocommit(engine)
+    try:
+        with pytest.raises(StoreUnavailable, match="locked by another process"):
+            quick.execute("UPDATE deliveries SET status = ? WHERE id = ?", ("scheduled", d))
+        holder.execute("ROLLBACK")
+        assert quick.execute("UPDATE deliveries SET status = ? WHERE id = ?", ("sending", d)) == 1
+    finally:
+        quick.close()
+        holder.close()
