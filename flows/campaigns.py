@@ -42,7 +42,7 @@ from smsops.errors import (
     StateError,
     is_transient,
 )
-from smsops.i18n import N_, _
+from smsops.i18n import _
 from smsops.logs import install_masking, mask_text
 from smsops.refusals import localize
 from smsops.services import account as accounts
@@ -81,9 +81,14 @@ def _fingerprint(settings: Settings) -> str:
     return hashlib.sha256(dumped.encode("utf-8")).hexdigest()
 
 
+def _markdown_cell(value: object) -> str:
+    """A value that stays in its cell: a message text's ``|`` or line break would end it."""
+    return str(value).replace("|", "\\|").replace("\r\n", "<br>").replace("\n", "<br>")
+
+
 def _markdown_table(rows: dict[str, Any]) -> str:
     lines = ["| | |", "| --- | --- |"]
-    lines += [f"| {key} | {value} |" for key, value in rows.items()]
+    lines += [f"| {_markdown_cell(key)} | {_markdown_cell(value)} |" for key, value in rows.items()]
     return "\n".join(lines)
 
 
@@ -377,31 +382,11 @@ def _outcome(result: dict[str, Any], reasons: dict[str, int]) -> str:
     )
 
 
-# the summary's rows and their labels (the same words as `smsops deliveries show`)
-_SUMMARY_LABELS = {
-    "kind": N_("kind"),
-    "recipients": N_("recipients"),
-    "messages": N_("messages"),
-    "sent": N_("sent"),
-    "errors": N_("errors"),
-    "tickets_used": N_("tickets"),
-    "scheduled_at": N_("scheduled"),
-    "finished_at": N_("finished"),
-}
-
-
 def _summary_artifact(ctx: Context, delivery_id: int, status: str, reasons: dict[str, int]) -> None:
     """The delivery's summary in the reader's language; its status, kind and error
     reasons as they are stored."""
-    summary = dl.delivery_summary(ctx, delivery_id).to_dict()
     _reader_language(ctx)
-
-    def shown(key: str) -> object:
-        value = summary[key]
-        if value is None:
-            return _("now") if key == "scheduled_at" else "—"
-        return i18n.local_time(value) if key.endswith("_at") else value
-
+    summary = dl.delivery_summary(ctx, delivery_id).human()  # as `deliveries show` says it
     errors = ""
     if reasons:
         errors = (
@@ -416,7 +401,7 @@ def _summary_artifact(ctx: Context, delivery_id: int, status: str, reasons: dict
             "## "
             + _("Delivery {id}: {status}").format(id=delivery_id, status=status)
             + "\n\n"
-            + _markdown_table({_(label): shown(k) for k, label in _SUMMARY_LABELS.items()})
+            + _markdown_table(summary)
             + errors
             + "\n\n"
             + _("Balance after: {tickets}").format(tickets=i18n.tickets(accounts.balance(ctx)))

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
@@ -331,7 +331,7 @@ def emit(as_json: bool, data: object, human: Callable[[], None]) -> None:
         human()
 
 
-def kv_table(rows: dict[str, object], title: str | None = None) -> Table:
+def kv_table(rows: Mapping[str, object], title: str | None = None) -> Table:
     table = Table(show_header=False, title=title, box=None, pad_edge=False)
     for key, value in rows.items():
         table.add_row(Text(key, style="bold"), str(value))

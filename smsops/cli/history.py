@@ -19,48 +19,22 @@ from smsops.cli.common import (
     out,
     write_csv_stdout,
 )
-from smsops.i18n import N_, _, language, local_time, number
+from smsops.i18n import N_, _, number
 
-# What a person reads above each column and beside each value of a delivery (#15); the
-# keys are the --json document's and stay as they are.
-LABELS = {
-    "id": N_("id"),
-    "kind": N_("kind"),
-    "status": N_("status"),
-    "created_at": N_("created"),
-    "scheduled_at": N_("scheduled"),
-    "finished_at": N_("finished"),
-    "recipients": N_("recipients"),
-    "messages": N_("messages"),
-    "sent": N_("sent"),
-    "errors": N_("errors"),
-    "tickets_used": N_("tickets"),
-    "resend_of": N_("resend of"),
-    "texts": N_("texts"),
-    "paused_for": N_("paused for"),
-    "paused_reason": N_("why paused"),
-    "resume_at": N_("resumes at"),
-    "outside_window": N_("outside the window"),
-}
-_TIMES = ("created_at", "scheduled_at", "finished_at", "resume_at")
-
-
-def _shown(key: str, value: object) -> str:
-    """A value of a delivery as a person reads it: times and counts as their language
-    writes them (#15)."""
-    if value is None:
-        return ""
-    if key == "paused_reason" and isinstance(value, str):
-        from smsops.refusals import localize
-
-        return cell(localize(value))
-    if language() == "en":
-        return cell(value)
-    if key in _TIMES and isinstance(value, str):
-        return local_time(value)
-    if isinstance(value, int) and not isinstance(value, bool) and key not in ("id", "resend_of"):
-        return number(value)
-    return cell(value)
+# The columns of `deliveries list`: labels of DeliverySummary.human(), the one rendering
+# of a delivery `deliveries show`, the report notebook and the Prefect summary share (#14).
+_LIST_COLUMNS = (
+    N_("delivery"),
+    N_("kind"),
+    N_("status"),
+    N_("created"),
+    N_("scheduled"),
+    N_("recipients"),
+    N_("sent"),
+    N_("errors"),
+    N_("tickets used"),
+    N_("resend of"),
+)
 
 
 # The services are imported by the commands that use them: `--help` and the light commands
@@ -92,27 +66,17 @@ def deliveries_list(
     from smsops.services import deliveries as dl
 
     with context(as_json) as ctx:
-        rows = [d.to_dict() for d in dl.list_deliveries(ctx, limit)]
+        found = dl.list_deliveries(ctx, limit)
 
     def human() -> None:
-        keys = (
-            "id",
-            "kind",
-            "status",
-            "created_at",
-            "scheduled_at",
-            "recipients",
-            "sent",
-            "errors",
-            "tickets_used",
-            "resend_of",
-        )
-        table = Table(*(_(LABELS[k]) for k in keys))
-        for r in rows:
-            table.add_row(*(_shown(k, r[k]) for k in keys))
+        columns = [_(label) for label in _LIST_COLUMNS]
+        table = Table(*columns)
+        for delivery in found:
+            shown = delivery.human()
+            table.add_row(*(shown.get(column, "") for column in columns))
         out.print(table)
 
-    emit(as_json, {"deliveries": rows}, human)
+    emit(as_json, {"deliveries": [d.to_dict() for d in found]}, human)
 
 
 @deliveries_app.command("show")
@@ -132,7 +96,7 @@ def deliveries_show(
     from smsops.services import deliveries as dl
 
     with context(as_json) as ctx:
-        summary = dl.delivery_summary(ctx, delivery_id).to_dict()
+        summary = dl.delivery_summary(ctx, delivery_id)
         frame = dl.delivery_items(ctx, delivery_id)
         tz = accounts.get_account(ctx).timezone
     if as_json:
@@ -142,15 +106,13 @@ def deliveries_show(
         records = shown.astype(object).where(shown.notna(), None)
         print(
             json.dumps(
-                {"delivery": summary, "items": records.to_dict("records")},
+                {"delivery": summary.to_dict(), "items": records.to_dict("records")},
                 ensure_ascii=False,
                 default=str,
             )
         )
         return
-    out.print(
-        kv_table({_(LABELS.get(k, k)): _shown(k, v) for k, v in summary.items() if v is not None})
-    )
+    out.print(kv_table(summary.human()))
     table = Table(_("seq"), _("phone"), _("message"), _("status"), _("error"), _("delivery report"))
     shown = frame.head(limit)
     for row, masked in zip(shown.itertuples(), mask_phones(shown["phone"]), strict=True):

@@ -92,7 +92,7 @@ class Window:
         return moment if self.contains(moment, tz) else self.next_opening(moment, tz)
 
 
-def room(now: datetime, rate: float | None, window: Window | None, tz: str) -> int | None:
+def room(now: datetime, *, rate: float | None, window: Window | None, tz: str) -> int | None:
     """How many messages may start now at ``rate`` per second and all leave before the
     window closes (with :data:`MARGIN` to spare): None without a bound (no window, or no
     rate to judge by), 0 when the window is shut or about to close."""
@@ -135,7 +135,7 @@ def estimate(
     t, left = window.earliest(start, tz), pairs
     pauses: list[tuple[datetime, datetime]] = []
     for _ in range(400):
-        fit = room(t, rate, window, tz) or 0
+        fit = room(t, rate=rate, window=window, tz=tz) or 0
         sent = min(left, fit)
         t += timedelta(seconds=sent / rate)
         left -= sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,7 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _key_values(rows: dict[str, object]) -> pd.DataFrame:
+def _key_values(rows: Mapping[str, object]) -> pd.DataFrame:
     frame = pd.DataFrame({_("value"): [_text(v) for v in rows.values()]})
     frame.index = pd.Index(list(rows), name="")
     return frame

@@ -110,28 +110,10 @@ class DeliveryReport:
         s = self.summary
         if s is None:
             return Note(_("_Nothing to show._"))
-        texts = {_("message {number}").format(number=i): t for i, t in enumerate(s.texts, start=1)}
-        rows = {
-            _("kind"): s.kind,
-            _("status"): s.status,
-            _("created at"): self._time(s.created_at),
-            _("scheduled at"): self._time(s.scheduled_at),
-            _("finished at"): self._time(s.finished_at),
-            _("recipients"): s.recipients,
-            _("sent"): s.sent,
-            _("errors"): s.errors,
-            _("tickets used"): s.tickets_used,
-            _("resend of"): s.resend_of,
-        }
-        if s.paused_reason:
-            rows[_("why paused")] = localize(s.paused_reason)
-            rows[_("resumes at")] = self._time(s.resume_at)
-        rows[_("resent in")] = ", ".join(f"#{d.id} ({d.status})" for d in self.resends)
-        return _key_values({_("delivery"): s.id, **rows, **texts})
-
-    @staticmethod
-    def _time(value: str | None) -> str | None:
-        return None if value is None else local_time(value)
+        rows = s.human()  # as `deliveries show` and the Prefect summary say it (#14)
+        if self.resends:
+            rows[_("resent in")] = ", ".join(f"#{d.id} ({d.status})" for d in self.resends)
+        return _key_values(rows)
 
     def status_chart(self) -> Figure | Note:
         """Per message number, how many (number, message) pairs ended in each status."""

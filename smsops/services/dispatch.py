@@ -317,7 +317,7 @@ def send_chunk(ctx: Context, claim: Claim, gateway: Gateway) -> int:
     # the sending window (#11): a chunk no longer than what leaves before it closes (at
     # the rate cap), and none while it is shut — the delivery pauses until it opens
     window = windows.Window.parse_stored(claim.window)
-    room = windows.room(ctx.clock(), ctx.settings.rate_limit, window, claim.timezone)
+    room = windows.room(ctx.clock(), rate=ctx.settings.rate_limit, window=window, tz=claim.timezone)
     if room == 0 and window is not None:
         _pause_for_window(ctx, claim, window)
         return 0

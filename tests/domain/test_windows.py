@@ -51,11 +51,13 @@ def test_a_window_that_cannot_be_read_says_why(text):
 
 
 def test_room_is_what_leaves_before_the_close_at_the_rate():
-    assert room(jst(1, 19, 59, 55), 500, DAY, TOKYO) == int((5 - MARGIN) * 500)
-    assert room(jst(1, 19, 59, 59), 500, DAY, TOKYO) == 0  # less than the margin left
-    assert room(jst(1, 21), 500, DAY, TOKYO) == 0  # shut
-    assert room(jst(1, 12), None, DAY, TOKYO) is None  # no rate to judge by
-    assert room(jst(1, 21), 500, None, TOKYO) is None  # no window
+    assert room(jst(1, 19, 59, 55), rate=500, window=DAY, tz=TOKYO) == int((5 - MARGIN) * 500)
+    assert (
+        room(jst(1, 19, 59, 59), rate=500, window=DAY, tz=TOKYO) == 0
+    )  # less than the margin left
+    assert room(jst(1, 21), rate=500, window=DAY, tz=TOKYO) == 0  # shut
+    assert room(jst(1, 12), rate=None, window=DAY, tz=TOKYO) is None  # no rate to judge by
+    assert room(jst(1, 21), rate=500, window=None, tz=TOKYO) is None  # no window
 
 
 def test_estimate_pauses_at_the_close_and_finishes_after_the_next_opening():

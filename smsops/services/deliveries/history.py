@@ -123,6 +123,45 @@ class DeliverySummary:
             out["outside_window"] = True
         return out
 
+    def human(self) -> dict[str, str]:
+        """The delivery as a person reads it, label → value in the reader's language
+        (#14, #15): the one rendering ``deliveries show``, the report notebook and the
+        dispatch summary artifact each lay out in their own medium (a terminal table, a
+        notebook table, markdown). Times as the language writes them, counts with
+        separators; the status and kind as they are stored (what ``--json`` and the
+        filters say); a field with nothing to say is left out, except the send time,
+        which reads "now" for a delivery sent at once."""
+        from smsops.refusals import localize
+
+        _, n = i18n._, i18n.number
+
+        def time(value: str | None) -> str:
+            return "" if value is None else i18n.local_time(value)
+
+        rows = {
+            _("delivery"): str(self.id),
+            _("kind"): self.kind,
+            _("status"): self.status,
+            _("created"): time(self.created_at),
+            _("scheduled"): time(self.scheduled_at) if self.scheduled_at else _("now"),
+            _("finished"): time(self.finished_at),
+            _("recipients"): n(self.recipients),
+            _("messages"): n(self.messages),
+            _("sent"): n(self.sent),
+            _("errors"): n(self.errors),
+            _("tickets used"): n(self.tickets_used),
+            _("resend of"): "" if self.resend_of is None else str(self.resend_of),
+        }
+        if self.paused_for is not None:  # why it waits, and until when (#11)
+            rows[_("paused for")] = self.paused_for
+            rows[_("why paused")] = localize(self.paused_reason or "")
+            rows[_("resumes at")] = time(self.resume_at)
+        if self.outside_window:
+            rows[_("outside the window")] = _("yes, on purpose")
+        for number, text in enumerate(self.texts, start=1):
+            rows[_("message {number}").format(number=number)] = text
+        return {label: value for label, value in rows.items() if value}
+
 
 def _summary(row, counts: dict[str, int], tz: str, *, detail: bool = False) -> DeliverySummary:  # type: ignore[no-untyped-def]
     status = row.status
