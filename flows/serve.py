@@ -121,15 +121,13 @@ LIMITS: dict[str, int] = {
 }
 
 
-DROPS_INTERVAL = 60  # seconds between passes over the drop folder (#11)
-
-
 def deployments(interval: float) -> list[Any]:
     """Every smsops flow as a deployment to serve, "dispatch-due" every ``interval``
     seconds. (Typed Any: ``to_deployment`` is typed sync-or-async.)"""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from flows import campaigns
+    from smsops.settings import Settings
 
     def limit(name: str) -> ConcurrencyLimitConfig:
         strategy = (  # a second pass while one runs would find nothing new to take
@@ -148,7 +146,7 @@ def deployments(interval: float) -> list[Any]:
         ),
         campaigns.import_drops.to_deployment(
             name="import-drops",
-            interval=timedelta(seconds=DROPS_INTERVAL),
+            interval=timedelta(seconds=Settings().drops_interval),  # SMSOPS_DROPS_INTERVAL
             description="Import each whole file of the drop folder (SMSOPS_DROPS), then "
             "move it to processed/ or rejected/.",
             concurrency_limit=limit("import-drops"),

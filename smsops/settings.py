@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # the drop folder the import-drops flow watches (#11): a path or an fsspec URL
     # (s3://bucket/drops); set here, not in flow parameters, like every location
     drops: str = "data/drops"
+    # seconds between the import-drops flow's passes over it under `smsops serve`
+    drops_interval: float = Field(60.0, gt=0)
     rate_limit: float | None = Field(None, gt=0, description="messages per second, None = no cap")
 
     # (recipient, message) pairs sent per gateway call and recorded per transaction

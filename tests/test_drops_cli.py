@@ -129,7 +129,7 @@ def test_issue11_users_watch_every_keeps_going_until_interrupted(tmp_path):
                 break
         assert [(f["name"], f["outcome"]) for f in doc["files"]] == [("b.csv", "imported")]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) in (0, 130)
+        assert proc.wait(timeout=30) == 0  # the pass under way finished, then it stopped
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -250,12 +254,10 @@ def users_watch(
     """Import each new file of a drop folder whole or not at all, in name order, then move
     it to processed/ or rejected/ (beside NAME.errors.csv); DIR/optouts/ takes opt-out
     lists. One pass, or one every SECONDS (one JSON document per pass)."""
-    import time
-
     from smsops.services import drops
 
     looks = None
-    with context(as_json) as ctx:
+    with context(as_json) as ctx, _stopped_between_passes(every is not None) as stop:
         while True:
             done = drops.watch(
                 ctx, folder, mode=mode.value, encoding=encoding, settle=settle, previous=looks
@@ -266,10 +268,31 @@ def users_watch(
             if every is None:
                 return
             sys.stdout.flush()
-            try:
-                time.sleep(every)
-            except KeyboardInterrupt:  # stopped between passes: nothing is half done
+            if stop.wait(every):  # Ctrl-C or SIGTERM: after the pass, nothing half done
                 return
+
+
+@contextlib.contextmanager
+def _stopped_between_passes(looping: bool) -> Iterator[threading.Event]:
+    """While ``users watch --every`` loops, Ctrl-C (SIGINT) and SIGTERM set the event it
+    waits on instead of interrupting what runs: a pass under way finishes (an
+    interruption in the middle could leave a lock of the store's pool held, and the
+    process hung at exit), then the command ends with exit 0. A second Ctrl-C interrupts
+    at once."""
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM) if looping and main else ()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield stop
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 # what a pass did with a file, as a person reads it (#15); --json keeps the outcome's value

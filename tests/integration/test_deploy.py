@@ -254,14 +254,21 @@ def _scenario(tmp_path: Path, operator: dict[str, str], workers: list[Worker]) -
         return None if found is None else str(found[0])
 
     # import-users, through Prefect: the file is read by whichever worker takes the run
+    began = time.monotonic()
     out = _deployment_run(operator, "import-users", 'paths=["users.csv"]', watch=True)
     assert "COMPLETED" in out.upper(), out
+    took = time.monotonic() - began  # a flow run through Prefect on this machine, today
     assert cli(operator, "bulk", "preview", "-m", "x")["recipients"] == USERS
 
-    # a delivery for later (R12): the dispatch-due schedule must send it at its time. Two
-    # minutes ahead: on a loaded CI machine the run took 32 s to start, and a time 40 s
-    # ahead had passed by the time create-bulk saved it (R12 refused it)
-    at = datetime.now(UTC) + timedelta(seconds=120)
+    # a delivery for later (R12): the dispatch-due schedule must send it at its time. Far
+    # enough ahead for create-bulk to save it before then on a loaded machine too (a CI
+    # run once started 32 s late, and a time 40 s ahead had passed, so R12 refused it):
+    # four times what the import took through Prefect, and at least a minute
+    lead = max(60.0, 4 * took)
+    log.warning(
+        "import-users took %.1f s through Prefect: the scheduled delivery %.0f s ahead", took, lead
+    )
+    at = datetime.now(UTC) + timedelta(seconds=lead)
     out = _deployment_run(
         operator,
         "create-bulk",

@@ -38,6 +38,7 @@ def test_issue11_serve_hosts_scheduler_import_receiver_and_ui_and_stops_clean(tm
             SMSOPS_RECEIVER_TOKEN=k.token,
             SMSOPS_RECEIVER_PORT=str(port),
             SMSOPS_DROPS=str(drops),
+            SMSOPS_DROPS_INTERVAL="5",  # the test's pace; an operator's default is 60 s
         )
         users = tmp_path / "users.csv"
         users.write_text(
@@ -82,10 +83,10 @@ def test_issue11_serve_hosts_scheduler_import_receiver_and_ui_and_stops_clean(tm
                 timeout=30,
                 every=1,
             )
-            wait_for(  # import-drops runs every 60 s
+            wait_for(  # import-drops runs every 5 s here (SMSOPS_DROPS_INTERVAL)
                 "the import-drops flow to import the export",
                 lambda: (drops / "processed" / "members.csv").exists(),
-                timeout=120,
+                timeout=40,
                 every=1,
             )
             assert serve.process.poll() is None
