@@ -35,8 +35,11 @@ lint: venv notebooks-check
 notebooks-check: venv
 	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
 
+# Two workers (pytest-xdist): most of the suite waits on servers and rate caps, so two
+# share a 2-core CI machine well; the tests that start a Prefect server of their own run
+# one at a time (xdist_group "prefect-server").
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: venv
 	$(PY) benchmarks/phones.py

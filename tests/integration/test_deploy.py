@@ -28,6 +28,9 @@ from integration.serving import cli
 from pg import PostgresServer, create_database
 from support import mobile
 
+# a Prefect server of its own: one such test at a time under `make test`'s two workers
+pytestmark = pytest.mark.xdist_group("prefect-server")
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,9 @@ import pytest
 from integration.serving import cli, served, site_env
 from support import mobile
 
+# a Prefect server of its own: one such test at a time under `make test`'s two workers
+pytestmark = pytest.mark.xdist_group("prefect-server")
+
 SMSOPS = str(Path(sys.executable).parent / "smsops")
 
 

@@ -17,6 +17,9 @@ from integration.kannel import Kannel, free_port, missing, wait_for
 from integration.serving import cli, left_running, served, site_env, stop
 from support import e164, mobile
 
+# a Prefect server of its own: one such test at a time under `make test`'s two workers
+pytestmark = pytest.mark.xdist_group("prefect-server")
+
 USERS = 5
 TEXTS = ["定刻のお知らせ", "配信停止は「停止」と返信"]
 UNFINISHED = {"scheduled", "queued", "sending", "paused"}

@@ -16,6 +16,9 @@ from integration.kannel import Kannel, missing
 from integration.serving import cli, served, site_env
 from support import e164, mobile
 
+# a Prefect server of its own: one such test at a time under `make test`'s two workers
+pytestmark = pytest.mark.xdist_group("prefect-server")
+
 SMSOPS = str(Path(sys.executable).parent / "smsops")
 USERS = 10
 TEXTS = ["配信からのお知らせ", "二通目"]

@@ -15,6 +15,9 @@ from integration.kannel import free_port
 from integration.serving import cli, left_running, served, site_env, stop
 from support import mobile
 
+# a Prefect server of its own: one such test at a time under `make test`'s two workers
+pytestmark = pytest.mark.xdist_group("prefect-server")
+
 USERS = 30
 PAIRS = 2 * USERS
 RATE = 5  # messages/s: the delivery takes 12 s, long enough to stop it half-way
