@@ -1,8 +1,8 @@
 """The errors smsops raises. Every refusal is an :class:`SmsopsError` with one clear line.
 
-Front doors print ``error.human()`` (the line in the reader's language, #15; ``str`` of
-the error stays English) and exit 1; nothing below them prints or exits. Each error has a
-``code`` (the ``"error"`` of a ``--json`` document) and says whether it is
+Front doors print ``smsops.refusals.human(error)`` (the line in the reader's language,
+#15; ``str`` of the error stays English) and exit 1; nothing below them prints or exits.
+Each error has a ``code`` (the ``"error"`` of a ``--json`` document) and says whether it is
 ``transient``: whether the same work, tried again later with nothing changed, may
 succeed. Prefect retries only transient ones (``flows/campaigns.py``).
 
@@ -135,7 +135,7 @@ class SmsopsError(Exception):
     transient: ClassVar[bool] = False
 
     def __init__(self, message: str, **details: object) -> None:
-        # the template and values of a line raised as a Text (#15), for human()
+        # the template and values of a line raised as a Text (#15), for refusals.human()
         self.text = message if isinstance(message, Text) else None
         # Errors travel far (stderr, Prefect states and logs, notebooks): a phone number
         # in one, say the value a user typed, is masked here, once for every front door.
@@ -143,16 +143,6 @@ class SmsopsError(Exception):
         super().__init__(message)
         self.message = message
         self.details = {k: mask_text(v) if isinstance(v, str) else v for k, v in details.items()}
-
-    def human(self) -> str:
-        """The line a person reads, in their language (#15): a line raised as a
-        :class:`Text` is rendered from its template; any other is matched against the
-        English templates of :mod:`smsops.refusals`. ``message`` stays English."""
-        if self.text is not None:
-            return mask_text(self.text.render())
-        from smsops.refusals import localize
-
-        return localize(self.message)
 
     def to_dict(self) -> dict[str, object]:
         return {"error": self.code, "message": self.message, **self.details}
@@ -188,11 +178,6 @@ class RuleError(SmsopsError):
         super().__init__(f"{rule}: {message}", rule=rule, **details)
         self.rule = rule
         self.text = message if isinstance(message, Text) else None
-
-    def human(self) -> str:
-        if self.text is not None:
-            return f"{self.rule}: {mask_text(self.text.render())}"
-        return super().human()
 
 
 class PlanError(RuleError):
@@ -282,13 +267,6 @@ class InputError(SmsopsError):
         self.source = source
         self.problems = problems
         self.limit = limit
-
-    def human(self) -> str:
-        """Source and problems in the reader's language, rebuilt from the problems (not
-        matched out of the English line)."""
-        from smsops.refusals import input_error
-
-        return mask_text(input_error(self))
 
 
 class QueryError(InputError):

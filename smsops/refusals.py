@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from smsops.errors import OS_REASONS, InputError, Problem
+from smsops.errors import OS_REASONS, InputError, Problem, RuleError, SmsopsError
 from smsops.i18n import N_, _, language, ngettext, number
+from smsops.logs import mask_text
 
 # A placeholder with one of these names matches a number (1550 or 1,550) only, so that
 # "{n} users have no phone number" cannot swallow the clause before it.
@@ -362,6 +363,19 @@ def _split(text: str, sep: str) -> list[str]:
         i += 1
     parts.append(text[start:])
     return parts
+
+
+def human(error: SmsopsError) -> str:
+    """The line a person reads for ``error``, in their language (#15): a bad input rebuilt
+    from its source and problems; a line raised as a :class:`~smsops.errors.Text` rendered
+    from its template (after its rule, for a rule's refusal); any other matched against
+    the English templates above. ``error.message`` stays English (``--json``, logs)."""
+    if isinstance(error, InputError):
+        return mask_text(input_error(error))
+    if error.text is None:
+        return localize(error.message)
+    line = mask_text(error.text.render())
+    return f"{error.rule}: {line}" if isinstance(error, RuleError) else line
 
 
 def localize(text: str) -> str:

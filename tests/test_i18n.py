@@ -20,7 +20,7 @@ import pytest
 from support import mobile
 
 from smsops import i18n
-from smsops.refusals import localize
+from smsops.refusals import human, localize
 
 
 @pytest.fixture
@@ -308,10 +308,10 @@ def test_issue15_error_raised_with_a_template_renders_it_english_stays_its_str(c
         == error.message
         == "cannot open the database: SMSOPS_DATABASE_URL 'x' is not a database URL"
     )
-    assert error.human() == error.message  # English: the line itself
+    assert human(error) == error.message  # English: the line itself
     clean.setenv("SMSOPS_LANG", "ja")
     assert (
-        error.human()
+        human(error)
         == "データベースを開けません：SMSOPS_DATABASE_URL 'x' はデータベースの URL ではありません"
     )
     assert str(error) == error.to_dict()["message"] == error.message  # programs read English
@@ -326,7 +326,7 @@ def test_issue15_error_raised_with_a_template_renders_it_english_stays_its_str(c
         "090-****-5678 opted out; it must not be sent to"
     )
     assert (
-        joined.human()
+        human(joined)
         == "1,550 以上の値を指定してください。090-****-5678 は配信停止済みです。送信できません"
     )
 

@@ -26,7 +26,7 @@ from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import UsageError
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from smsops import i18n
+from smsops import i18n, refusals
 from smsops.cli import helptexts
 from smsops.errors import InputError, Problem, SmsopsError
 from smsops.logs import mask_text
@@ -177,7 +177,7 @@ def command(fn: F) -> F:
             return fn(*args, **kwargs)
         except SmsopsError as exc:
             # --json keeps the English line (programs read it); a person reads theirs (#15)
-            fail(exc.to_dict(), exc.human())
+            fail(exc.to_dict(), refusals.human(exc))
         except KeyboardInterrupt:
             fail({"error": "interrupted", "message": "interrupted"}, i18n._("interrupted"), 130)
         except (typer.Exit, typer.Abort, SystemExit, UsageError):
