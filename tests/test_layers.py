@@ -1,8 +1,10 @@
-"""The house keeps its shape (#14): no import circle among smsops' and the flows' files,
-and no import that runs upward — the front doors (CLI, flows, reports, receiver) above the
-services, the services above the domain, the store and the gateways. Every import
-counts, those inside functions too (they are how light commands stay light, not a way
-around the layers). A package's ``__init__`` stands for what it imports."""
+"""The house keeps its shape (#14): no import circle among the parts of smsops and the
+flows, and no import that runs upward — the front doors (CLI, flows, reports, receiver)
+above the services, the services above the store and the gateways, those above the
+domain. A part is a package (its ``__init__`` included) or a top-level module; imports
+within a part do not count. Every other import does, those inside functions too (they
+are how light commands stay light, not a way around the layers). ``smsops/__init__.py``,
+the Python API's face, hands names on from every floor and stands above them all."""
 
 from __future__ import annotations
 
