@@ -307,8 +307,8 @@ class KannelGateway:
         rows about to go out are announced WINDOW at a time, together with the answers
         received so far: after a crash only those announced and not answered are in doubt
         (at most WINDOW + concurrency). The announcement runs in the loop itself: it is
-        one small statement (0.08 ms on SQLite), cheaper than any hop to a thread and back
-        (a thread cost a fifth of the rate, #10)."""
+        one small statement, cheaper than any hop to a thread and back (a thread cost a
+        fifth of the rate, #10)."""
         client = self._client_for_loop()
         n = len(keys)
         results: list[Outcome] = [(ERROR, UNAVAILABLE)] * n
