@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -18,6 +19,14 @@ def mobile(i: int) -> str:
 
 def e164(i: int) -> str:
     return f"+8190{1000 + i // 10000:04d}{i % 10000:04d}"
+
+
+def users_csv(tmp: Path, phones: list[str], name: str = "users.csv", encoding="utf-8") -> Path:
+    """A user table as Excel writes it (CRLF), one user per number: u1, u2, … with a name."""
+    path = tmp / name
+    lines = ["user_id,phone,氏名"] + [f"u{i},{p},山田{i}" for i, p in enumerate(phones, 1)]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
+    return path
 
 
 def add_users(ctx: Context, phones: list[str | None], prefix: str = "u") -> pd.DataFrame:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from clocks import Clock, jst
-from support import e164, mobile
+from support import e164, mobile, users_csv
 
 from smsops.cli import app
 from smsops.services.context import Context
@@ -42,13 +42,6 @@ def dispatch_due_at(cli, when: datetime) -> list[dict]:
 
 def as_json(result) -> dict:
     return json.loads(result.stdout)
-
-
-def users_csv(tmp: Path, phones: list[str], name: str = "users.csv", encoding="utf-8") -> Path:
-    path = tmp / name
-    lines = ["user_id,phone,氏名"] + [f"u{i},{p},山田{i}" for i, p in enumerate(phones, 1)]
-    path.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
-    return path
 
 
 def test_account_show_and_set(cli):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support import RefusingOutbox, add_users, e164, mobile
+from support import RefusingOutbox, add_users, e164, mobile, users_csv
 
 from smsops import classify_phones
 from smsops.services import account as accounts
@@ -28,13 +28,6 @@ from smsops.services import deliveries as dl
 from smsops.services.context import Context
 from smsops.services.dispatch import dispatch
 from smsops.settings import Settings
-
-
-def users_csv(tmp: Path, phones: list[str]) -> Path:
-    path = tmp / "users.csv"
-    lines = ["user_id,phone,氏名"] + [f"u{i},{p},山田{i}" for i, p in enumerate(phones, 1)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def read_csv(path: Path) -> list[list[str]]:

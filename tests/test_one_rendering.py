@@ -5,10 +5,9 @@ summary artifact shows — the same labels and values, in the reader's language 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from support import mobile
+from support import mobile, users_csv
 
 from smsops.reports.delivery import DeliveryReport
 from smsops.services import deliveries as dl
@@ -16,16 +15,10 @@ from smsops.services.context import Context
 from smsops.settings import Settings
 
 
-def _users_csv(tmp: Path, phones: list[str]) -> Path:
-    path = tmp / "users.csv"
-    path.write_text("user_id,phone\n" + "".join(f"u{i},{p}\n" for i, p in enumerate(phones)))
-    return path
-
-
 def _sent_delivery(cli) -> tuple[Context, int]:
     """A delivery of two texts (one with a ``|``) to two numbers, sent at once through the
     CLI; the context on its store."""
-    cli("users", "import", str(_users_csv(cli.tmp, [mobile(1), mobile(2)])))
+    cli("users", "import", str(users_csv(cli.tmp, [mobile(1), mobile(2)])))
     cli("tickets", "add", "5")
     out = json.loads(
         cli("bulk", "create", "-m", "冬のセール", "-m", "A | B", "--yes", "--json").stdout
@@ -68,3 +61,19 @@ def test_r14_the_report_overview_and_the_show_say_the_same(cli):
     assert human["status"] == "sent" and human["sent"] == "4" and human["errors"] == "0"
     assert human["tickets used"] == "4" and "resend of" not in human
     assert human["message 2"] == "A | B" and human["scheduled"] == "now"
+
+
+def test_r14_deliveries_list_shows_the_rendering_of_each_delivery_in_its_columns(cli):
+    ctx, first = _sent_delivery(cli)
+    cli("tickets", "add", "2")
+    second = json.loads(cli("bulk", "create", "-m", "次回", "--yes", "--json").stdout)
+    try:
+        rows = [dl.delivery_summary(ctx, d).human() for d in (second["delivery_id"], first)]
+        columns = dl.DeliverySummary.columns()
+    finally:
+        ctx.close()
+    shown = _lines(cli("deliveries", "list").stdout)
+    header = next(line for line in shown if line.startswith("┃"))
+    assert [c.strip() for c in header.split("┃")[1:-1]] == columns
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in shown if line.startswith("│")]
+    assert cells == [[row.get(column, "") for column in columns] for row in rows]  # newest first

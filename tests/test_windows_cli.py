@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from test_cli import users_csv
+from support import users_csv
 
 from smsops.domain.windows import Window
 

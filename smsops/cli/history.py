@@ -19,23 +19,7 @@ from smsops.cli.common import (
     out,
     write_csv_stdout,
 )
-from smsops.i18n import N_, _, number
-
-# The columns of `deliveries list`: labels of DeliverySummary.human(), the one rendering
-# of a delivery `deliveries show`, the report notebook and the Prefect summary share (#14).
-_LIST_COLUMNS = (
-    N_("delivery"),
-    N_("kind"),
-    N_("status"),
-    N_("created"),
-    N_("scheduled"),
-    N_("recipients"),
-    N_("sent"),
-    N_("errors"),
-    N_("tickets used"),
-    N_("resend of"),
-)
-
+from smsops.i18n import _, number
 
 # The services are imported by the commands that use them: `--help` and the light commands
 # load only what they need (#12, tests/test_fast_start.py).
@@ -69,7 +53,7 @@ def deliveries_list(
         found = dl.list_deliveries(ctx, limit)
 
     def human() -> None:
-        columns = [_(label) for label in _LIST_COLUMNS]
+        columns = dl.DeliverySummary.columns()
         table = Table(*columns)
         for delivery in found:
             shown = delivery.human()

@@ -20,6 +20,7 @@ from smsops.domain.vocabulary import (
     PauseReason,
 )
 from smsops.errors import NotFoundError, StateError
+from smsops.i18n import N_
 from smsops.services import account as accounts
 from smsops.services.context import Context
 from smsops.services.inbound import FAILED_DLR, SETTLING_DLR
@@ -125,12 +126,12 @@ class DeliverySummary:
 
     def human(self) -> dict[str, str]:
         """The delivery as a person reads it, label → value in the reader's language
-        (#14, #15): the one rendering ``deliveries show``, the report notebook and the
-        dispatch summary artifact each lay out in their own medium (a terminal table, a
-        notebook table, markdown). Times as the language writes them, counts with
-        separators; the status and kind as they are stored (what ``--json`` and the
-        filters say); a field with nothing to say is left out, except the send time,
-        which reads "now" for a delivery sent at once."""
+        (#14, #15): the one rendering ``deliveries show``, ``deliveries list``, the report
+        notebook and the dispatch summary artifact each lay out in their own medium (a
+        terminal table, a notebook table, markdown). Times as the language writes them,
+        counts with separators; the status and kind as they are stored (what ``--json``
+        and the filters say); a field with nothing to say is left out, except the send
+        time, which reads "now" for a delivery sent at once."""
         from smsops.refusals import localize
 
         _, n = i18n._, i18n.number
@@ -138,29 +139,72 @@ class DeliverySummary:
         def time(value: str | None) -> str:
             return "" if value is None else i18n.local_time(value)
 
-        rows = {
-            _("delivery"): str(self.id),
-            _("kind"): self.kind,
-            _("status"): self.status,
-            _("created"): time(self.created_at),
-            _("scheduled"): time(self.scheduled_at) if self.scheduled_at else _("now"),
-            _("finished"): time(self.finished_at),
-            _("recipients"): n(self.recipients),
-            _("messages"): n(self.messages),
-            _("sent"): n(self.sent),
-            _("errors"): n(self.errors),
-            _("tickets used"): n(self.tickets_used),
-            _("resend of"): "" if self.resend_of is None else str(self.resend_of),
+        values = {
+            "id": str(self.id),
+            "kind": self.kind,
+            "status": self.status,
+            "created_at": time(self.created_at),
+            "scheduled_at": time(self.scheduled_at) if self.scheduled_at else _("now"),
+            "finished_at": time(self.finished_at),
+            "recipients": n(self.recipients),
+            "messages": n(self.messages),
+            "sent": n(self.sent),
+            "errors": n(self.errors),
+            "tickets_used": n(self.tickets_used),
+            "resend_of": "" if self.resend_of is None else str(self.resend_of),
         }
         if self.paused_for is not None:  # why it waits, and until when (#11)
-            rows[_("paused for")] = self.paused_for
-            rows[_("why paused")] = localize(self.paused_reason or "")
-            rows[_("resumes at")] = time(self.resume_at)
+            values |= {
+                "paused_for": self.paused_for,
+                "paused_reason": localize(self.paused_reason or ""),
+                "resume_at": time(self.resume_at),
+            }
         if self.outside_window:
-            rows[_("outside the window")] = _("yes, on purpose")
+            values["outside_window"] = _("yes, on purpose")
+        rows = {_(LABELS[field]): value for field, value in values.items()}
         for number, text in enumerate(self.texts, start=1):
             rows[_("message {number}").format(number=number)] = text
         return {label: value for label, value in rows.items() if value}
+
+    @staticmethod
+    def columns() -> list[str]:
+        """The labels ``deliveries list`` shows as its columns, in the reader's language:
+        :meth:`human`'s, for the fields of :data:`LISTED`."""
+        return [i18n._(LABELS[field]) for field in LISTED]
+
+
+# What a person reads beside each field of a delivery (#14, #15); the keys are the --json
+# document's. `deliveries list` shows the LISTED ones as columns.
+LABELS = {
+    "id": N_("delivery"),
+    "kind": N_("kind"),
+    "status": N_("status"),
+    "created_at": N_("created"),
+    "scheduled_at": N_("scheduled"),
+    "finished_at": N_("finished"),
+    "recipients": N_("recipients"),
+    "messages": N_("messages"),
+    "sent": N_("sent"),
+    "errors": N_("errors"),
+    "tickets_used": N_("tickets used"),
+    "resend_of": N_("resend of"),
+    "paused_for": N_("paused for"),
+    "paused_reason": N_("why paused"),
+    "resume_at": N_("resumes at"),
+    "outside_window": N_("outside the window"),
+}
+LISTED = (
+    "id",
+    "kind",
+    "status",
+    "created_at",
+    "scheduled_at",
+    "recipients",
+    "sent",
+    "errors",
+    "tickets_used",
+    "resend_of",
+)
 
 
 def _summary(row, counts: dict[str, int], tz: str, *, detail: bool = False) -> DeliverySummary:  # type: ignore[no-untyped-def]
