@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support import mobile
 
 HOUR_AGO = time.time() - 3600
@@ -98,10 +99,11 @@ def test_issue11_users_watch_bad_folder_exits_1_with_one_line(cli):
     cli("users", "watch", str(cli.tmp), "--mode", "merge", code=2)
 
 
-def test_issue11_users_watch_every_keeps_going_until_interrupted(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_issue11_users_watch_every_keeps_going_until_interrupted(tmp_path, stop):
     """--every: one JSON document per pass; a file dropped between passes is imported by
-    the next; Ctrl-C between passes ends it cleanly (exit 0). A real process: the test
-    waits for its output lines, not for the clock."""
+    the next; Ctrl-C or SIGTERM ends it cleanly after the pass under way (exit 0). A real
+    process: the test waits for its output lines, not for the clock."""
     inbox = tmp_path / "drops"
     inbox.mkdir()
     drop(inbox, "a.csv", members([1]))
@@ -128,7 +130,7 @@ def test_issue11_users_watch_every_keeps_going_until_interrupted(tmp_path):
             if doc["files"]:
                 break
         assert [(f["name"], f["outcome"]) for f in doc["files"]] == [("b.csv", "imported")]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0  # the pass under way finished, then it stopped
     finally:
         if proc.poll() is None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import httpx
@@ -197,6 +198,33 @@ def test_the_same_stop_at_the_same_moment_lists_the_number_once_and_never_fails(
 def connect(receiver: Receiver) -> socket.socket:
     host, port = receiver.server.server_address[:2]
     return socket.create_connection((str(host), port), timeout=10)
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_an_answer_is_one_whole_http_response_with_its_date(rctx):
+    """The receiver writes each answer itself, in one write (#12): status line, Server,
+    a Date of this second, the length of the body and nothing after it, so a keep-alive
+    connection reads the next answer whole."""
+    with Receiver(rctx) as receiver:
+        conn = connect(receiver)
+        try:
+            before = time.time()
+            conn.sendall(HEALTH + HEALTH)  # two requests on one connection, pipelined
+            data = b""
+            while data.count(b"\r\n\r\nok") < 2:
+                chunk = conn.recv(4096)
+                assert chunk, data
+                data += chunk
+            after = time.time()
+        finally:
+            conn.close()
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 2 and all(a.endswith(b"\r\n\r\nok") for a in answers)
+    head = answers[0].split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in head[1:])
+    assert head[0] == "200 OK" and fields["Content-Length"] == "2"
+    assert fields["Server"].startswith("BaseHTTP/") and "Connection" not in fields
+    assert int(before) <= parsedate_to_datetime(fields["Date"]).timestamp() <= after
 
 
 def held_connection(receiver: Receiver) -> socket.socket:
